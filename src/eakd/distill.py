@@ -1,0 +1,133 @@
+"""``DistillLoss``: one module that adds any weight policy to any registered distillation loss."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eakd.losses.logit import linear_warmup
+from eakd.losses.reduce import weighted_mean
+from eakd.losses.registry import get_loss
+from eakd.weighting import Policy, get_policy, standardize
+
+INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats")
+
+
+def _accepted(fn: Any) -> set[str]:
+    params = inspect.signature(fn).parameters
+    return {n for n in INPUTS if n in params}
+
+
+class DistillLoss(nn.Module):
+    """Weighted distillation loss for a training loop; returns a dict of named, reduced terms.
+
+    method: a registered loss name ("kd", "dkd", ...). weighting: a policy name ("ea", "er", "base",
+    "interact", "inverse", "uniform", "none") or a callable ``(student_logits, teacher_logits, mask)``.
+    tau / h_ub: settings of the policy (None = the policy's own default: EA tau 3, ER tau 4, h_ub ln K).
+    entropy_on: "raw" (default) or "standardized" logits for the entropies. standardize_logits: apply logit
+    standardisation (LS) to both logits before a logit loss. kd_weight, ce_weight: outer loss weights
+    (ce_weight > 0 adds the hard-label cross-entropy, never reweighted). warmup_epochs: linear warm-up of
+    the distillation terms (DKD, ReviewKD). Remaining keyword arguments go to the loss (its temperature,
+    alpha, beta, ...) or, for a loss with learnable parts, to its constructor.
+
+    Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
+    teacher_feats, epoch where needed. After a call, ``self.last`` holds detached diagnostics of it:
+    ``weights`` (N,) or None and ``per_sample`` (N,), the unweighted per-sample distillation loss.
+    """
+
+    def __init__(
+        self,
+        method: str = "kd",
+        weighting: str | Policy | None = "ea",
+        *,
+        tau: float | None = None,
+        h_ub: float | None = None,
+        entropy_on: str = "raw",
+        standardize_logits: bool = False,
+        kd_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        warmup_epochs: float = 0.0,
+        **hparams: Any,
+    ) -> None:
+        super().__init__()
+        if entropy_on not in ("raw", "standardized"):
+            raise ValueError(f"entropy_on must be 'raw' or 'standardized', got {entropy_on!r}")
+        self.method = method
+        loss = get_loss(method)
+        if isinstance(loss, type) and issubclass(loss, nn.Module):
+            self.module: nn.Module | None = loss(**hparams)
+            self.fn: Any = self.module
+            self.hparams: dict[str, Any] = {}
+            self.inputs = _accepted(self.module.forward)
+        else:
+            self.module = None
+            self.fn = loss
+            self.hparams = hparams
+            self.inputs = _accepted(loss)
+            unknown = set(hparams) - set(inspect.signature(loss).parameters) - set(INPUTS)
+            if unknown:
+                raise ValueError(f"loss {method!r} takes no setting(s) {sorted(unknown)}")
+        policy_kw: dict[str, Any] = {}
+        if tau is not None:
+            policy_kw["tau"] = tau
+        if h_ub is not None:
+            policy_kw["h_ub"] = h_ub
+        if entropy_on == "standardized":
+            policy_kw["standardized"] = True
+        self.policy = get_policy(weighting, **policy_kw)
+        self.weighting = weighting if isinstance(weighting, str) or weighting is None else "callable"
+        self.standardize_logits = standardize_logits
+        self.kd_weight = kd_weight
+        self.ce_weight = ce_weight
+        self.warmup_epochs = warmup_epochs
+        self.last: dict[str, torch.Tensor | None] = {}
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor | None = None,
+        student_feats: Any = None,
+        teacher_feats: Any = None,
+        epoch: float | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        teacher_logits = teacher_logits.detach()
+        weights = None if self.policy is None else self.policy(student_logits, teacher_logits, mask=mask)
+        zs, zt = student_logits, teacher_logits
+        if self.standardize_logits:
+            zs, zt = standardize(zs), standardize(zt)
+        given = {
+            "student_logits": zs,
+            "teacher_logits": zt,
+            "target": target,
+            "student_feats": student_feats,
+            "teacher_feats": teacher_feats,
+        }
+        missing = [n for n in self.inputs if given[n] is None]
+        if missing:
+            raise ValueError(f"loss {self.method!r} needs {missing}, which were not given")
+        raw = self.fn(**{n: given[n] for n in self.inputs}, **self.hparams)
+        terms = raw if isinstance(raw, dict) else {"kd": raw}
+        scale = self.kd_weight * (1.0 if epoch is None else linear_warmup(epoch, self.warmup_epochs))
+        out: dict[str, torch.Tensor] = {}
+        per_sample = None
+        for name, values in terms.items():
+            if values.dim() == 0:  # batch-level term (e.g. MLKD class correlation): not reweighted
+                out[f"loss_{name}"] = scale * values
+                continue
+            per_sample = values if per_sample is None else per_sample + values
+            out[f"loss_{name}"] = scale * weighted_mean(values, weights, mask)
+        if self.ce_weight > 0:
+            if target is None:
+                raise ValueError("ce_weight > 0 needs the target labels")
+            out["loss_ce"] = self.ce_weight * F.cross_entropy(student_logits.float(), target)
+        self.last = {
+            "weights": None if weights is None else weights.detach(),
+            "per_sample": None if per_sample is None else per_sample.detach(),
+        }
+        return out

@@ -1,0 +1,15 @@
+"""Per-sample distillation losses (never reduced inside), their registry and the weighted reduction."""
+
+from eakd.losses.logit import dkd_loss, kd_loss, linear_warmup
+from eakd.losses.reduce import weighted_mean
+from eakd.losses.registry import LOSSES, get_loss, register_loss
+
+__all__ = [
+    "LOSSES",
+    "dkd_loss",
+    "get_loss",
+    "kd_loss",
+    "linear_warmup",
+    "register_loss",
+    "weighted_mean",
+]

@@ -1,0 +1,82 @@
+"""Per-sample logit distillation losses: KD (Hinton) and DKD (decoupled KD). Nothing is reduced."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from eakd.checks import check_logit_pair, check_positive
+from eakd.losses.registry import register_loss
+
+
+def _check_target(target: torch.Tensor, logits: torch.Tensor) -> None:
+    if target.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match the logits' leading shape "
+            f"{tuple(logits.shape[:-1])}"
+        )
+
+
+@register_loss("kd")
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
+    """Hinton KD per sample: T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) summed over classes.
+
+    (..., K) logits -> (...) float32 losses.
+    """
+    check_logit_pair(student_logits, teacher_logits)
+    check_positive("temperature", temperature)
+    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
+
+
+def _binary_kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
+    """KL between two-way distributions given as (..., 2) log-probabilities -> (...)."""
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+
+
+@register_loss("dkd")
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Decoupled KD per sample: alpha * TCKD + beta * NCKD, each scaled by T^2.
+
+    TCKD: KL between the binary (target, non-target) distributions of teacher and student.
+    NCKD: KL between the distributions over non-target classes only.
+    logits (N, K), target (N,) int64 -> (N,) float32.
+    """
+    check_logit_pair(student_logits, teacher_logits)
+    check_positive("temperature", temperature)
+    _check_target(target, student_logits)
+    zs = student_logits.float() / temperature
+    zt = teacher_logits.float() / temperature
+    gt = F.one_hot(target, zs.shape[-1]).to(torch.bool)
+
+    def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # log p(target) and log p(non-target) of the full softmax, stable via logsumexp
+        lse = torch.logsumexp(z, dim=-1)
+        z_gt = z.masked_fill(~gt, float("-inf")).logsumexp(dim=-1)
+        z_other = z.masked_fill(gt, float("-inf"))
+        binary = torch.stack([z_gt - lse, z_other.logsumexp(dim=-1) - lse], dim=-1)
+        return binary, F.log_softmax(z_other, dim=-1)
+
+    bin_s, other_s = split(zs)
+    bin_t, other_t = split(zt)
+    tckd = _binary_kl(bin_t, bin_s)
+    pt_other = other_t.exp()
+    nckd = (pt_other * (other_t.masked_fill(gt, 0.0) - other_s.masked_fill(gt, 0.0))).sum(dim=-1)
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def linear_warmup(epoch: float, warmup_epochs: float) -> float:
+    """DKD/ReviewKD loss warm-up factor min(epoch / warmup_epochs, 1); 1 when warmup_epochs <= 0."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(max(epoch, 0.0) / warmup_epochs, 1.0)

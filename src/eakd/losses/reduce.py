@@ -1,0 +1,38 @@
+"""Reduction of per-sample losses, kept apart from the losses themselves."""
+
+from __future__ import annotations
+
+import torch
+
+from eakd.checks import check_same_leading
+
+
+def weighted_mean(
+    values: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    denominator: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """mean_n(w_n * values_n) over valid positions; returns a 0-dim tensor in values' dtype.
+
+    values: per-sample (N,) / per-token (B, T) / per-RoI (R,) losses. weights, mask: exactly the shape
+    of ``values`` (an error otherwise: no broadcasting). The weights are not normalised (EA-KD's rule):
+    the result is sum(w * v * mask) / count, count = number of valid positions, or ``denominator`` when
+    given (e.g. the number of valid tokens over all gradient-accumulation micro-batches).
+    """
+    if weights is not None:
+        check_same_leading("weights", weights, values)
+        values = values * weights.detach().to(values.dtype)
+    if mask is not None:
+        check_same_leading("mask", mask, values)
+        m = mask.to(torch.bool)
+        total = torch.where(m, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
+        count = m.sum()
+    else:
+        total = values.sum()
+        count = values.numel()
+    if denominator is not None:
+        count = denominator
+    if isinstance(count, torch.Tensor):
+        return total / count.clamp_min(1).to(total.dtype)
+    return total / max(count, 1)
