@@ -1,5 +1,6 @@
 """Per-sample distillation losses (never reduced inside), their registry and the weighted reduction."""
 
+from eakd.losses import token as token  # registers fkl, rkl, jsd, skl, srkl, tvd
 from eakd.losses.logit import dkd_loss, kd_loss, linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import LOSSES, get_loss, register_loss
