@@ -1,0 +1,354 @@
+"""Token-level EA-KD loss for causal LMs: from logits, or chunked and fused with the lm_head.
+
+Both paths compute, per valid token n (labels != ignore_index),
+
+    loss = kd_weight * sum_n w_n * D(p_n || q_n) / denom + ce_weight * sum_n CE_n / denom
+
+with D a token divergence of ``eakd.losses.token`` at temperature T (p teacher, q student), w_n the
+detached weight of a policy of ``eakd.weighting`` (EA by default, H_ub = ln V; per token, or per sequence
+= the mean over the sequence's valid tokens), CE the hard-label cross-entropy of the student at T = 1,
+and denom = ``num_items_in_batch`` when given (valid tokens over all gradient-accumulation micro-batches)
+else the valid tokens of this call. The chunked path never materialises the (B*T, V) logits: it runs
+``chunk_size`` rows at a time, computes the gradients w.r.t. the hidden states, lm_head weight and bias in
+the forward pass, and scales them by the incoming gradient in the backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from eakd.checks import check_finite, check_positive
+from eakd.losses.reduce import weighted_mean
+from eakd.losses.token import TOKEN_DIVERGENCES, token_mask
+from eakd.weighting import Policy, get_policy
+
+WEIGHT_LEVELS = ("token", "sequence")
+
+
+@dataclass(frozen=True)
+class TokenLossSettings:
+    """What to compute per token. divergence: fkl, rkl, jsd, skl, srkl, tvd. beta: JSD's beta; alpha: the
+    skew of skl/srkl. temperature: of the divergence. weighting: a policy name of ``eakd.weighting`` ("ea",
+    "er", "base", "interact", "inverse", "uniform") or None for the unweighted baseline; tau, h_ub: its
+    settings (None = the policy's default; h_ub None = ln V). weight_level: "token" or "sequence".
+    kd_weight, ce_weight: outer weights of the distillation and hard-label terms."""
+
+    divergence: str = "fkl"
+    beta: float = 0.5
+    alpha: float = 0.1
+    temperature: float = 1.0
+    weighting: str | None = "ea"
+    tau: float | None = 2.0
+    h_ub: float | None = None
+    weight_level: str = "token"
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    ignore_index: int = -100
+
+    def __post_init__(self) -> None:
+        if self.divergence not in TOKEN_DIVERGENCES:
+            known = ", ".join(sorted(TOKEN_DIVERGENCES))
+            raise ValueError(f"unknown token divergence {self.divergence!r}; known: {known}")
+        if self.weight_level not in WEIGHT_LEVELS:
+            raise ValueError(f"weight_level must be one of {WEIGHT_LEVELS}, got {self.weight_level!r}")
+        check_positive("temperature", self.temperature)
+        self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+
+    def policy(self) -> Policy | None:
+        """The bound weight policy, or None when unweighted."""
+        kw = {k: v for k, v in (("tau", self.tau), ("h_ub", self.h_ub)) if v is not None}
+        if self.weighting in ("uniform", None, "none"):
+            kw = {}
+        return get_policy(self.weighting, **kw)
+
+    def divergence_fn(self) -> Any:
+        """(log_q, log_p) -> (...) per-token divergence with beta/alpha bound."""
+        fn = TOKEN_DIVERGENCES[self.divergence]
+        if self.divergence == "jsd":
+            return lambda lq, lp: fn(lq, lp, beta=self.beta)
+        if self.divergence in ("skl", "srkl"):
+            return lambda lq, lp: fn(lq, lp, alpha=self.alpha)
+        return fn
+
+
+class TokenLossOutput(NamedTuple):
+    """loss: 0-dim, differentiable. kd, ce: 0-dim detached normalised terms before kd_weight/ce_weight.
+    weights: (N,) detached per-token weights (0 at ignored tokens) or None when unweighted.
+    per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows."""
+
+    loss: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor
+    weights: torch.Tensor | None
+    per_token: torch.Tensor
+
+
+def _denominator(mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+    if num_items_in_batch is None:
+        return mask.sum().clamp_min(1).float()
+    return torch.as_tensor(num_items_in_batch, device=mask.device).float().clamp_min(1)
+
+
+def _sequence_mean(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token weights (B, T) -> each sequence's mean over its valid tokens, at its valid tokens."""
+    m = mask.float()
+    mean = (weights * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)
+    return mean * m
+
+
+def _terms(
+    zs: torch.Tensor,
+    zt: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    s: TokenLossSettings,
+    denom: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss of rows (..., V) with given detached weights (...): (total, kd, ce, per_token), float32."""
+    mask = token_mask(labels, s.ignore_index)
+    log_q = torch.log_softmax(zs.float() / s.temperature, dim=-1)
+    log_p = torch.log_softmax(zt.float() / s.temperature, dim=-1)
+    per_token = s.divergence_fn()(log_q, log_p)
+    kd = weighted_mean(per_token, weights, mask, denominator=denom)
+    total = s.kd_weight * kd
+    ce = torch.zeros((), device=zs.device)
+    if s.ce_weight > 0:
+        ce_tok = F.cross_entropy(
+            zs.float().flatten(0, -2), labels.flatten(), reduction="none", ignore_index=s.ignore_index
+        ).view(labels.shape)
+        ce = weighted_mean(ce_tok, mask=mask, denominator=denom)
+        total = total + s.ce_weight * ce
+    return total, kd, ce, torch.where(mask, per_token.detach(), 0.0)
+
+
+def _align_vocab(v_student: int, v_teacher: int, vocab_size: int | None) -> int:
+    """The common vocabulary size: rows beyond it are padding and are dropped from both sides."""
+    if vocab_size is None:
+        if v_student != v_teacher:
+            raise ValueError(
+                f"student and teacher vocabularies differ: student has {v_student}, teacher has "
+                f"{v_teacher}; if they differ only by padding rows, pass vocab_size=len(tokenizer)"
+            )
+        return v_student
+    if vocab_size > min(v_student, v_teacher):
+        raise ValueError(
+            f"vocab_size {vocab_size} exceeds the student ({v_student}) or teacher ({v_teacher}) vocabulary"
+        )
+    return vocab_size
+
+
+def _check_labels(labels: torch.Tensor, rows: int, vocab: int, ignore_index: int) -> None:
+    if labels.numel() != rows:
+        raise ValueError(f"labels have {labels.numel()} positions, hidden states/logits have {rows} rows")
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab):
+        raise ValueError(f"labels must be in [0, {vocab}) or ignore_index={ignore_index}")
+
+
+def distill_loss_from_logits(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TokenLossSettings | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    vocab_size: int | None = None,
+) -> TokenLossOutput:
+    """The loss from materialised logits (B, T, V) (dense path; the reference of the chunked one).
+
+    labels (B, T), already aligned with the logits (shifted for next-token prediction).
+    """
+    s = settings or TokenLossSettings()
+    v = _align_vocab(student_logits.shape[-1], teacher_logits.shape[-1], vocab_size)
+    zs, zt = student_logits[..., :v], teacher_logits[..., :v].detach()
+    check_finite("student logits", zs)
+    check_finite("teacher logits", zt)
+    _check_labels(labels, zs.shape[:-1].numel(), v, s.ignore_index)
+    mask = token_mask(labels, s.ignore_index)
+    policy = s.policy()
+    weights = None if policy is None else policy(zs.detach(), zt, mask=mask)
+    if weights is not None and s.weight_level == "sequence":
+        weights = _sequence_mean(weights.view(-1, labels.shape[-1]), mask.view(-1, labels.shape[-1]))
+        weights = weights.view(mask.shape)
+    total, kd, ce, per_token = _terms(zs, zt, labels, weights, s, _denominator(mask, num_items_in_batch))
+    w = None if weights is None else weights.reshape(-1)
+    return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1))
+
+
+class _Rows(NamedTuple):
+    """Flattened inputs of the chunked loss: (N, H) hidden states, (V, H) weights, (N,) labels."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    t_hidden: torch.Tensor | None
+    t_weight: torch.Tensor | None
+    t_bias: torch.Tensor | None
+    t_logits: torch.Tensor | None
+    labels: torch.Tensor
+
+
+def _teacher_rows(r: _Rows, i: int, j: int) -> torch.Tensor:
+    if r.t_logits is not None:
+        return r.t_logits[i:j]
+    assert r.t_hidden is not None and r.t_weight is not None
+    return F.linear(r.t_hidden[i:j], r.t_weight, r.t_bias)
+
+
+@torch.no_grad()
+def _chunked_token_weights(r: _Rows, policy: Policy, seq_len: int, s: TokenLossSettings, chunk: int):
+    """Pre-pass for per-sequence weights: per-token weights chunk by chunk, then sequence means (N,)."""
+    n = r.labels.numel()
+    mask = token_mask(r.labels, s.ignore_index)
+    w = torch.empty(n, dtype=torch.float32, device=r.hidden.device)
+    for i in range(0, n, chunk):
+        j = min(i + chunk, n)
+        w[i:j] = policy(F.linear(r.hidden[i:j], r.weight, r.bias), _teacher_rows(r, i, j), mask=mask[i:j])
+    return _sequence_mean(w.view(-1, seq_len), mask.view(-1, seq_len)).view(-1)
+
+
+class _FusedLinearDistill(torch.autograd.Function):
+    """Chunked forward that also computes the input gradients; backward only scales them."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        rest: tuple[Any, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        t_hidden, t_weight, t_bias, t_logits, labels, s, denom, seq_len, chunk = rest
+        r = _Rows(hidden, weight, bias, t_hidden, t_weight, t_bias, t_logits, labels)
+        n = labels.numel()
+        policy = s.policy()
+        mask = token_mask(labels, s.ignore_index)
+        seq_weights = None
+        if policy is not None and s.weight_level == "sequence":
+            seq_weights = _chunked_token_weights(r, policy, seq_len, s, chunk)
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        )
+        grad_bias = None
+        if bias is not None and need_bias:
+            grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        loss = torch.zeros((), device=hidden.device)
+        kd = torch.zeros((), device=hidden.device)
+        ce = torch.zeros((), device=hidden.device)
+        weights = None if policy is None else torch.empty(n, dtype=torch.float32, device=hidden.device)
+        per_token = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        for i in range(0, n, chunk):
+            j = min(i + chunk, n)
+            h = hidden[i:j]
+            zs = F.linear(h, weight, bias)
+            zt = _teacher_rows(r, i, j)
+            if seq_weights is not None:
+                w = seq_weights[i:j]
+            else:
+                w = None if policy is None else policy(zs, zt, mask=mask[i:j])
+            with torch.enable_grad():
+                z = zs.detach().float().requires_grad_()
+                total, kd_c, ce_c, per_token[i:j] = _terms(z, zt, labels[i:j], w, s, denom)
+                (g,) = torch.autograd.grad(total, z)
+            if weights is not None and w is not None:
+                weights[i:j] = w
+            loss += total.detach()
+            kd += kd_c.detach()
+            ce += ce_c.detach()
+            g = g.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[i:j] = g @ weight
+            if grad_weight is not None:
+                grad_weight += (g.t() @ h).float()
+            if grad_bias is not None:
+                grad_bias += g.float().sum(0)
+        ctx.save_for_backward(
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),  # type: ignore[union-attr]
+        )
+        outs = (kd, ce, per_token) if weights is None else (kd, ce, per_token, weights)
+        ctx.mark_non_differentiable(*outs)
+        return (loss, *outs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
+        return (*grads, None)
+
+
+def fused_linear_distill_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    settings: TokenLossSettings | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    chunk_size: int = 1024,
+) -> TokenLossOutput:
+    """Chunked fused-linear EA-KD loss; never materialises the (B*T, V) logits.
+
+    student_hidden (B, T, H) (or (N, H) with token weights), student_weight (V_s, H) lm_head, optional
+    student_bias (V_s,); the teacher as teacher_hidden (B, T, H_t) with teacher_weight (V_t, H_t) (and
+    teacher_bias), or as precomputed teacher_logits (B, T, V_t). labels (B, T) aligned with the hidden states
+    (already shifted). Vocabularies that differ only by padding rows are aligned to ``vocab_size`` (rows
+    beyond it are dropped). The teacher gets no gradient. Gradients flow to student_hidden, student_weight
+    and student_bias; reductions and entropies are float32, matmuls in the inputs' dtype.
+    """
+    s = settings or TokenLossSettings()
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
+        raise ValueError("give either teacher_hidden with teacher_weight, or teacher_logits (not both)")
+    h_size = student_hidden.shape[-1]
+    if student_weight.shape[-1] != h_size:
+        raise ValueError(f"student_weight {tuple(student_weight.shape)} does not match hidden size {h_size}")
+    seq_len = labels.shape[-1] if labels.dim() > 1 else labels.numel()
+    if s.weight_level == "sequence" and labels.dim() < 2:
+        raise ValueError("weight_level='sequence' needs (B, T) labels and hidden states")
+    if teacher_logits is not None:
+        v_t = teacher_logits.shape[-1]
+        t_logits: torch.Tensor | None = teacher_logits.detach().reshape(-1, v_t)
+        t_hidden = t_weight = t_bias = None
+    else:
+        assert teacher_hidden is not None and teacher_weight is not None
+        v_t = teacher_weight.shape[0]
+        t_logits = None
+        t_hidden = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+        t_weight = teacher_weight.detach()
+        t_bias = None if teacher_bias is None else teacher_bias.detach()
+    v = _align_vocab(student_weight.shape[0], v_t, vocab_size)
+    hidden = student_hidden.reshape(-1, h_size)
+    flat_labels = labels.reshape(-1)
+    _check_labels(flat_labels, hidden.shape[0], v, s.ignore_index)
+    if t_hidden is not None and t_hidden.shape[0] != hidden.shape[0]:
+        raise ValueError(f"teacher has {t_hidden.shape[0]} rows, student {hidden.shape[0]}")
+    check_finite("student hidden states", student_hidden)
+    denom = _denominator(token_mask(flat_labels, s.ignore_index), num_items_in_batch)
+    rest = (
+        t_hidden,
+        None if t_weight is None else t_weight[:v],
+        None if t_bias is None else t_bias[:v],
+        None if t_logits is None else t_logits[:, :v],
+        flat_labels,
+        s,
+        denom,
+        seq_len,
+        chunk_size,
+    )
+    w_s = student_weight[:v]
+    b_s = None if student_bias is None else student_bias[:v]
+    out = _FusedLinearDistill.apply(hidden, w_s, b_s, rest)
+    loss, kd, ce, per_token = out[:4]
+    return TokenLossOutput(loss, kd, ce, out[4] if len(out) > 4 else None, per_token)

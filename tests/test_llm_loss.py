@@ -1,0 +1,192 @@
+"""The chunked fused-linear loss equals a dense reference written here, in value and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eakd
+from eakd.llm import TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
+from eakd.losses import get_loss
+from eakd.losses.token import token_mask
+
+B, T, H, HT, V = 2, 7, 8, 12, 23
+
+
+def _inputs(dtype: torch.dtype = torch.float32, seed: int = 0, vocab: int = V, t_vocab: int = V):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(vocab, H, generator=g) * 0.8).to(dtype).requires_grad_()
+    t_hidden = torch.randn(B, T, HT, generator=g).to(dtype)
+    t_weight = (torch.randn(t_vocab, HT, generator=g) * 0.8).to(dtype)
+    labels = torch.randint(0, min(vocab, t_vocab) - 2, (B, T), generator=g)
+    labels[0, :2] = -100  # prompt tokens
+    labels[1, 5:] = -100  # padding
+    return hidden, weight, t_hidden, t_weight, labels
+
+
+def dense_reference(hidden, weight, t_hidden, t_weight, labels, s: TokenLossSettings, denom=None, v=None):
+    """Materialised logits and the public per-token losses, weights and reduction."""
+    v = v or weight.shape[0]
+    zs = hidden @ weight[:v].t()
+    zt = (t_hidden @ t_weight[:v].t()).detach()
+    mask = token_mask(labels)
+    kw = {"beta": s.beta} if s.divergence == "jsd" else {"alpha": s.alpha} if "skl" in s.divergence else {}
+    per_token = get_loss(s.divergence)(zs, zt, temperature=s.temperature, **kw)
+    w = None
+    if s.weighting == "ea":
+        w = eakd.ea_weights(zs, zt, tau=s.tau, mask=mask)
+        if s.weight_level == "sequence":
+            seq = (w * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+            w = seq.expand_as(w) * mask
+    loss = s.kd_weight * eakd.weighted_mean(per_token, w, mask, denominator=denom)
+    if s.ce_weight:
+        ce = F.cross_entropy(zs.float().flatten(0, 1), labels.flatten(), reduction="sum")
+        loss = loss + s.ce_weight * ce / (mask.sum() if denom is None else denom)
+    return loss
+
+
+def _grads(loss: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return torch.autograd.grad(loss, xs)
+
+
+DIVERGENCES = [("fkl", {}), ("rkl", {}), ("jsd", {"beta": 0.3}), ("skl", {}), ("srkl", {}), ("tvd", {})]
+
+
+@pytest.mark.parametrize(("divergence", "kw"), DIVERGENCES)
+@pytest.mark.parametrize("weighting", ["ea", None])
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+def test_chunked_equals_dense_fp32(divergence: str, kw: dict, weighting: str | None, chunk_size: int) -> None:
+    s = TokenLossSettings(divergence=divergence, weighting=weighting, temperature=1.5, ce_weight=0.3, **kw)
+    hidden, weight, t_hidden, t_weight, labels = _inputs()
+    want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
+    out = fused_linear_distill_loss(
+        hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
+    )
+    torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+    for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    assert (out.weights is None) == (weighting is None)
+
+
+@pytest.mark.parametrize(("divergence", "kw"), DIVERGENCES)
+def test_chunked_equals_dense_bf16(divergence: str, kw: dict) -> None:
+    s = TokenLossSettings(divergence=divergence, **kw)
+    hidden, weight, t_hidden, t_weight, labels = _inputs(torch.bfloat16, seed=1)
+    want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
+    out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=4)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, want, atol=1e-4, rtol=1e-4)
+    for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 100])
+def test_sequence_level_weights(chunk_size: int) -> None:
+    s = TokenLossSettings(weight_level="sequence", tau=3.0)
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=2)
+    want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
+    out = fused_linear_distill_loss(
+        hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
+    )
+    torch.testing.assert_close(out.loss, want)
+    for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    w = out.weights.view(B, T)
+    assert torch.allclose(w[1, :5], w[1, 0].expand(5)) and w[1, 5:].abs().max() == 0
+    dense = distill_loss_from_logits(hidden @ weight.t(), t_hidden @ t_weight.t(), labels, s)
+    torch.testing.assert_close(dense.loss, want)
+    torch.testing.assert_close(dense.weights, out.weights)
+
+
+def test_padded_vocabularies_are_aligned() -> None:
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=3, vocab=V + 9, t_vocab=V + 1)
+    s = TokenLossSettings(ce_weight=1.0)
+    want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s, v=V)
+    out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, vocab_size=V)
+    torch.testing.assert_close(out.loss, want)
+    (g_w,) = _grads(out.loss, weight)
+    (g_ref,) = _grads(want, weight)
+    torch.testing.assert_close(g_w, g_ref)
+    assert g_w[V:].abs().max() == 0
+    with pytest.raises(ValueError, match="student has 32, teacher has 24"):
+        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight)
+    with pytest.raises(ValueError, match="exceeds"):
+        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, vocab_size=V + 2)
+
+
+def test_teacher_logits_bias_and_gradient_accumulation() -> None:
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=4)
+    bias = torch.randn(V, requires_grad=True)
+    t_logits = t_hidden @ t_weight.t()
+    s = TokenLossSettings(divergence="rkl", ce_weight=0.5)
+    full = fused_linear_distill_loss(
+        hidden, weight, labels, student_bias=bias, teacher_logits=t_logits, settings=s
+    )
+    dense = distill_loss_from_logits(hidden @ weight.t() + bias, t_logits, labels, s)
+    torch.testing.assert_close(full.loss, dense.loss)
+    for got, ref in zip(
+        _grads(full.loss, hidden, weight, bias), _grads(dense.loss, hidden, weight, bias), strict=True
+    ):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    # two micro-batches normalised by the tokens of both sum to the full-batch loss
+    n_items = int(token_mask(labels).sum())
+    parts = [
+        fused_linear_distill_loss(
+            hidden[i : i + 1],
+            weight,
+            labels[i : i + 1],
+            student_bias=bias,
+            teacher_logits=t_logits[i : i + 1],
+            settings=s,
+            num_items_in_batch=n_items,
+        ).loss
+        for i in range(B)
+    ]
+    torch.testing.assert_close(sum(parts), full.loss)
+
+
+def test_ignored_tokens_get_no_gradient_and_stats_are_reported() -> None:
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=5)
+    out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, chunk_size=4)
+    (g,) = _grads(out.loss, hidden)
+    mask = token_mask(labels)
+    assert g[~mask].abs().max() == 0 and g[mask].abs().max() > 0
+    assert out.weights.shape == (B * T,) and out.per_token.shape == (B * T,)
+    assert 0 <= out.weights.max() <= math.log(V)
+    torch.testing.assert_close(out.kd, out.loss.detach())
+    all_ignored = torch.full_like(labels, -100)
+    empty = fused_linear_distill_loss(hidden, weight, all_ignored, t_hidden, t_weight)
+    assert empty.loss.item() == 0.0
+
+
+def test_bad_inputs() -> None:
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=6)
+    with pytest.raises(ValueError, match="either teacher_hidden"):
+        fused_linear_distill_loss(hidden, weight, labels)
+    with pytest.raises(ValueError, match="labels must be in"):
+        fused_linear_distill_loss(hidden, weight, labels + V, t_hidden, t_weight)
+    with pytest.raises(ValueError, match="unknown token divergence"):
+        TokenLossSettings(divergence="kl")
+    with pytest.raises(ValueError, match="unknown weight policy"):
+        TokenLossSettings(weighting="entropy")
+    with pytest.raises(ValueError, match="weight_level"):
+        TokenLossSettings(weight_level="batch")
+
+
+def test_jsd_matches_trl() -> None:
+    gkd = pytest.importorskip("trl.experimental.gkd", reason="trl with the GKD trainer is not installed")
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=7)
+    for beta in (0.0, 0.5, 1.0):
+        s = TokenLossSettings(divergence="jsd", beta=beta, weighting=None, temperature=2.0)
+        out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=5)
+        want = gkd.GKDTrainer.generalized_jsd_loss(
+            hidden @ weight.t(), t_hidden @ t_weight.t(), labels=labels, beta=beta, temperature=2.0
+        )
+        torch.testing.assert_close(out.loss, want)
+        for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
