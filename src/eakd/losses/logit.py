@@ -17,18 +17,38 @@ def _check_target(target: torch.Tensor, logits: torch.Tensor) -> None:
         )
 
 
+def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float | torch.Tensor:
+    """Check a temperature and shape it to divide logits (..., K).
+
+    A float, or a tensor of shape () (one learnable temperature) or (...) (one per sample, e.g. CTKD's
+    per-instance temperature), all > 0; a (...) tensor comes back as (..., 1).
+    """
+    if not isinstance(temperature, torch.Tensor):
+        check_positive("temperature", temperature)
+        return temperature
+    if temperature.shape not in (torch.Size(), logits.shape[:-1]):
+        raise ValueError(
+            f"temperature shape {tuple(temperature.shape)} must be () or the logits' leading shape "
+            f"{tuple(logits.shape[:-1])}"
+        )
+    if not bool((temperature > 0).all()):
+        raise ValueError("temperature must be > 0 everywhere")
+    return temperature.float().unsqueeze(-1) if temperature.dim() else temperature.float()
+
+
 @register_loss("kd")
 def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 4.0
 ) -> torch.Tensor:
     """Hinton KD per sample: T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) summed over classes.
 
-    (..., K) logits -> (...) float32 losses.
+    (..., K) logits -> (...) float32 losses. temperature: a float, or a tensor of shape () or (...)
+    (one per sample); gradients flow into a tensor temperature.
     """
     check_logit_pair(student_logits, teacher_logits)
-    check_positive("temperature", temperature)
-    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    t = _divisor(temperature, student_logits)
+    log_ps = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_pt = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
 
 
@@ -44,19 +64,19 @@ def dkd_loss(
     target: torch.Tensor,
     alpha: float = 1.0,
     beta: float = 8.0,
-    temperature: float = 4.0,
+    temperature: float | torch.Tensor = 4.0,
 ) -> torch.Tensor:
     """Decoupled KD per sample: alpha * TCKD + beta * NCKD, each scaled by T^2.
 
     TCKD: KL between the binary (target, non-target) distributions of teacher and student.
     NCKD: KL between the distributions over non-target classes only.
-    logits (N, K), target (N,) int64 -> (N,) float32.
+    logits (N, K), target (N,) int64 -> (N,) float32. temperature: as in ``kd_loss``.
     """
     check_logit_pair(student_logits, teacher_logits)
-    check_positive("temperature", temperature)
+    t = _divisor(temperature, student_logits)
     _check_target(target, student_logits)
-    zs = student_logits.float() / temperature
-    zt = teacher_logits.float() / temperature
+    zs = student_logits.float() / t
+    zt = teacher_logits.float() / t
     gt = F.one_hot(target, zs.shape[-1]).to(torch.bool)
 
     def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
