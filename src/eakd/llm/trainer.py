@@ -1,0 +1,179 @@
+"""``EAKDTrainer``: a ``transformers.Trainer`` that distils a frozen teacher into the student with the
+token-level EA-KD loss (chunked fused-linear by default), plus its config dataclass ``EAKDConfig``.
+
+Works wherever Trainer does (``accelerate launch`` / torchrun for DDP): the student is wrapped as usual,
+the teacher is frozen, in eval mode, on each process's device. See docs/llm.md for FSDP and DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from eakd.llm.loss import (
+    TokenLossOutput,
+    TokenLossSettings,
+    distill_loss_from_logits,
+    fused_linear_distill_loss,
+)
+
+
+@dataclass
+class EAKDConfig(TrainingArguments):
+    """TrainingArguments plus the distillation settings (see ``TokenLossSettings`` for their meaning).
+
+    kd_weight / ce_weight: soft (distillation) and hard (cross-entropy) loss weights. weighting "none" is
+    the unweighted baseline. fused_loss: chunked fused-linear loss from the last hidden states and lm_head
+    (never materialises the logits); False computes full logits (use it when the lm_head is sharded, e.g.
+    FSDP). chunk_size: rows per chunk. vocab_size: the real vocabulary when the two lm_heads differ only by
+    padding rows. log_entropies: also log teacher/student entropy quantiles (the loss terms, weight and
+    per-token divergence quantiles are always logged, from the micro-batches of each logging step).
+    """
+
+    divergence: str = field(default="fkl", metadata={"help": "fkl, rkl, jsd, skl, srkl or tvd"})
+    beta: float = 0.5
+    alpha: float = 0.1
+    temperature: float = 1.0
+    weighting: str = field(default="ea", metadata={"help": "ea, er, base, interact, inverse, uniform, none"})
+    tau: float | None = 2.0
+    h_ub: float | None = None
+    weight_level: str = field(default="token", metadata={"help": "token or sequence"})
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    fused_loss: bool = True
+    chunk_size: int = 1024
+    vocab_size: int | None = None
+    log_entropies: bool = True
+
+    def loss_settings(self) -> TokenLossSettings:
+        """The per-token loss settings of this config."""
+        return TokenLossSettings(
+            divergence=self.divergence,
+            beta=self.beta,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            weighting=None if self.weighting == "none" else self.weighting,
+            tau=self.tau,
+            h_ub=self.h_ub,
+            weight_level=self.weight_level,
+            kd_weight=self.kd_weight,
+            ce_weight=self.ce_weight,
+        )
+
+
+def _quantile_logs(prefix: str, x: torch.Tensor) -> dict[str, float]:
+    if x.numel() == 0:
+        return {}
+    q = torch.quantile(x.float(), torch.tensor([0.1, 0.5, 0.9], device=x.device))
+    return {
+        f"{prefix}_mean": x.mean().item(),
+        f"{prefix}_p10": q[0].item(),
+        f"{prefix}_p50": q[1].item(),
+        f"{prefix}_p90": q[2].item(),
+    }
+
+
+def diagnostics(out: TokenLossOutput, mask: torch.Tensor) -> dict[str, float]:
+    """Loss terms and weight/entropy/divergence statistics over the valid tokens, as floats for logging."""
+    logs = {"kd": out.kd.item(), "ce": out.ce.item()}
+    logs |= _quantile_logs("kd_token", out.per_token[mask])
+    if out.weights is not None:
+        logs |= _quantile_logs("weight", out.weights[mask])
+    if out.entropies is not None:
+        logs |= _quantile_logs("entropy_teacher", out.entropies[0][mask])
+        logs |= _quantile_logs("entropy_student", out.entropies[1][mask])
+    return logs
+
+
+class EAKDTrainer(Trainer):
+    """Trainer whose loss is ``kd_weight * EA-weighted divergence + ce_weight * CE`` against ``teacher``.
+
+    model: the student (a causal LM). teacher: a causal LM with the same tokenizer (frozen here). args: an
+    ``EAKDConfig``. Every other Trainer argument (train_dataset, data_collator, callbacks, ...) passes
+    through. Batches need input_ids, attention_mask and labels (IGNORE_INDEX = -100 on prompt and padding).
+    """
+
+    def __init__(self, model: PreTrainedModel, teacher: PreTrainedModel, args: EAKDConfig, **kwargs: Any):
+        if not isinstance(args, EAKDConfig):
+            raise TypeError(f"EAKDTrainer needs an EAKDConfig, got {type(args).__name__}")
+        super().__init__(model=model, args=args, **kwargs)
+        self.loss_settings = args.loss_settings()
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self._pending: dict[str, list[float]] = {}
+
+    def _distill(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items: Any, with_entropies: bool
+    ) -> tuple[TokenLossOutput, Any]:
+        args: EAKDConfig = self.args  # type: ignore[assignment]
+        feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
+        labels = inputs["labels"][:, 1:]
+        if not args.fused_loss:
+            outputs = model(**feed)
+            with torch.no_grad():
+                t_logits = self.teacher(**feed).logits
+            out = distill_loss_from_logits(
+                outputs.logits[:, :-1],
+                t_logits[:, :-1],
+                labels,
+                self.loss_settings,
+                num_items,
+                args.vocab_size,
+                with_entropies,
+            )
+            return out, outputs
+        outputs = model(**feed, output_hidden_states=True, logits_to_keep=1)
+        with torch.no_grad():
+            t_hidden = self.teacher(**feed, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        t_head = self.teacher.get_output_embeddings()
+        out = fused_linear_distill_loss(
+            outputs.hidden_states[-1][:, :-1],
+            head.weight,
+            labels,
+            t_hidden[:, :-1],
+            t_head.weight,
+            student_bias=getattr(head, "bias", None),
+            teacher_bias=getattr(t_head, "bias", None),
+            settings=self.loss_settings,
+            num_items_in_batch=num_items,
+            vocab_size=args.vocab_size,
+            chunk_size=args.chunk_size,
+            with_entropies=with_entropies,
+        )
+        return out, outputs
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The distillation loss of one micro-batch, normalised by ``num_items_in_batch`` when the Trainer
+        gives it (valid tokens over all accumulated micro-batches), else by this batch's valid tokens."""
+        args: EAKDConfig = self.args  # type: ignore[assignment]
+        logging = model.training and (self.state.global_step + 1) % max(int(args.logging_steps), 1) == 0
+        out, outputs = self._distill(model, inputs, num_items_in_batch, logging and args.log_entropies)
+        loss = out.loss
+        if (
+            num_items_in_batch is not None
+            and args.average_tokens_across_devices
+            and self.accelerator.num_processes > 1
+        ):
+            loss = loss * self.accelerator.num_processes  # the count was summed over processes; DDP averages
+        if logging:  # diagnostics only on the micro-batches of logging steps (they sync with the device)
+            mask = inputs["labels"][:, 1:].reshape(-1) != self.loss_settings.ignore_index
+            for k, v in diagnostics(out, mask).items():
+                self._pending.setdefault(k, []).append(v)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the means of the distillation diagnostics gathered since the last training log."""
+        if "loss" in logs and self._pending:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._pending.items()}}
+            self._pending = {}
+        super().log(logs, *args, **kwargs)
