@@ -11,15 +11,23 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise ValueError if ``x`` holds NaN or inf, saying how many."""
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf) of {x.numel()}")
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise ValueError if ``x`` holds NaN or inf, saying how many; returns ``x`` otherwise.
+
+    Losses and weights call it on their per-sample results (N,), not on the (N, K) logits: a NaN or inf
+    logit makes its row's result non-finite, so the check costs O(N), not another pass over the logits.
+    """
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf) of {x.numel()}")
+    return x
 
 
 def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
-    """Student and teacher logits must have the same shape (..., K); names the sizes otherwise."""
+    """Student and teacher logits must have the same shape (..., K); names the sizes otherwise.
+
+    Shapes only: finiteness is checked on the results (see ``check_finite``).
+    """
     if student_logits.dim() < 1:
         raise ValueError("logits must have a class dimension, got a scalar")
     ks, kt = student_logits.shape[-1], teacher_logits.shape[-1]
@@ -33,8 +41,6 @@ def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape"
         )
-    check_finite("student logits", student_logits)
-    check_finite("teacher logits", teacher_logits)
 
 
 def check_same_leading(name: str, x: torch.Tensor, values: torch.Tensor) -> None:

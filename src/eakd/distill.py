@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eakd.checks import check_finite
 from eakd.losses.logit import linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
@@ -117,6 +118,7 @@ class DistillLoss(nn.Module):
         out: dict[str, torch.Tensor] = {}
         per_sample = None
         for name, values in terms.items():
+            check_finite(f"{self.method} loss term {name!r} (from the student and teacher inputs)", values)
             if values.dim() == 0:  # batch-level term (e.g. MLKD class correlation): not reweighted
                 out[f"loss_{name}"] = scale * values
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eakd.checks import check_logit_pair, check_positive
+from eakd.checks import check_finite, check_logit_pair, check_positive
 from eakd.losses.registry import register_loss
 
 
@@ -49,7 +49,9 @@ def kd_loss(
     t = _divisor(temperature, student_logits)
     log_ps = F.log_softmax(student_logits.float() / t, dim=-1)
     log_pt = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
+    loss = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
+    check_finite("KD loss from the student and teacher logits", loss)
+    return loss
 
 
 def _binary_kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,9 @@ def dkd_loss(
     tckd = _binary_kl(bin_t, bin_s)
     pt_other = other_t.exp()
     nckd = (pt_other * (other_t.masked_fill(gt, 0.0) - other_s.masked_fill(gt, 0.0))).sum(dim=-1)
-    return (alpha * tckd + beta * nckd) * temperature**2
+    loss = (alpha * tckd + beta * nckd) * temperature**2
+    check_finite("DKD loss from the student and teacher logits", loss)
+    return loss
 
 
 def linear_warmup(epoch: float, warmup_epochs: float) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from eakd.checks import check_logit_pair, check_positive
+from eakd.checks import check_finite, check_logit_pair, check_positive
 from eakd.losses.registry import register_loss
 
 DivergenceMath = Callable[..., torch.Tensor]
@@ -116,7 +116,8 @@ def forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token forward KL(p || q); (..., V) logits -> (...) float32."""
-    return fkl_math(*token_log_probs(student_logits, teacher_logits, temperature))
+    values = fkl_math(*token_log_probs(student_logits, teacher_logits, temperature))
+    return check_finite("fkl loss from the student and teacher logits", values)
 
 
 @register_loss("rkl")
@@ -124,7 +125,8 @@ def reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token reverse KL(q || p); (..., V) logits -> (...) float32."""
-    return rkl_math(*token_log_probs(student_logits, teacher_logits, temperature))
+    values = rkl_math(*token_log_probs(student_logits, teacher_logits, temperature))
+    return check_finite("rkl loss from the student and teacher logits", values)
 
 
 @register_loss("jsd")
@@ -132,7 +134,8 @@ def generalized_jsd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token generalised JSD(beta) (TRL's convention, see ``jsd_math``); (..., V) -> (...)."""
-    return jsd_math(*token_log_probs(student_logits, teacher_logits, temperature), beta=beta)
+    values = jsd_math(*token_log_probs(student_logits, teacher_logits, temperature), beta=beta)
+    return check_finite("jsd loss from the student and teacher logits", values)
 
 
 @register_loss("skl")
@@ -140,7 +143,8 @@ def skew_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token skew forward KL(p || alpha p + (1 - alpha) q); (..., V) -> (...)."""
-    return skl_math(*token_log_probs(student_logits, teacher_logits, temperature), alpha=alpha)
+    values = skl_math(*token_log_probs(student_logits, teacher_logits, temperature), alpha=alpha)
+    return check_finite("skl loss from the student and teacher logits", values)
 
 
 @register_loss("srkl")
@@ -148,7 +152,8 @@ def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token skew reverse KL(q || alpha q + (1 - alpha) p); (..., V) -> (...)."""
-    return srkl_math(*token_log_probs(student_logits, teacher_logits, temperature), alpha=alpha)
+    values = srkl_math(*token_log_probs(student_logits, teacher_logits, temperature), alpha=alpha)
+    return check_finite("srkl loss from the student and teacher logits", values)
 
 
 @register_loss("tvd")
@@ -156,4 +161,5 @@ def total_variation(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Per-token total variation distance 0.5 * sum |p - q|; (..., V) -> (...)."""
-    return tvd_math(*token_log_probs(student_logits, teacher_logits, temperature))
+    values = tvd_math(*token_log_probs(student_logits, teacher_logits, temperature))
+    return check_finite("tvd loss from the student and teacher logits", values)

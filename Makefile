@@ -1,0 +1,35 @@
+# Quickstart: `make demo` and `make test`. Both create or reuse ./.venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.eakd-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast bench lint fetch
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,llm,detection,bench]'
+	touch $(STAMP)
+
+fetch: $(STAMP)
+	$(PY) -m eakd fetch all
+
+demo: $(STAMP)
+	$(PY) -m eakd fetch fashion-mnist
+	$(PY) -m eakd demo
+
+test: $(STAMP)
+	$(PY) -m eakd fetch all
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/loss_overhead.py

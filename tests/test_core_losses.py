@@ -1,0 +1,129 @@
+"""KD, DKD, weighted_mean and DistillLoss against plain references (values and gradients)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eakd
+from eakd.losses import dkd_loss, kd_loss, linear_warmup, weighted_mean
+
+
+def ref_kd_mean(zs, zt, t):
+    """Hinton KD as the anchors write it: batchmean KL, times T^2."""
+    return F.kl_div(F.log_softmax(zs / t, 1), F.softmax(zt / t, 1), reduction="batchmean") * t * t
+
+
+def ref_dkd_mean(zs, zt, target, alpha, beta, t):
+    """Published DKD: binary target/other KL plus non-target KL via a -1000 logit shift, batch mean."""
+    gt = F.one_hot(target, zs.shape[1]).float()
+    ps, pt = F.softmax(zs / t, 1), F.softmax(zt / t, 1)
+    bs = torch.stack([(ps * gt).sum(1), (ps * (1 - gt)).sum(1)], 1)
+    bt = torch.stack([(pt * gt).sum(1), (pt * (1 - gt)).sum(1)], 1)
+    tckd = F.kl_div(torch.log(bs), bt, reduction="sum") * t**2 / zs.shape[0]
+    nt = F.softmax(zt / t - 1000.0 * gt, 1)
+    ns = F.log_softmax(zs / t - 1000.0 * gt, 1)
+    nckd = F.kl_div(ns, nt, reduction="sum") * t**2 / zs.shape[0]
+    return alpha * tckd + beta * nckd
+
+
+def logits(n=12, k=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    zs = (torch.randn(n, k, generator=g) * 2).requires_grad_()
+    zt = torch.randn(n, k, generator=g) * 3
+    target = torch.randint(0, k, (n,), generator=g)
+    return zs, zt, target
+
+
+@pytest.mark.parametrize("t", [1.0, 4.0])
+def test_kd_value_and_grad(t):
+    zs, zt, _ = logits()
+    per = kd_loss(zs, zt, t)
+    assert per.shape == (12,)
+    ref = ref_kd_mean(zs, zt, t)
+    torch.testing.assert_close(per.mean(), ref)
+    g1 = torch.autograd.grad(per.mean(), zs)[0]
+    g2 = torch.autograd.grad(ref, zs)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize(("alpha", "beta", "t"), [(1.0, 8.0, 4.0), (0.5, 0.5, 1.0)])
+def test_dkd_matches_published(alpha, beta, t):
+    zs, zt, target = logits(k=100)
+    per = dkd_loss(zs, zt, target, alpha=alpha, beta=beta, temperature=t)
+    assert per.shape == (12,)
+    ref = ref_dkd_mean(zs, zt, target, alpha, beta, t)
+    torch.testing.assert_close(per.mean(), ref, rtol=1e-4, atol=1e-5)
+    g1 = torch.autograd.grad(per.mean(), zs)[0]
+    g2 = torch.autograd.grad(ref, zs)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-6)
+    assert torch.isfinite(g1).all()
+
+
+def test_distill_loss_none_is_published_baseline():
+    zs, zt, target = logits(k=100)
+    out = eakd.DistillLoss("dkd", weighting="none", alpha=1.0, beta=8.0, temperature=4.0)(zs, zt, target)
+    torch.testing.assert_close(out["loss_kd"], ref_dkd_mean(zs, zt, target, 1.0, 8.0, 4.0), rtol=1e-4, atol=0)
+    out = eakd.DistillLoss("kd", weighting="none", temperature=4.0)(zs, zt)
+    torch.testing.assert_close(out["loss_kd"], ref_kd_mean(zs, zt, 4.0))
+
+
+def test_distill_loss_ea_weights_and_ce():
+    zs, zt, target = logits(k=100)
+    fn = eakd.DistillLoss("kd", weighting="ea", tau=3.0, temperature=4.0, kd_weight=0.9, ce_weight=0.1)
+    out = fn(zs, zt, target)
+    w = eakd.ea_weights(zs, zt, tau=3.0)
+    torch.testing.assert_close(out["loss_kd"], 0.9 * (w * kd_loss(zs, zt, 4.0)).mean())
+    torch.testing.assert_close(out["loss_ce"], 0.1 * F.cross_entropy(zs, target))
+    torch.testing.assert_close(fn.last["weights"], w)
+    # the weight carries no gradient: d loss / d zs equals the weighted KD gradient with w as a constant
+    g = torch.autograd.grad(out["loss_kd"], zs)[0]
+    g_ref = torch.autograd.grad(0.9 * (w.detach() * kd_loss(zs, zt, 4.0)).mean(), zs)[0]
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_distill_loss_standardized_logits_and_warmup():
+    zs, zt, _ = logits()
+    fn = eakd.DistillLoss("kd", weighting="er", standardize_logits=True, temperature=2.0, warmup_epochs=10)
+    out = fn(zs, zt, epoch=5)
+    w = eakd.er_weights(None, zt)  # entropy on raw logits by default
+    ref = 0.5 * (w * kd_loss(eakd.standardize(zs), eakd.standardize(zt), 2.0)).mean()
+    torch.testing.assert_close(out["loss_kd"], ref)
+    assert linear_warmup(0, 20) == 0.0 and linear_warmup(40, 20) == 1.0 and linear_warmup(3, 0) == 1.0
+
+
+def test_weighted_mean_mask_and_denominator():
+    v = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    w = torch.tensor([[1.0, 0.5, 2.0], [1.0, 1.0, 1.0]])
+    m = torch.tensor([[True, True, False], [True, False, False]])
+    assert weighted_mean(v, w, m).item() == pytest.approx((1 + 1 + 4) / 3)
+    assert weighted_mean(v, mask=m, denominator=6).item() == pytest.approx(7 / 6)
+    assert weighted_mean(v).item() == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: weighted_mean(torch.ones(4), torch.ones(4, 3)), r"weights shape \(4, 3\) does not match"),
+        (lambda: weighted_mean(torch.ones(4), torch.ones(4, 1)), "no broadcasting"),
+        (lambda: weighted_mean(torch.ones(2, 3), mask=torch.ones(3)), "mask shape"),
+        (lambda: eakd.DistillLoss("kdd"), "unknown distillation loss 'kdd'; known losses: .*dkd.*kd"),
+        (lambda: eakd.DistillLoss("kd", weighting="ee"), "unknown weight policy 'ee'"),
+        (lambda: eakd.DistillLoss("kd", alpha=1.0), r"takes no setting\(s\) \['alpha'\]"),
+        (lambda: eakd.DistillLoss("dkd")(torch.randn(2, 5), torch.randn(2, 5)), r"needs \['target'\]"),
+        (lambda: kd_loss(torch.randn(2, 5), torch.randn(2, 5), 0.0), "temperature must be > 0"),
+        (lambda: kd_loss(torch.randn(2, 5), torch.randn(2, 7)), "student has 5, teacher has 7"),
+        (lambda: dkd_loss(torch.randn(2, 5), torch.randn(2, 5), torch.zeros(3).long()), "target shape"),
+        (lambda: eakd.DistillLoss("kd", entropy_on="soft"), "entropy_on"),
+    ],
+)
+def test_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_bf16_logits_losses():
+    zs, zt, target = logits(k=50)
+    out = eakd.DistillLoss("dkd", weighting="ea")(zs.bfloat16(), zt.bfloat16(), target)
+    ref = eakd.DistillLoss("dkd", weighting="ea")(zs.bfloat16().float(), zt.bfloat16().float(), target)
+    assert out["loss_kd"].dtype == torch.float32
+    torch.testing.assert_close(out["loss_kd"], ref["loss_kd"])
