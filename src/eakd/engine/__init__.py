@@ -1,0 +1,20 @@
+"""The engine every task shares: typed config, the Accelerate training loop, checkpoints, logs, diagnostics.
+
+from eakd.engine import load_config, train
+train(load_config("configs/demo/kd.yaml", ["distill.weighting=ea"]))
+"""
+
+from eakd.engine.config import Config, ConfigError, load_config
+from eakd.engine.tasks import ClassificationTask, Task, register_task
+from eakd.engine.trainer import evaluate_run, train
+
+__all__ = [
+    "ClassificationTask",
+    "Config",
+    "ConfigError",
+    "Task",
+    "evaluate_run",
+    "load_config",
+    "register_task",
+    "train",
+]

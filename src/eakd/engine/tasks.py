@@ -1,0 +1,284 @@
+"""The Task protocol the training loop runs, the task registry, and image classification as a task.
+
+A task owns the models, the data sets and the loss; the engine (``eakd.engine.trainer``) owns
+everything else: devices, processes, batching, mixed precision, optimiser, schedule, checkpoints, logs.
+See docs/engine.md for the contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from eakd.distill import DistillLoss
+from eakd.weighting import entropy, standardize
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from eakd.engine.config import Config
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the engine needs from a task (classification, detection, ...).
+
+    trainable: the student plus any learnable distillation parts (one module); the only thing the
+        engine optimises and wraps for DDP. Its ``forward`` must do the student's work, so DDP sees it.
+    teacher: frozen module or None; the engine moves it to the device, sets eval() and
+        requires_grad(False) and never wraps it. The task runs it under ``torch.no_grad()``.
+    train_set, eval_set: map-style data sets (eval_set may be None); collate_fn: None = default.
+    metric: the key of ``evaluate``'s result that picks the best epoch (higher is better).
+    """
+
+    trainable: nn.Module
+    teacher: nn.Module | None
+    train_set: Dataset[Any]
+    eval_set: Dataset[Any] | None
+    collate_fn: Callable[[list[Any]], Any] | None
+    metric: str
+
+    def training_step(self, model: nn.Module, batch: Any, epoch: float) -> dict[str, Tensor]:
+        """Named 0-dim loss terms for one micro-batch (the engine sums them for backward).
+
+        model: ``trainable`` as prepared (possibly DDP-wrapped): call it, not ``self.trainable``.
+        batch: this process's share of the global batch, on the device. epoch: fractional progress,
+        ``epoch_index + (i + 1) / batches_per_epoch``.
+        """
+        ...
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], accelerator: Accelerator) -> dict[str, float]:
+        """Metrics over this process's shard of ``eval_set``, reduced over all processes (same on each).
+
+        model: the unwrapped ``trainable`` in eval mode, called under ``torch.no_grad()``.
+        """
+        ...
+
+    def diagnostics(self) -> dict[str, Tensor] | None:
+        """Per-sample values of the last training step, shape (N,) each, or None: any of "weights",
+        "h_t", "h_s" (entropies in nats), "per_sample" (unweighted distillation loss), "target"."""
+        ...
+
+
+TaskBuilder = Callable[["Config"], Task]
+TASKS: dict[str, TaskBuilder] = {}
+
+
+def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Decorator registering ``builder(cfg: Config) -> Task`` under ``name`` (the config's ``task``)."""
+
+    def add(fn: TaskBuilder) -> TaskBuilder:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        TASKS[name] = fn
+        return fn
+
+    return add
+
+
+def build_task(cfg: Config) -> Task:
+    """The task named by ``cfg.task``: a registered name or ``"package.module:function"``."""
+    name = cfg.task
+    if ":" in name:
+        module, _, func = name.partition(":")
+        builder = getattr(importlib.import_module(module), func)
+    elif name in TASKS:
+        builder = TASKS[name]
+    else:
+        if name == "detection":
+            importlib.import_module("eakd.detection")  # registers itself on import
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        builder = TASKS[name]
+    task = builder(cfg)
+    if not isinstance(task, Task):
+        raise TypeError(f"task builder for {name!r} returned {type(task).__name__}, which is not a Task")
+    return task
+
+
+def split_output(out: Any) -> tuple[Tensor, Any]:
+    """A model's output as (logits, feats): the zoo returns a pair, a plain module just logits."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
+
+
+class DistillModule(nn.Module):
+    """Student + distillation loss as one trainable module (the learnable loss parts train with it).
+
+    forward(x (N, ...), target (N,), teacher_logits (N, K) | None, teacher_feats, epoch) ->
+    (dict of 0-dim loss terms, student logits (N, K)). Without a loss: ``ce_weight`` * cross-entropy.
+    """
+
+    def __init__(self, student: nn.Module, loss: DistillLoss | None, ce_weight: float = 1.0) -> None:
+        super().__init__()
+        self.student = student
+        self.loss = loss
+        self.ce_weight = ce_weight
+
+    def forward(
+        self,
+        x: Tensor,
+        target: Tensor,
+        teacher_logits: Tensor | None = None,
+        teacher_feats: Any = None,
+        epoch: float | None = None,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        logits, feats = split_output(self.student(x))
+        if self.loss is None:
+            return {"loss_ce": self.ce_weight * F.cross_entropy(logits.float(), target)}, logits
+        if teacher_logits is None:
+            raise ValueError("a distillation loss needs the teacher's logits")
+        terms = self.loss(
+            logits, teacher_logits, target, student_feats=feats, teacher_feats=teacher_feats, epoch=epoch
+        )
+        return terms, logits
+
+
+def policy_tau(loss: DistillLoss) -> float:
+    """The entropy temperature the loss's weight policy uses (its bound setting, else its default)."""
+    policy: Any = loss.policy
+    if policy is None:
+        return 1.0
+    bound = getattr(policy, "keywords", {})
+    if "tau" in bound:
+        return float(bound["tau"])
+    param = inspect.signature(getattr(policy, "func", policy)).parameters.get("tau")
+    return 1.0 if param is None or param.default is inspect.Parameter.empty else float(param.default)
+
+
+class ClassificationTask:
+    """Image classification with optional distillation: batches are ``(images, labels)``.
+
+    student, teacher: modules returning logits or ``(logits, feats)`` (the zoo's contract).
+    loss: the DistillLoss (None: the student alone, ``ce_weight`` * cross-entropy). Evaluation gives
+    ``top1``, ``top5`` (percent) and ``loss`` (mean cross-entropy); the best epoch is picked by top1.
+    """
+
+    metric = "top1"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        loss: DistillLoss | None,
+        train_set: Dataset[Any],
+        eval_set: Dataset[Any] | None,
+        ce_weight: float = 1.0,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> None:
+        if loss is not None and teacher is None:
+            raise ValueError("a distillation loss needs a teacher (set model.teacher or distill.method=none)")
+        self.trainable = DistillModule(student, loss, ce_weight)
+        self.teacher = teacher
+        self.train_set = train_set
+        self.eval_set = eval_set
+        self.collate_fn = collate_fn
+        self.loss = loss
+        self._last: dict[str, Tensor] = {}
+
+    def training_step(self, model: nn.Module, batch: Any, epoch: float) -> dict[str, Tensor]:
+        """batch = (images (N, ...), labels (N,)); the teacher runs under no_grad."""
+        x, y = batch[0], batch[1]
+        t_logits, t_feats = None, None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_logits, t_feats = split_output(self.teacher(x))
+        terms, logits = model(x, y, t_logits, t_feats, epoch)
+        self._last = {"student": logits.detach(), "target": y}
+        if t_logits is not None:
+            self._last["teacher"] = t_logits.detach()
+        return terms
+
+    def diagnostics(self) -> dict[str, Tensor] | None:
+        """Weights, entropies (the policy's tau and logits), per-sample loss and target of the last step."""
+        if "teacher" not in self._last or self.loss is None:
+            return None
+        tau = policy_tau(self.loss)
+        prep = standardize if getattr(self.loss.policy, "keywords", {}).get("standardized") else (lambda z: z)
+        out = {
+            "h_t": entropy(prep(self._last["teacher"]), tau),
+            "h_s": entropy(prep(self._last["student"]), tau),
+            "target": self._last["target"],
+        }
+        for key in ("weights", "per_sample"):
+            value = self.loss.last.get(key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], accelerator: Accelerator) -> dict[str, float]:
+        """top1 / top5 accuracy (%) and mean cross-entropy of the student, summed over all processes."""
+        student = model.student if isinstance(model, DistillModule) else model
+        sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # top1, top5, ce, count
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            with accelerator.autocast():
+                logits, _ = split_output(student(x))
+            logits = logits.float()
+            k = min(5, logits.shape[-1])
+            top = logits.topk(k, dim=-1).indices
+            hit = top == y[:, None]
+            sums += torch.stack(
+                [
+                    hit[:, 0].sum().double(),
+                    hit.any(dim=-1).sum().double(),
+                    F.cross_entropy(logits, y, reduction="sum").double(),
+                    torch.tensor(float(len(y)), dtype=torch.float64, device=sums.device),
+                ]
+            )
+        sums = accelerator.reduce(sums, reduction="sum")
+        n = max(float(sums[3]), 1.0)
+        return {
+            "top1": 100.0 * float(sums[0]) / n,
+            "top5": 100.0 * float(sums[1]) / n,
+            "loss": float(sums[2]) / n,
+        }
+
+
+def distill_loss_from_config(cfg: Config) -> DistillLoss | None:
+    """The DistillLoss the config's ``distill`` section describes (None for method "none")."""
+    d = cfg.distill
+    if d.method == "none":
+        return None
+    return DistillLoss(
+        d.method,
+        d.weighting,
+        tau=d.tau,
+        h_ub=d.h_ub,
+        entropy_on=d.entropy_on,
+        standardize_logits=d.standardize_logits,
+        kd_weight=d.kd_weight,
+        ce_weight=d.ce_weight,
+        warmup_epochs=d.warmup_epochs,
+        **d.hparams,
+    )
+
+
+@register_task("classification")
+def build_classification(cfg: Config) -> ClassificationTask:
+    """Student and teacher from the model zoo, data from ``eakd.vision.data``, loss from ``distill``."""
+    from eakd.vision.data import build_dataset
+    from eakd.vision.models import create_model, load_checkpoint
+
+    train_set, eval_set, info = build_dataset(cfg.data)
+    num_classes = cfg.model.num_classes or info["num_classes"]
+    common = {"num_classes": num_classes, "in_channels": info["in_channels"]}
+    student = create_model(cfg.model.student, **common, **cfg.model.student_options)
+    if cfg.model.student_checkpoint:
+        load_checkpoint(student, cfg.model.student_checkpoint)
+    teacher = None
+    if cfg.model.teacher is not None and cfg.distill.method != "none":
+        teacher = create_model(cfg.model.teacher, **common, **cfg.model.teacher_options)
+        if cfg.model.teacher_checkpoint:
+            load_checkpoint(teacher, cfg.model.teacher_checkpoint)
+    return ClassificationTask(
+        student, teacher, distill_loss_from_config(cfg), train_set, eval_set, ce_weight=cfg.distill.ce_weight
+    )

@@ -1,0 +1,451 @@
+"""The training loop, on Hugging Face Accelerate: one code path for CPU, one GPU, DDP and multi-node.
+
+Launch with ``eakd train CONFIG`` (one process), ``accelerate launch -m eakd train CONFIG`` or
+``torchrun --nproc_per_node N -m eakd train CONFIG``. Accelerate sets up the processes, the device,
+DDP (only ``task.trainable`` is wrapped), autocast and the fp16 grad scaler. The engine itself shards
+the data (the same global batches whatever the number of processes), accumulates gradients, steps the
+schedule per optimiser step, evaluates, logs and checkpoints. See docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, send_to_device
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from eakd.engine.checkpoint import (
+    atomic_save,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
+)
+from eakd.engine.config import Config, dump_config, load_config
+from eakd.engine.diagnostics import Diagnostics
+from eakd.engine.logs import CsvLog
+from eakd.engine.optim import build_optimizer, build_scheduler
+from eakd.engine.tasks import Task, build_task
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); ``deterministic`` also asks for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def shard(size: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, end) of process ``rank``'s share of a global batch of ``size``: near-equal contiguous parts."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+class GlobalBatches(Sampler[list[int]]):
+    """Batch sampler: global batches of ``batch_size`` from a permutation seeded by (seed, epoch), and this
+    process's contiguous share of each. Every process count sees the same global batches; a last batch
+    smaller than the number of processes is dropped. ``batch_sizes(i)`` = (global, local) size of batch i.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, shuffle: bool
+    ) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        full, rest = divmod(n, batch_size)
+        self.num_batches = full + (rest >= world)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_sizes(self, i: int) -> tuple[int, int]:
+        size = min(self.batch_size, self.n - i * self.batch_size)
+        start, end = shard(size, self.rank, self.world)
+        return size, end - start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for i in range(self.num_batches):
+            batch = order[i * self.batch_size : (i + 1) * self.batch_size]
+            start, end = shard(len(batch), self.rank, self.world)
+            yield batch[start:end]
+
+
+def _seed_worker(_: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch_sampler: Sampler[list[int]],
+    num_workers: int,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    seed: int,
+) -> DataLoader[Any]:
+    """A DataLoader over ``batch_sampler``; worker RNGs derive from ``seed`` only (exact on resume)."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def eval_loader(
+    task: Task, batch_size: int, accelerator: Accelerator, num_workers: int
+) -> Iterator[Any] | None:
+    """This process's strided shard of ``task.eval_set`` in batches, moved to the device (None: no set)."""
+    if task.eval_set is None:
+        return None
+    ids = list(range(accelerator.process_index, len(task.eval_set), accelerator.num_processes))  # type: ignore[arg-type]
+    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    loader = make_loader(task.eval_set, batches, num_workers, task.collate_fn, 0)  # type: ignore[arg-type]
+    return (send_to_device(b, accelerator.device) for b in loader)
+
+
+def _evaluate(task: Task, model: nn.Module, accelerator: Accelerator, cfg: Config) -> dict[str, float]:
+    loader = eval_loader(
+        task, cfg.train.eval_batch_size or cfg.train.batch_size, accelerator, cfg.train.num_workers
+    )
+    if loader is None:
+        return {}
+    inner = accelerator.unwrap_model(model)
+    inner.eval()
+    with torch.no_grad():
+        return task.evaluate(inner, loader, accelerator)
+
+
+def _prepare_teacher(task: Task, device: torch.device) -> None:
+    if task.teacher is None:
+        return
+    shared = {id(p) for p in task.teacher.parameters()} & {id(p) for p in task.trainable.parameters()}
+    if shared:
+        raise ValueError("the teacher shares parameters with the trainable module; keep them separate")
+    task.teacher.to(device).eval().requires_grad_(False)
+
+
+def resolve_resume(cfg: Config) -> Path | None:
+    """The checkpoint ``train.resume`` names: None for "none" (or "auto" without checkpoints)."""
+    resume = cfg.train.resume
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(cfg.run_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.resume: checkpoint {path} does not exist")
+    return path
+
+
+class Console:
+    """Console lines from the main process, printed through tqdm while a progress bar is open."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
+    """Run (or resume) the experiment ``cfg``; returns the summary also written to ``summary.json``.
+
+    task: a ready Task (for Python users and tests); None builds ``cfg.task`` from the config.
+    """
+    t = cfg.train
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if t.grad_accum < 1 or t.batch_size < world:
+        raise ValueError(f"need train.grad_accum >= 1 and train.batch_size >= {world} (processes)")
+    seed_everything(cfg.experiment.seed + rank, t.deterministic)
+    task = task if task is not None else build_task(cfg)
+    run_dir = cfg.run_dir
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    log = Console(main)
+
+    n_train = len(task.train_set)  # type: ignore[arg-type]
+    batches_per_epoch = len(GlobalBatches(n_train, t.batch_size, rank, world, 0, 0, False))
+    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
+    params = [p for p in task.trainable.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, t.epochs)
+    model, optimizer = accelerator.prepare(task.trainable, optimizer)
+    _prepare_teacher(task, accelerator.device)
+
+    start_epoch, step, train_time = 0, 0, 0.0
+    last: dict[str, float] = {}
+    best: dict[str, Any] = {"metric": task.metric, "value": -math.inf, "epoch": 0, "metrics": {}}
+    resume = resolve_resume(cfg)
+    if resume is not None:
+        ck = load_checkpoint(resume)
+        accelerator.unwrap_model(model).load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if accelerator.scaler is not None and ck["scaler"] is not None:
+            accelerator.scaler.load_state_dict(ck["scaler"])
+        set_rng_state(ck["rng"][rank] if len(ck["rng"]) == world else ck["rng"][0])
+        start_epoch, step, train_time = ck["epoch"], ck["step"], ck["train_time_s"]
+        best, last = ck["best"], ck["last"]
+        log(f"resumed from {resume}: epoch {start_epoch}, step {step}")
+
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if resume is not None else None)
+    metrics_csv = CsvLog(run_dir / "metrics.csv", "epoch", start_epoch) if main else None
+    diag = Diagnostics(run_dir, t.diag_samples, writer, step) if main and t.diag_every > 0 else None
+    n_params = sum(p.numel() for p in params)
+    log(
+        f"run {run_dir}: {world} process(es) on {accelerator.device}, {n_params} trainable parameters, "
+        f"{batches_per_epoch} batches/epoch, mixed_precision={t.mixed_precision}"
+    )
+
+    samples_per_s = 0.0
+    for epoch in range(start_epoch, t.epochs):
+        model.train()
+        sampler = GlobalBatches(n_train, t.batch_size, rank, world, cfg.experiment.seed, epoch, True)
+        loader = make_loader(
+            task.train_set,
+            sampler,
+            t.num_workers,
+            task.collate_fn,
+            cfg.experiment.seed * 100_003 + epoch * 1_009 + rank,
+        )
+        sums: dict[str, Tensor] = {}
+        window: dict[str, Tensor] = {}
+        window_n, n_seen = 0, 0
+        bar = tqdm(
+            total=len(sampler),
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (main and sys.stderr.isatty()),
+        )
+        log.bar = bar
+        start = time.perf_counter()
+        for i, batch in enumerate(loader):
+            batch = send_to_device(batch, accelerator.device)
+            global_n, local_n = sampler.batch_sizes(i)
+            group_start = i - i % t.grad_accum
+            group_len = min(t.grad_accum, len(sampler) - group_start)
+            sync = i == group_start + group_len - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    terms = task.training_step(model, batch, epoch + (i + 1) / len(sampler))
+                loss = torch.stack([v.float() for v in terms.values()]).sum()
+                # local mean * local_n * world / global_n: DDP's mean over processes = the global batch mean
+                accelerator.backward(loss * (local_n * world / global_n) / group_len)
+            if diag is not None:
+                diag.add(task.diagnostics())
+            for k, v in {**terms, "loss": loss}.items():
+                v = v.detach().float()
+                sums[k] = sums.get(k, 0.0) + v
+                window[k] = window.get(k, 0.0) + v
+            window_n += 1
+            n_seen += global_n
+            bar.update(1)
+            if not sync:
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            lr = optimizer.param_groups[0]["lr"]
+            if t.log_every > 0 and step % t.log_every == 0:
+                means = {k: float(v) / window_n for k, v in window.items()}
+                window, window_n = {}, 0
+                bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
+                if writer is not None:
+                    for k, v in means.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    writer.add_scalar("train/lr", lr, step)
+                if bar.disable:
+                    log(f"epoch {epoch + 1} step {step} lr={lr:.4g} {_fmt_metrics(means)}")
+            if diag is not None and (step % t.diag_every == 0 or i == len(sampler) - 1):
+                diag.flush(step, epoch + (i + 1) / len(sampler))
+        bar.close()
+        log.bar = None
+        epoch_time = time.perf_counter() - start
+        train_time += epoch_time
+        samples_per_s = n_seen / max(epoch_time, 1e-9)
+        names = sorted(sums)
+        means_t = torch.stack([torch.as_tensor(sums[k], device=accelerator.device) for k in names]) / len(
+            sampler
+        )
+        train_means = dict(zip(names, accelerator.reduce(means_t, reduction="mean").tolist(), strict=True))
+        if diag is not None:
+            diag.end_epoch(epoch + 1)
+
+        is_last = epoch + 1 == t.epochs
+        if t.eval_every > 0 and ((epoch + 1) % t.eval_every == 0 or is_last):
+            last = _evaluate(task, model, accelerator, cfg)
+        improved = bool(last) and last.get(task.metric, -math.inf) > best["value"]
+        if improved:
+            best = {
+                "metric": task.metric,
+                "value": last[task.metric],
+                "epoch": epoch + 1,
+                "metrics": dict(last),
+            }
+            if main:
+                state = accelerator.unwrap_model(model).state_dict()
+                atomic_save({"model": state, "epoch": epoch + 1, "metrics": dict(last)}, run_dir / "best.pt")
+        lr = optimizer.param_groups[0]["lr"]
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": lr,
+            **{f"train_{k}": v for k, v in train_means.items()},
+            **{f"eval_{k}": v for k, v in last.items()},
+            f"best_{task.metric}": best["value"],
+            "samples_per_s": samples_per_s,
+            "epoch_time_s": epoch_time,
+        }
+        if metrics_csv is not None:
+            metrics_csv.append(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step", "lr") and isinstance(v, float) and math.isfinite(v):
+                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+            writer.flush()
+        log(
+            f"epoch {epoch + 1}/{t.epochs} train: {_fmt_metrics(train_means)} | eval: {_fmt_metrics(last)} | "
+            f"best {task.metric}={best['value']:.4g} (epoch {best['epoch']}) | {samples_per_s:.0f} samples/s"
+        )
+
+        if t.ckpt_every > 0 and ((epoch + 1) % t.ckpt_every == 0 or is_last):
+            rngs = gather_object([rng_state()])
+            if main:
+                ck = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "best": best,
+                    "last": last,
+                    "train_time_s": train_time,
+                    "model": accelerator.unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict(),
+                    "rng": rngs,
+                }
+                atomic_save(ck, checkpoint_path(run_dir, epoch + 1))
+                prune_checkpoints(run_dir, t.keep_checkpoints)
+            accelerator.wait_for_everyone()
+
+    summary = {
+        "name": cfg.experiment.name,
+        "task": cfg.task,
+        "metric": task.metric,
+        "best": best,
+        "last": {"epoch": t.epochs, "metrics": last},
+        "steps": step,
+        "train_time_s": train_time,
+        "samples_per_s": samples_per_s,
+        "processes": world,
+        "mixed_precision": t.mixed_precision,
+        "trainable_params": n_params,
+    }
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        log(
+            f"done: best {task.metric}={best['value']:.4g} (epoch {best['epoch']}), last {_fmt_metrics(last)}"
+        )
+    if writer is not None:
+        writer.close()
+    accelerator.end_training()
+    return summary
+
+
+def evaluate_run(cfg: Config, weights: str | Path | None = None) -> dict[str, float]:
+    """Evaluate the trainable module of ``cfg``'s task with ``weights`` (best.pt, a checkpoint or None)."""
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.train.cpu)
+    seed_everything(cfg.experiment.seed, cfg.train.deterministic)
+    task = build_task(cfg)
+    if weights is not None:
+        task.trainable.load_state_dict(load_checkpoint(weights)["model"])
+    task.trainable.to(accelerator.device)
+    _prepare_teacher(task, accelerator.device)
+    return _evaluate(task, task.trainable, accelerator, cfg)
+
+
+def train_command(argv: list[str]) -> int:
+    """``eakd train CONFIG [key=value ...] [--deterministic]``."""
+    parser = argparse.ArgumentParser(prog="eakd train", description="Train (or resume) an experiment.")
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 train.resume=auto")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels (train.deterministic)"
+    )
+    args = parser.parse_args(argv)
+    overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
+    train(load_config(args.config, overrides))
+    return 0
+
+
+def eval_command(argv: list[str]) -> int:
+    """``eakd eval CONFIG|RUN_DIR [key=value ...] [--weights PATH]``: print the metrics as JSON."""
+    parser = argparse.ArgumentParser(prog="eakd eval", description="Evaluate a trained run or a config.")
+    parser.add_argument("target", help="a run folder (uses its config.yaml) or a YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data")
+    parser.add_argument(
+        "--weights", help="weights file (default: the run's best.pt, else its latest checkpoint)"
+    )
+    args = parser.parse_args(argv)
+    target = Path(args.target)
+    cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
+    run_dir = target if target.is_dir() else cfg.run_dir
+    weights = args.weights
+    if weights is None:
+        best = run_dir / "best.pt"
+        weights = best if best.is_file() else latest_checkpoint(run_dir)
+    if weights is None:
+        print(f"eakd eval: no weights found in {run_dir}; evaluating the untrained model", file=sys.stderr)
+    metrics = evaluate_run(cfg, weights)
+    print(json.dumps({"weights": None if weights is None else str(weights), **metrics}, indent=2))
+    return 0
