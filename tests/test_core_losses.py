@@ -127,3 +127,13 @@ def test_bf16_logits_losses():
     ref = eakd.DistillLoss("dkd", weighting="ea")(zs.bfloat16().float(), zt.bfloat16().float(), target)
     assert out["loss_kd"].dtype == torch.float32
     torch.testing.assert_close(out["loss_kd"], ref["loss_kd"])
+
+
+def test_distill_loss_advances_ctkd_curriculum():
+    zs, zt, target = logits()
+    fn = eakd.DistillLoss("ctkd", weighting="ea", max_lambda=1.0, lambda_start=0.0, lambda_end=10.0)
+    fn(zs, zt, target, epoch=0.0)
+    assert fn.module.lam == pytest.approx(0.0)
+    fn(zs, zt, target, epoch=10.0)
+    assert fn.module.lam == pytest.approx(1.0)
+    assert any(p.requires_grad for p in fn.parameters())  # the temperature trains with the student

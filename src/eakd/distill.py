@@ -36,7 +36,8 @@ class DistillLoss(nn.Module):
     alpha, beta, ...) or, for a loss with learnable parts, to its constructor.
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
-    teacher_feats, epoch where needed. After a call, ``self.last`` holds detached diagnostics of it:
+    teacher_feats, epoch where needed (a loss module with ``set_epoch``, such as CTKD's curriculum, is
+    advanced to ``epoch`` on each call). After a call, ``self.last`` holds detached diagnostics of it:
     ``weights`` (N,) or None and ``per_sample`` (N,), the unweighted per-sample distillation loss.
     """
 
@@ -98,6 +99,8 @@ class DistillLoss(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         teacher_logits = teacher_logits.detach()
+        if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
+            self.module.set_epoch(epoch)
         weights = None if self.policy is None else self.policy(student_logits, teacher_logits, mask=mask)
         zs, zt = student_logits, teacher_logits
         if self.standardize_logits:
