@@ -1,0 +1,12 @@
+"""Where eakd keeps derived artefacts (unpacked data, converted checkpoints): never inside the repository."""
+
+import os
+from pathlib import Path
+
+
+def cache_dir(*parts: str) -> Path:
+    """Return ``$EAKD_CACHE/<parts...>`` (default ``~/.cache/eakd``), creating the folder."""
+    root = Path(os.environ.get("EAKD_CACHE") or Path.home() / ".cache" / "eakd").expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
