@@ -1,0 +1,235 @@
+"""``eakd report RUN_DIR [RUN_DIR ...]``: PNG plots and a markdown summary (report.md) for training runs.
+
+Reads what the engine writes in a run folder (metrics.csv, diagnostics.csv, diagnostics/samples-*.npz,
+summary.json, config.yaml) and writes, into the same folder:
+
+- curves.png: training loss terms, evaluation metrics and learning rate per epoch,
+- weights.png: weight quantiles, effective sample size and corr(w, loss) over optimiser steps,
+- weight_hist.png: histograms of the per-sample weights at up to 6 epochs,
+- entropy_scatter.png: teacher vs student entropy of the last epoch's samples, coloured by weight,
+- report.md: the numbers and the plots.
+
+With several runs it also prints one markdown table comparing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from eakd.engine.logs import read_csv
+
+PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png")
+
+
+def _column(rows: list[dict[str, str]], key: str) -> np.ndarray:
+    """A CSV column as floats, NaN where empty."""
+    return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of the run's raw diagnostic samples, by epoch."""
+    folder = run_dir / "diagnostics"
+    found = (
+        [(int(p.stem.split("-e")[-1]), p) for p in folder.glob("samples-e*.npz")] if folder.is_dir() else []
+    )
+    return sorted(found)
+
+
+def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
+    """Loss terms, eval metrics (percent metrics on their own axis) and lr against the epoch."""
+    plt = _pyplot()
+    epoch = _column(rows, "epoch")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in rows[0]:
+        if key.startswith("train_"):
+            axes[0].plot(epoch, _column(rows, key), label=key.removeprefix("train_"))
+        elif key.startswith(("eval_", "best_")) and not key.endswith("loss"):
+            axes[1].plot(
+                epoch, _column(rows, key), label=key, linestyle="--" if key.startswith("best_") else "-"
+            )
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].set(title="evaluation", xlabel="epoch")
+    axes[2].plot(epoch, _column(rows, "lr"))
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_weight_stats(rows: list[dict[str, str]], path: Path) -> None:
+    """w quantile bands (5-95, 25-75, median), ESS and corr(w, loss) against the optimiser step."""
+    plt = _pyplot()
+    step = _column(rows, "step")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for prefix, ax, title in (("w", axes[0], "weight w"), ("h_t", axes[1], "entropies (nats)")):
+        if f"{prefix}_q50" not in rows[0]:
+            continue
+        ax.fill_between(step, _column(rows, f"{prefix}_q05"), _column(rows, f"{prefix}_q95"), alpha=0.2)
+        ax.fill_between(step, _column(rows, f"{prefix}_q25"), _column(rows, f"{prefix}_q75"), alpha=0.3)
+        ax.plot(step, _column(rows, f"{prefix}_q50"), label=f"{prefix} median")
+        ax.set(title=title, xlabel="step")
+    if "h_s_q50" in rows[0]:
+        axes[1].plot(step, _column(rows, "h_s_q50"), label="h_s median")
+    for key in ("ess", "corr_w_loss"):
+        if key in rows[0]:
+            axes[2].plot(step, _column(rows, key), label=key)
+    axes[2].set(title="ESS and corr(w, per-sample loss)", xlabel="step")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_weight_histograms(files: list[tuple[int, Path]], path: Path) -> bool:
+    """Overlaid weight histograms of up to 6 evenly spaced epochs; False if no file holds weights."""
+    picked = [
+        files[i] for i in sorted({round(x) for x in np.linspace(0, len(files) - 1, min(6, len(files)))})
+    ]
+    data = [(epoch, np.load(p)) for epoch, p in picked]
+    data = [(epoch, d["weights"]) for epoch, d in data if "weights" in d.files]
+    if not data:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(data)))
+    hi = max(float(w.max()) for _, w in data)
+    bins = np.linspace(0.0, hi if hi > 0 else 1.0, 40)
+    for (epoch, w), color in zip(data, colors, strict=True):
+        ax.hist(w, bins=bins, histtype="step", density=True, color=color, label=f"epoch {epoch}")
+    ax.set(title="per-sample weights over training", xlabel="w", ylabel="density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_entropy_scatter(file: Path, path: Path) -> bool:
+    """H_t vs H_s of one epoch's samples coloured by w; False without those arrays."""
+    d = np.load(file)
+    if not {"h_t", "h_s", "weights"} <= set(d.files):
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    points = ax.scatter(d["h_t"], d["h_s"], c=d["weights"], s=6, cmap="viridis", alpha=0.7)
+    fig.colorbar(points, ax=ax, label="w")
+    ax.set(title=f"entropies, {file.stem}", xlabel="H_t (teacher, nats)", ylabel="H_s (student, nats)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_row(run_dir: Path) -> dict[str, Any]:
+    """One run's headline numbers: name, method, weighting, best (epoch), last, steps, time, throughput."""
+    summary = (
+        json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    )
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    distill = cfg.get("distill", {})
+    best = summary.get("best", {})
+    metric = summary.get("metric", best.get("metric", "?"))
+    return {
+        "run": run_dir.name,
+        "method": distill.get("method", "?"),
+        "weighting": distill.get("weighting", "?"),
+        f"best {metric}": best.get("value", float("nan")),
+        "best epoch": best.get("epoch", "?"),
+        f"last {metric}": summary.get("last", {}).get("metrics", {}).get(metric, float("nan")),
+        "steps": summary.get("steps", "?"),
+        "train time (s)": summary.get("train_time_s", float("nan")),
+        "samples/s": summary.get("samples_per_s", float("nan")),
+    }
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as a markdown table."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_num(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write the plots and report.md into ``run_dir``; returns the report's path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    metrics = read_csv(run_dir / "metrics.csv")
+    diag = read_csv(run_dir / "diagnostics.csv")
+    files = sample_files(run_dir)
+    made = []
+    if metrics:
+        plot_curves(metrics, run_dir / "curves.png")
+        made.append(("Learning curves", "curves.png"))
+    if diag:
+        plot_weight_stats(diag, run_dir / "weights.png")
+        made.append(("Weights and entropies over training", "weights.png"))
+    if files and plot_weight_histograms(files, run_dir / "weight_hist.png"):
+        made.append(("Weight histograms", "weight_hist.png"))
+    if files and plot_entropy_scatter(files[-1][1], run_dir / "entropy_scatter.png"):
+        made.append(("Teacher vs student entropy, coloured by weight", "entropy_scatter.png"))
+
+    lines = [f"# Run report: {run_dir.name}", "", markdown_table([summary_row(run_dir)]), ""]
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        cfg = yaml.safe_load(cfg_path.read_text())
+        lines += ["## Setting", ""]
+        for section in ("model", "distill", "optim", "schedule"):
+            items = ", ".join(f"{k}={v}" for k, v in cfg.get(section, {}).items() if v not in (None, {}, []))
+            lines.append(f"- **{section}**: {items}")
+        t = cfg.get("train", {})
+        lines += [
+            f"- **train**: epochs={t.get('epochs')}, batch_size={t.get('batch_size')}, "
+            f"grad_accum={t.get('grad_accum')}, mixed_precision={t.get('mixed_precision')}",
+            "",
+        ]
+    if diag:
+        last = diag[-1]
+        keys = [
+            k for k in ("w_q05", "w_q50", "w_q95", "ess", "corr_w_loss", "h_t_q50", "h_s_q50") if k in last
+        ]
+        lines += [f"## Weight diagnostics (last window, step {last['step']})", ""]
+        lines += [markdown_table([{k: float(last[k]) if last[k] else float("nan") for k in keys}]), ""]
+    for title, name in made:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def report_command(argv: list[str]) -> int:
+    """``eakd report RUN_DIR [RUN_DIR ...]``: write each run's report; compare them when several."""
+    parser = argparse.ArgumentParser(prog="eakd report", description="Plots and report.md for training runs.")
+    parser.add_argument("runs", nargs="+", help="run folders (experiment.output_dir/experiment.name)")
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        print(f"wrote {write_report(run)}")
+    if len(args.runs) > 1:
+        print(markdown_table([summary_row(Path(r)) for r in args.runs]))
+    return 0
