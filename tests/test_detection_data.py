@@ -75,7 +75,8 @@ def test_sanitize_drops_and_counts() -> None:
     assert kept.tolist() == [[1, 1, 5, 5], [0, 2, 4, 6]]
     assert labels.tolist() == [0, 1]
     c = drops.counts
-    assert c["outside the image"] == c["smaller than 1 px"] == c["inverted (max < min)"] == c["non-finite"] == 1
+    assert c["outside the image"] == c["smaller than 1 px"] == 1
+    assert c["inverted (max < min)"] == c["non-finite"] == 1
     assert c["clipped"] == 1
 
 
