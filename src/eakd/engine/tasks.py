@@ -113,8 +113,11 @@ def split_output(out: Any) -> tuple[Tensor, Any]:
 class DistillModule(nn.Module):
     """Student + distillation loss as one trainable module (the learnable loss parts train with it).
 
-    forward(x (N, ...), target (N,), teacher_logits (N, K) | None, teacher_feats, epoch) ->
-    (dict of 0-dim loss terms, student logits (N, K)). Without a loss: ``ce_weight`` * cross-entropy.
+    forward(views, target (N,), teacher_logits, teacher_feats, epoch) -> (dict of 0-dim loss terms,
+    student logits (N, K) of the first view). views: the images (N, ...) or a tuple of augmented views
+    (MLKD's weak and strong), with teacher_logits / teacher_feats one per view then. The loss runs once
+    per view and the terms are summed, the hard-label cross-entropy taken from the first view only.
+    Without a loss: ``ce_weight`` * cross-entropy. ``first_last``: the loss's ``last`` of the first view.
     """
 
     def __init__(self, student: nn.Module, loss: DistillLoss | None, ce_weight: float = 1.0) -> None:
@@ -122,24 +125,41 @@ class DistillModule(nn.Module):
         self.student = student
         self.loss = loss
         self.ce_weight = ce_weight
+        self.first_last: dict[str, Tensor | None] = {}
 
     def forward(
         self,
-        x: Tensor,
+        views: Tensor | tuple[Tensor, ...],
         target: Tensor,
-        teacher_logits: Tensor | None = None,
+        teacher_logits: Any = None,
         teacher_feats: Any = None,
         epoch: float | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
-        logits, feats = split_output(self.student(x))
-        if self.loss is None:
-            return {"loss_ce": self.ce_weight * F.cross_entropy(logits.float(), target)}, logits
-        if teacher_logits is None:
-            raise ValueError("a distillation loss needs the teacher's logits")
-        terms = self.loss(
-            logits, teacher_logits, target, student_feats=feats, teacher_feats=teacher_feats, epoch=epoch
-        )
-        return terms, logits
+        many = isinstance(views, tuple)
+        views_t = views if isinstance(views, tuple) else (views,)
+        t_logits = teacher_logits if many else (teacher_logits,)
+        t_feats = teacher_feats if many else (teacher_feats,)
+        terms: dict[str, Tensor] = {}
+        first = None
+        for i, x in enumerate(views_t):
+            logits, feats = split_output(self.student(x))
+            first = logits if first is None else first
+            if self.loss is None:
+                if i == 0:
+                    terms["loss_ce"] = self.ce_weight * F.cross_entropy(logits.float(), target)
+                continue
+            if t_logits[i] is None:
+                raise ValueError("a distillation loss needs the teacher's logits")
+            out = self.loss(
+                logits, t_logits[i], target, student_feats=feats, teacher_feats=t_feats[i], epoch=epoch
+            )
+            if i == 0:
+                self.first_last = dict(self.loss.last)
+            for name, value in out.items():
+                if i == 0 or name != "loss_ce":
+                    terms[name] = terms[name] + value if name in terms else value
+        assert first is not None
+        return terms, first
 
 
 def policy_tau(loss: DistillLoss) -> float:
@@ -155,7 +175,8 @@ def policy_tau(loss: DistillLoss) -> float:
 
 
 class ClassificationTask:
-    """Image classification with optional distillation: batches are ``(images, labels)``.
+    """Image classification with optional distillation: batches are ``(images, labels)`` or, with two
+    augmented views (MLKD), ``(weak, strong, labels)``; diagnostics come from the first view.
 
     student, teacher: modules returning logits or ``(logits, feats)`` (the zoo's contract).
     loss: the DistillLoss (None: the student alone, ``ce_weight`` * cross-entropy). Evaluation gives
@@ -185,16 +206,23 @@ class ClassificationTask:
         self._last: dict[str, Tensor] = {}
 
     def training_step(self, model: nn.Module, batch: Any, epoch: float) -> dict[str, Tensor]:
-        """batch = (images (N, ...), labels (N,)); the teacher runs under no_grad."""
-        x, y = batch[0], batch[1]
-        t_logits, t_feats = None, None
+        """batch = (images, labels) or (weak, strong, labels); the teacher runs under no_grad."""
+        *xs, y = batch
+        t_out = []
         if self.teacher is not None:
             with torch.no_grad():
-                t_logits, t_feats = split_output(self.teacher(x))
-        terms, logits = model(x, y, t_logits, t_feats, epoch)
+                t_out = [split_output(self.teacher(x)) for x in xs]
+        t_logits = tuple(o[0] for o in t_out) or None
+        t_feats = tuple(o[1] for o in t_out) or None
+        if len(xs) == 1:  # one view: plain tensors, not 1-tuples
+            views: Any = xs[0]
+            t_logits, t_feats = (t_logits[0], t_feats[0]) if t_out else (None, None)
+        else:
+            views = tuple(xs)
+        terms, logits = model(views, y, t_logits, t_feats, epoch)
         self._last = {"student": logits.detach(), "target": y}
-        if t_logits is not None:
-            self._last["teacher"] = t_logits.detach()
+        if t_out:
+            self._last["teacher"] = t_out[0][0].detach()
         return terms
 
     def diagnostics(self) -> dict[str, Tensor] | None:
@@ -209,7 +237,7 @@ class ClassificationTask:
             "target": self._last["target"],
         }
         for key in ("weights", "per_sample"):
-            value = self.loss.last.get(key)
+            value = self.trainable.first_last.get(key)
             if value is not None:
                 out[key] = value
         return out
@@ -265,10 +293,10 @@ def distill_loss_from_config(cfg: Config) -> DistillLoss | None:
 @register_task("classification")
 def build_classification(cfg: Config) -> ClassificationTask:
     """Student and teacher from the model zoo, data from ``eakd.vision.data``, loss from ``distill``."""
-    from eakd.vision.data import build_dataset
+    from eakd.vision.data import build_datasets
     from eakd.vision.models import create_model, load_checkpoint
 
-    train_set, eval_set, info = build_dataset(cfg.data)
+    train_set, eval_set, info = build_datasets(cfg.data)
     num_classes = cfg.model.num_classes or info["num_classes"]
     common = {"num_classes": num_classes, "in_channels": info["in_channels"]}
     student = create_model(cfg.model.student, **common, **cfg.model.student_options)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import gather_object, send_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -55,6 +56,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def make_accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
+    """An Accelerator for one run. Accelerate keeps its settings process-wide; in a single process (not
+    under a launcher) they are reset first, so that runs one after another may differ in them."""
+    if not PartialState().use_distributed:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def shard(size: int, rank: int, world: int) -> tuple[int, int]:
@@ -195,7 +204,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     task: a ready Task (for Python users and tests); None builds ``cfg.task`` from the config.
     """
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu)
+    accelerator = make_accelerator(t.mixed_precision, t.cpu)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if t.grad_accum < 1 or t.batch_size < world:
@@ -404,7 +413,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
 
 def evaluate_run(cfg: Config, weights: str | Path | None = None) -> dict[str, float]:
     """Evaluate the trainable module of ``cfg``'s task with ``weights`` (best.pt, a checkpoint or None)."""
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.train.cpu)
+    accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu)
     seed_everything(cfg.experiment.seed, cfg.train.deterministic)
     task = build_task(cfg)
     if weights is not None:
