@@ -1,0 +1,158 @@
+"""One LLM distillation run from a config: teacher, student, data, EAKDTrainer, evaluation, results.json.
+
+A config file is YAML with four sections (all optional; ``base:`` inheritance and ``section.key=value``
+overrides as in ``eakd.engine.config``)::
+
+    model: {teacher: smollm2, student_layers: 2, init: layers}
+    data:  {source: chatterbot, eval_size: 100, max_length: 128}
+    eval:  {max_new_tokens: 48}
+    train: {output_dir: runs/llm/ea, max_steps: 150, divergence: fkl, weighting: ea, ...}  # EAKDConfig
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from eakd.engine.config import apply_override, read_yaml
+from eakd.llm.data import collate, encode_pairs, load_pairs, split_pairs
+from eakd.llm.evaluate import evaluate
+from eakd.llm.models import load_teacher, make_student, num_params
+from eakd.llm.trainer import EAKDConfig, EAKDTrainer
+
+
+@dataclass
+class ModelSection:
+    """teacher: hub id, local folder or "smollm2". The student: the teacher's family with student_layers
+    layers (and optional smaller widths), init "layers" (evenly spaced teacher layers) or "random"."""
+
+    teacher: str = "smollm2"
+    student_layers: int = 2
+    student_hidden: int | None = None
+    student_intermediate: int | None = None
+    init: str = "layers"
+
+
+@dataclass
+class DataSection:
+    """source: "chatterbot" or a JSONL path; eval_size held-out pairs; max_train caps the training pairs."""
+
+    source: str = "chatterbot"
+    eval_size: int = 100
+    max_length: int = 128
+    max_train: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class EvalSection:
+    """Generation settings of the ROUGE-L evaluation (greedy by default)."""
+
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    do_sample: bool = False
+
+
+@dataclass
+class LLMRunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def _section(cls: type, data: dict[str, Any] | None, name: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data or {}) - known
+    if unknown:
+        raise ValueError(f"unknown key(s) in section {name!r}: {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**(data or {}))
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> LLMRunConfig:  # type: ignore[assignment]
+    """Read a run config (None: defaults) and apply ``section.key=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    for o in overrides:
+        data = apply_override(data, o)
+    unknown = set(data) - {"model", "data", "eval", "train"}
+    if unknown:
+        raise ValueError(f"unknown section(s) {sorted(unknown)}; known: model, data, eval, train")
+    return LLMRunConfig(
+        model=_section(ModelSection, data.get("model"), "model"),
+        data=_section(DataSection, data.get("data"), "data"),
+        eval=_section(EvalSection, data.get("eval"), "eval"),
+        train=dict(data.get("train") or {}),
+    )
+
+
+def training_args(cfg: LLMRunConfig) -> EAKDConfig:
+    """The EAKDConfig of a run: quiet CPU-friendly defaults, then the config's train section."""
+    defaults = {
+        "output_dir": "runs/llm",
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": 10,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-4,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 10,
+        "max_steps": 150,
+        "seed": cfg.data.seed,
+        "disable_tqdm": True,
+    }
+    return EAKDConfig(**{**defaults, **cfg.train})
+
+
+def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
+    """Train the student by ``cfg`` and evaluate it on the held-out pairs; writes and returns results."""
+    args = training_args(cfg)
+    teacher, tokenizer = load_teacher(cfg.model.teacher)
+    student = make_student(
+        teacher,
+        cfg.model.student_layers,
+        cfg.model.student_hidden,
+        cfg.model.student_intermediate,
+        cfg.model.init,
+        seed=args.seed,
+    )
+    train_pairs, held_out = split_pairs(load_pairs(cfg.data.source), cfg.data.eval_size, cfg.data.seed)
+    train_pairs = train_pairs[: cfg.data.max_train]
+    trainer = EAKDTrainer(
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=encode_pairs(tokenizer, train_pairs, cfg.data.max_length),
+        data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
+    )
+    start = time.perf_counter()
+    train_out = trainer.train()
+    train_s = time.perf_counter() - start
+    gen = {
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "batch_size": cfg.eval.batch_size,
+        "do_sample": cfg.eval.do_sample,
+        "max_length": cfg.data.max_length,
+    }
+    result: dict[str, Any] = {
+        "config": {**dataclasses.asdict(cfg), "train": {**cfg.train}},
+        "student_params": num_params(student),
+        "teacher_params": num_params(teacher),
+        "train_pairs": len(train_pairs),
+        "train_seconds": train_s,
+        "train_loss": train_out.training_loss,
+        "log_history": trainer.state.log_history,
+        "student": evaluate(student, tokenizer, held_out, **gen),
+    }
+    if eval_teacher:
+        result["teacher"] = evaluate(teacher, tokenizer, held_out, **gen)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    trainer.save_model(str(out_dir / "student"))
+    tokenizer.save_pretrained(str(out_dir / "student"))
+    return result
