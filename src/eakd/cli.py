@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("eakd.engine.trainer:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
     "eval": ("eakd.engine.trainer:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),
     "report": ("eakd.report:report_command", "plots and report.md for runs: eakd report RUN_DIR ..."),
+    "det": ("eakd.detection.demo:main", "detection demo on real tree images: eakd det demo [--seeds 0 1 2]"),
 }
 
 

@@ -331,14 +331,30 @@ def tile_records(
     return out
 
 
-def train_augment(hflip_p: float = 0.5, vflip_p: float = 0.0) -> Transform:
-    """Random left-right (and optionally top-bottom) flips, each applied with its probability."""
+def color_jitter(image: torch.Tensor, strength: float) -> torch.Tensor:
+    """Random brightness, contrast and saturation factors in [1 - strength, 1 + strength]; boxes unchanged.
+
+    image: uint8 (3, H, W) -> uint8 (3, H, W).
+    """
+    x = image.float()
+    b, c, s = (1.0 + strength * (2.0 * random.random() - 1.0) for _ in range(3))
+    x = x * b
+    x = (x - x.mean()) * c + x.mean()
+    gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+    x = (x - gray) * s + gray
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def train_augment(hflip_p: float = 0.5, vflip_p: float = 0.0, jitter: float = 0.0) -> Transform:
+    """Random left-right / top-bottom flips with their probabilities, and ``color_jitter(jitter)``."""
 
     def apply(image: torch.Tensor, target: Target) -> Sample:
         if random.random() < hflip_p:
             image, target = hflip(image, target)
         if random.random() < vflip_p:
             image, target = vflip(image, target)
+        if jitter > 0:
+            image = color_jitter(image, jitter)
         return image, target
 
     return apply

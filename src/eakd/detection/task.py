@@ -119,7 +119,8 @@ def build_datasets(data: DataConfig) -> tuple[Dataset[Any], Dataset[Any] | None,
     name "trees": the deepforest tree images (root: its data folder, None = the PyPI package); options
     tile (400 px), overlap (0.0), min_visible (0.5).
     All: options size ([height, width] every image is resized to, None = as stored), vflip (probability,
-    0.0; for aerial images), preload (keep decoded images in memory). data.augment: random left-right flips.
+    0.0; for aerial images), jitter (colour jitter strength, 0.0), preload (keep decoded images in
+    memory). data.augment: switches the random left-right flips (and vflip, jitter) on.
     """
     opt = dict(data.options)
     root = Path(data.root) if data.root else Path(".")
@@ -146,7 +147,7 @@ def build_datasets(data: DataConfig) -> tuple[Dataset[Any], Dataset[Any] | None,
     else:
         raise ValueError(f"unknown detection data set {data.name!r}; known: coco, voc, csv, trees")
     size = tuple(opt["size"]) if opt.get("size") else None
-    augment = train_augment(0.5, opt.get("vflip", 0.0)) if data.augment else None
+    augment = train_augment(0.5, opt.get("vflip", 0.0), opt.get("jitter", 0.0)) if data.augment else None
     preload = bool(opt.get("preload", False))
     train_set = DetectionDataset(_subset(train, data.train_subset), size, augment, preload)
     eval_set = (
