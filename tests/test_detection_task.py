@@ -66,3 +66,17 @@ train: {{epochs: 1, batch_size: 2, num_workers: 0, cpu: true, log_every: 1, diag
     assert (cfg.run_dir / "best.pt").is_file()
     again = evaluate_run(cfg, cfg.run_dir / "best.pt")
     assert again["AP"] == pytest.approx(metrics["AP"])
+
+
+def test_demo_table_reports_mean_and_spread() -> None:
+    from eakd.detection.demo import format_table
+
+    def run(ap: float) -> dict:
+        metrics = {"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}
+        return {"last": {"metrics": metrics}, "best": {"value": ap + 1}, "train_time_s": 10.0}
+
+    result = {"teacher": run(9.0), "runs": {"student": [run(1.0), run(3.0)]}, "wall_s": {"a": 5.0, "b": 7.0}}
+    table = format_table(result)
+    assert "teacher (last epoch): AP 9.00" in table
+    assert "student       2    2.00 ± 1.41" in table and "student 1.00, 3.00" in table
+    assert "wall time: 12 s" in table
