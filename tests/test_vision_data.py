@@ -321,3 +321,12 @@ def test_real_fashion_mnist() -> None:
     test = build_dataset("fashion_mnist", train=False)
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(test.targets).tolist() == [1000] * 10
+
+
+def test_cache_dir_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eakd.paths import cache_dir
+
+    monkeypatch.setenv("EAKD_CACHE", str(tmp_path / "c"))
+    assert cache_dir("a", "b", create=False) == tmp_path / "c" / "a" / "b"
+    assert not (tmp_path / "c").exists()
+    assert cache_dir("a").is_dir()

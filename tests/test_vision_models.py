@@ -77,10 +77,11 @@ def test_fashion_mnist_models() -> None:
 
 
 def test_mlp_has_no_batch_norm() -> None:
-    model = create_model("mlp", num_classes=10, in_features=784, hidden=(32, 16))
+    model = create_model("mlp", num_classes=10, in_channels=1, hidden=(32, 16))
     feats = check_output(model, torch.randn(3, 1, 28, 28), 10)
     assert model.stage_channels == [32, 16] and feats["pooled"].shape == (3, 16)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    check_output(create_model("mlp", num_classes=5, in_features=12, hidden=(4,)), torch.randn(2, 3, 2, 2), 5)
 
 
 def test_parameter_names_match_published_cifar_teachers() -> None:
@@ -114,8 +115,8 @@ def test_torchvision_mobilenet_v2_stages() -> None:
 
 def test_timm_model_when_installed() -> None:
     pytest.importorskip("timm")
-    model = create_model("timm:resnet18", num_classes=10)
-    check_output(model, torch.randn(2, 3, 64, 64), 10)
+    model = create_model("timm:resnet18", num_classes=10, in_channels=1)
+    check_output(model, torch.randn(2, 1, 64, 64), 10)
 
 
 def test_unknown_and_unsupported_names() -> None:
@@ -123,6 +124,8 @@ def test_unknown_and_unsupported_names() -> None:
         create_model("resnet9")
     with pytest.raises(ValueError, match="not supported"):
         create_model("tv:vgg16")
+    with pytest.raises(ValueError, match="3-channel"):
+        create_model("tv:resnet18", in_channels=1)
 
 
 def test_register_model() -> None:

@@ -4,9 +4,10 @@ import os
 from pathlib import Path
 
 
-def cache_dir(*parts: str) -> Path:
-    """Return ``$EAKD_CACHE/<parts...>`` (default ``~/.cache/eakd``), creating the folder."""
+def cache_dir(*parts: str, create: bool = True) -> Path:
+    """``$EAKD_CACHE/<parts...>`` (default ``~/.cache/eakd/<parts...>``), created unless ``create=False``."""
     root = Path(os.environ.get("EAKD_CACHE") or Path.home() / ".cache" / "eakd").expanduser()
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path

@@ -245,7 +245,7 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 def _fashion_mnist_candidates(root: str | Path | None) -> list[Path]:
     if root is not None:
         return [Path(root), Path(root) / "FashionMNIST" / "raw"]
-    return [FASHION_MNIST_DIR, cache_dir("fashion-mnist") / "FashionMNIST" / "raw"]
+    return [FASHION_MNIST_DIR, cache_dir("fashion-mnist", create=False) / "FashionMNIST" / "raw"]
 
 
 def find_fashion_mnist(root: str | Path | None = None) -> Path | None:

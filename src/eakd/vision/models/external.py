@@ -79,13 +79,16 @@ def _resolution_ends(features: nn.Sequential) -> tuple[list[int], list[int]]:
 
 
 def torchvision_model(
-    name: str, num_classes: int = 1000, pretrained: bool = False, **kw: object
+    name: str, num_classes: int = 1000, pretrained: bool = False, in_channels: int = 3, **kw: object
 ) -> nn.Module:
     """Build ``torchvision.models.<name>`` (weights=None, or its DEFAULT weights when ``pretrained``).
 
     With ``pretrained`` torchvision downloads the weights (to ``$TORCH_HOME``) and requires
-    num_classes=1000. Supported families: ResNet/ResNeXt/Wide-ResNet, MobileNetV2/V3, EfficientNet.
+    num_classes=1000. Supported families: ResNet/ResNeXt/Wide-ResNet, MobileNetV2/V3, EfficientNet;
+    3-channel input only.
     """
+    if in_channels != 3:
+        raise ValueError(f"tv:{name} takes 3-channel images, not in_channels={in_channels}")
     if name.startswith(_TV_RESNETS):
         wrapper: type[nn.Module] = TorchvisionResNet
     elif name.startswith(_TV_FEATURE_NETS):
@@ -120,11 +123,14 @@ class TimmModel(nn.Module):
         return self.net.forward_head(final), feature_dict(list(feats), pooled)
 
 
-def timm_model(name: str, num_classes: int = 1000, pretrained: bool = False, **kw: object) -> nn.Module:
+def timm_model(
+    name: str, num_classes: int = 1000, pretrained: bool = False, in_channels: int = 3, **kw: object
+) -> nn.Module:
     """Build ``timm.create_model(name, ...)``; other keywords go to timm (e.g. ``pretrained_cfg_overlay=
     {"file": "weights.safetensors"}`` for local weights). Requires ``pip install timm``."""
     try:
         timm = importlib.import_module("timm")
     except ImportError as err:
         raise ImportError(f"timm:{name} needs the timm package: pip install timm") from err
-    return TimmModel(timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kw))
+    net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kw)
+    return TimmModel(net)

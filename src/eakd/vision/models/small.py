@@ -42,14 +42,18 @@ class SmallCNN(nn.Module):
 
 @register_model("fmnist_cnn")
 def fmnist_cnn(num_classes: int = 10, in_channels: int = 1) -> SmallCNN:
-    """Fashion-MNIST teacher: 32 -> 2x64 (1/2) -> 2x128 (1/4) channels, about 277k parameters."""
-    return SmallCNN([32, 64, 128], 2, num_classes, in_channels)
+    """Fashion-MNIST teacher: 16 (28x28) -> 48 (14) -> 96 (7) -> 192 (3) channels, 217k parameters.
+
+    Narrow at full resolution, wide where it is cheap: a training step costs ~4x less on a CPU than two
+    convolutions per stage at 32/64/128 channels with a similar parameter count.
+    """
+    return SmallCNN([16, 48, 96, 192], 1, num_classes, in_channels)
 
 
 @register_model("fmnist_tiny")
 def fmnist_tiny(num_classes: int = 10, in_channels: int = 1) -> SmallCNN:
-    """Fashion-MNIST student: 16 -> 32 (1/2) -> 64 (1/4) channels, about 24k parameters (12x smaller)."""
-    return SmallCNN([16, 32, 64], 1, num_classes, in_channels)
+    """Fashion-MNIST student: 12 (28x28) -> 24 (14) -> 48 (7) channels, 13.7k parameters (16x smaller)."""
+    return SmallCNN([12, 24, 48], 1, num_classes, in_channels)
 
 
 class MLP(nn.Module):
@@ -78,6 +82,11 @@ class MLP(nn.Module):
 
 
 @register_model("mlp")
-def mlp(num_classes: int = 10, in_features: int = 784, hidden: tuple[int, ...] = (256,)) -> MLP:
-    """Batch-norm-free MLP; ``in_features`` = C*H*W of the input (784 for Fashion-MNIST)."""
-    return MLP(in_features, tuple(hidden), num_classes)
+def mlp(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    in_features: int | None = None,
+    hidden: tuple[int, ...] = (256,),
+) -> MLP:
+    """Batch-norm-free MLP; ``in_features`` = C*H*W of the input (default: in_channels x 28 x 28)."""
+    return MLP(in_features or in_channels * 28 * 28, tuple(hidden), num_classes)
