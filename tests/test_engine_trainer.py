@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from eakd.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from eakd.engine.checkpoint import atomic_save, latest_checkpoint, list_checkpoints, load_checkpoint
 from eakd.engine.config import Config, dump_config, load_config
 from eakd.engine.tasks import ClassificationTask, distill_loss_from_config
 from eakd.engine.trainer import GlobalBatches, shard, train
@@ -195,3 +195,19 @@ def test_ddp_two_processes_match_one(tmp_path):
     s2 = json.loads((cfg_two.run_dir / "summary.json").read_text())
     assert s2["processes"] == 2
     assert s1["last"]["metrics"]["top1"] == pytest.approx(s2["last"]["metrics"]["top1"])
+
+
+def test_atomic_save_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "epoch-0001.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert latest_checkpoint(tmp_path) == path  # the stray .tmp file is not taken for a checkpoint

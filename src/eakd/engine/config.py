@@ -125,6 +125,7 @@ class TrainConfig:
     """The loop. batch_size is global (all processes together) per micro-step; an optimiser step sees
     batch_size * grad_accum samples. *_every are in epochs (ckpt, eval) or optimiser steps (log, diag);
     0 switches a feature off. resume: "none", "auto" (latest checkpoint in the run dir) or a file path.
+    sync_bn: batch norm statistics over all processes (SyncBatchNorm, GPUs) when there are several.
     """
 
     epochs: int = 240
@@ -140,6 +141,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: str = "none"
     deterministic: bool = False
+    sync_bn: bool = False
     num_workers: int = 2
     cpu: bool = False
 

@@ -39,7 +39,7 @@ from eakd.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from eakd.engine.config import Config, dump_config, load_config
+from eakd.engine.config import Config, ConfigError, dump_config, load_config
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
@@ -220,6 +220,8 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     n_train = len(task.train_set)  # type: ignore[arg-type]
     batches_per_epoch = len(GlobalBatches(n_train, t.batch_size, rank, world, 0, 0, False))
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
+    if t.sync_bn and world > 1:
+        task.trainable = nn.SyncBatchNorm.convert_sync_batchnorm(task.trainable)
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, t.epochs)
@@ -433,7 +435,12 @@ def train_command(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
-    train(load_config(args.config, overrides))
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"eakd train: {err}", file=sys.stderr)
+        return 2
+    train(cfg)
     return 0
 
 
@@ -447,7 +454,11 @@ def eval_command(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     target = Path(args.target)
-    cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
+    try:
+        cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
+    except ConfigError as err:
+        print(f"eakd eval: {err}", file=sys.stderr)
+        return 2
     run_dir = target if target.is_dir() else cfg.run_dir
     weights = args.weights
     if weights is None:
