@@ -84,8 +84,8 @@ class TokenLossOutput(NamedTuple):
     """loss: 0-dim, differentiable. kd, ce: 0-dim detached normalised terms before kd_weight/ce_weight.
     weights: (N,) detached per-token weights (0 at ignored tokens) or None when unweighted.
     per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
-    entropies: (2, N) teacher and student entropies in nats at the entropy temperature (tau, else 1) when
-    asked for (``with_entropies=True``; diagnostics), else None."""
+    entropies: (2, N) teacher and student entropies in nats at the entropy temperature (tau, else 1), 0 at
+    ignored tokens, when asked for (``with_entropies=True``; diagnostics), else None."""
 
     loss: torch.Tensor
     kd: torch.Tensor
@@ -101,11 +101,12 @@ def _denominator(mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | No
     return torch.as_tensor(num_items_in_batch, device=mask.device).float().clamp_min(1)
 
 
-def _sequence_mean(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token weights (B, T) -> each sequence's mean over its valid tokens, at its valid tokens."""
-    m = mask.float()
-    mean = (weights * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)
-    return mean * m
+def _sequence_mean(weights: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
+    """Weights of valid tokens (M,) -> the mean weight of each token's sequence (M,); seq_ids (M,) int64."""
+    n_seq = int(seq_ids.max()) + 1 if seq_ids.numel() else 0
+    sums = torch.zeros(n_seq, device=weights.device).index_add_(0, seq_ids, weights)
+    counts = torch.zeros(n_seq, device=weights.device).index_add_(0, seq_ids, torch.ones_like(weights))
+    return (sums / counts.clamp_min(1))[seq_ids]
 
 
 def _terms(
@@ -180,11 +181,14 @@ def distill_loss_from_logits(
     policy = s.policy()
     weights = None if policy is None else policy(zs.detach(), zt, mask=mask)
     if weights is not None and s.weight_level == "sequence":
-        weights = _sequence_mean(weights.view(-1, labels.shape[-1]), mask.view(-1, labels.shape[-1]))
-        weights = weights.view(mask.shape)
+        valid = mask.reshape(-1).nonzero().squeeze(1)
+        per_seq = _sequence_mean(weights.reshape(-1)[valid], valid // labels.shape[-1])
+        weights = (
+            torch.zeros(mask.numel(), device=weights.device).index_copy_(0, valid, per_seq).view(mask.shape)
+        )
     total, kd, ce, per_token = _terms(zs, zt, labels, weights, s, _denominator(mask, num_items_in_batch))
     w = None if weights is None else weights.reshape(-1)
-    ent = s.entropy_pair(zs, zt).reshape(2, -1) if with_entropies else None
+    ent = (s.entropy_pair(zs, zt) * mask).reshape(2, -1) if with_entropies else None
     return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1), ent)
 
 
@@ -209,15 +213,14 @@ def _teacher_rows(r: _Rows, i: int, j: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _chunked_token_weights(r: _Rows, policy: Policy, seq_len: int, s: TokenLossSettings, chunk: int):
-    """Pre-pass for per-sequence weights: per-token weights chunk by chunk, then sequence means (N,)."""
+def _chunked_token_weights(r: _Rows, policy: Policy, seq_ids: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Pre-pass for per-sequence weights: per-token weights chunk by chunk, then sequence means (M,)."""
     n = r.labels.numel()
-    mask = token_mask(r.labels, s.ignore_index)
     w = torch.empty(n, dtype=torch.float32, device=r.hidden.device)
     for i in range(0, n, chunk):
         j = min(i + chunk, n)
-        w[i:j] = policy(F.linear(r.hidden[i:j], r.weight, r.bias), _teacher_rows(r, i, j), mask=mask[i:j])
-    return _sequence_mean(w.view(-1, seq_len), mask.view(-1, seq_len)).view(-1)
+        w[i:j] = policy(F.linear(r.hidden[i:j], r.weight, r.bias), _teacher_rows(r, i, j))
+    return _sequence_mean(w, seq_ids)
 
 
 class _FusedLinearDistill(torch.autograd.Function):
@@ -231,14 +234,14 @@ class _FusedLinearDistill(torch.autograd.Function):
         bias: torch.Tensor | None,
         rest: tuple[Any, ...],
     ) -> tuple[torch.Tensor, ...]:
-        t_hidden, t_weight, t_bias, t_logits, labels, s, denom, seq_len, chunk, with_entropies = rest
+        t_hidden, t_weight, t_bias, t_logits, labels, s, denom, seq_ids, chunk, with_entropies = rest
         r = _Rows(hidden, weight, bias, t_hidden, t_weight, t_bias, t_logits, labels)
         n = labels.numel()
         policy = s.policy()
         mask = token_mask(labels, s.ignore_index)
         seq_weights = None
         if policy is not None and s.weight_level == "sequence":
-            seq_weights = _chunked_token_weights(r, policy, seq_len, s, chunk)
+            seq_weights = _chunked_token_weights(r, policy, seq_ids, chunk)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = (
@@ -350,21 +353,25 @@ def fused_linear_distill_loss(
     if t_hidden is not None and t_hidden.shape[0] != hidden.shape[0]:
         raise ValueError(f"teacher has {t_hidden.shape[0]} rows, student {hidden.shape[0]}")
     check_finite("student hidden states", student_hidden)
-    denom = _denominator(token_mask(flat_labels, s.ignore_index), num_items_in_batch)
+    mask = token_mask(flat_labels, s.ignore_index)
+    denom = _denominator(mask, num_items_in_batch)
+    valid = mask.nonzero().squeeze(1)  # only rows with a label are computed at all (prompt, padding skipped)
     rest = (
-        t_hidden,
+        None if t_hidden is None else t_hidden.index_select(0, valid),
         None if t_weight is None else t_weight[:v],
         None if t_bias is None else t_bias[:v],
-        None if t_logits is None else t_logits[:, :v],
-        flat_labels,
+        None if t_logits is None else t_logits.index_select(0, valid)[:, :v],
+        flat_labels[valid],
         s,
         denom,
-        seq_len,
+        valid // seq_len,
         chunk_size,
         with_entropies,
     )
     w_s = student_weight[:v]
     b_s = None if student_bias is None else student_bias[:v]
-    loss, kd, ce, per_token, *extra = _FusedLinearDistill.apply(hidden, w_s, b_s, rest)
-    weights = extra.pop(0) if s.policy() is not None else None
-    return TokenLossOutput(loss, kd, ce, weights, per_token, extra[0] if with_entropies else None)
+    loss, kd, ce, *per_row = _FusedLinearDistill.apply(hidden.index_select(0, valid), w_s, b_s, rest)
+    n = flat_labels.numel()
+    full = [torch.zeros((*x.shape[:-1], n), device=x.device).index_copy_(-1, valid, x) for x in per_row]
+    weights = full.pop(1) if s.policy() is not None else None
+    return TokenLossOutput(loss, kd, ce, weights, full[0], full[1] if with_entropies else None)
