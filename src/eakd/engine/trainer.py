@@ -334,9 +334,10 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
             diag.end_epoch(epoch + 1)
 
         is_last = epoch + 1 == t.epochs
-        if t.eval_every > 0 and ((epoch + 1) % t.eval_every == 0 or is_last):
+        evaluated = t.eval_every > 0 and ((epoch + 1) % t.eval_every == 0 or is_last)
+        if evaluated:
             last = _evaluate(task, model, accelerator, cfg)
-        improved = bool(last) and last.get(task.metric, -math.inf) > best["value"]
+        improved = evaluated and last.get(task.metric, -math.inf) > best["value"]
         if improved:
             best = {
                 "metric": task.metric,
@@ -353,7 +354,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
             "step": step,
             "lr": lr,
             **{f"train_{k}": v for k, v in train_means.items()},
-            **{f"eval_{k}": v for k, v in last.items()},
+            **({f"eval_{k}": v for k, v in last.items()} if evaluated else {}),
             f"best_{task.metric}": best["value"],
             "samples_per_s": samples_per_s,
             "epoch_time_s": epoch_time,
@@ -393,7 +394,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
         "name": cfg.experiment.name,
         "task": cfg.task,
         "metric": task.metric,
-        "best": best,
+        "best": best if math.isfinite(best["value"]) else {**best, "value": None},
         "last": {"epoch": t.epochs, "metrics": last},
         "steps": step,
         "train_time_s": train_time,
