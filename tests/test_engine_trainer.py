@@ -17,8 +17,8 @@ from torch.utils.data import TensorDataset
 
 from eakd.engine.checkpoint import atomic_save, latest_checkpoint, list_checkpoints, load_checkpoint
 from eakd.engine.config import Config, dump_config, load_config
-from eakd.engine.tasks import ClassificationTask, distill_loss_from_config
-from eakd.engine.trainer import GlobalBatches, shard, train
+from eakd.engine.tasks import ClassificationTask, Task, build_task, distill_loss_from_config
+from eakd.engine.trainer import GlobalBatches, seed_everything, shard, train
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -211,3 +211,20 @@ def test_atomic_save_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path) == {"epoch": 1}
     assert latest_checkpoint(tmp_path) == path  # the stray .tmp file is not taken for a checkpoint
+
+
+def test_build_task_by_name_and_path(tmp_path):
+    sys.path.insert(0, str(TESTS))
+    task = build_task(toy_config(tmp_path))  # "test_engine_trainer:toy_task"
+    assert isinstance(task, Task) and task.metric == "top1"
+    with pytest.raises(ValueError, match=r"unknown task 'segmentation'; known tasks: .*classification"):
+        build_task(toy_config(tmp_path, "task=segmentation"))
+    with pytest.raises(TypeError, match="not a Task"):
+        build_task(toy_config(tmp_path, "task=builtins:str"))
+
+
+def test_deterministic_flag_is_set_and_cleared():
+    seed_everything(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    seed_everything(0, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
