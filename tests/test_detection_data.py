@@ -101,6 +101,7 @@ def test_coco_parsing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         "images": [
             {"id": 7, "file_name": "a.png", "width": 32, "height": 24},
             {"id": 9, "file_name": "b.png", "width": 16, "height": 16},
+            {"id": 11, "file_name": "gone.png", "width": 16, "height": 16},
         ],
         "categories": [{"id": 18, "name": "dog"}, {"id": 3, "name": "car"}],
         "annotations": [
@@ -118,6 +119,7 @@ def test_coco_parsing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert records[0].boxes.tolist() == [[2, 3, 12, 8], [0, 0, 4, 4]]
     assert records[0].labels.tolist() == [2, 1]
     assert len(records[1].boxes) == 0  # an image without boxes is kept
+    assert len(records) == 2 and "1 images missing on disk" in caplog.text
     assert "1 crowd" in caplog.text and "1 outside the image" in caplog.text
     image, target = DetectionDataset(records)[1]
     assert image.shape == (3, 16, 16) and target["boxes"].shape == (0, 4)

@@ -133,7 +133,8 @@ def load_coco(ann_file: str | Path, image_root: str | Path) -> tuple[list[Record
     """Records and class names of a COCO-format annotation file.
 
     Category ids map to contiguous labels 1..C in increasing id order; ``bbox`` [x, y, w, h] becomes
-    xyxy; crowd annotations (iscrowd=1) are skipped; images without annotations are kept (empty).
+    xyxy; crowd annotations (iscrowd=1) are skipped; images without annotations are kept (empty);
+    images missing on disk are skipped (counted in the warning), so they cannot fail an epoch.
     """
     data = json.loads(Path(ann_file).read_text())
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])
@@ -151,6 +152,9 @@ def load_coco(ann_file: str | Path, image_root: str | Path) -> tuple[list[Record
             per_image[ann["image_id"]].append(ann)
     records = []
     for img in data["images"]:
+        if not (Path(image_root) / img["file_name"]).is_file():
+            drops.counts["images missing on disk (skipped)"] += 1
+            continue
         anns = per_image[img["id"]]
         boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
         labels = [label_of[a["category_id"]] for a in anns]
