@@ -228,3 +228,27 @@ def test_deterministic_flag_is_set_and_cleared():
     assert torch.are_deterministic_algorithms_enabled()
     seed_everything(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_gradient_clipping_limits_the_update(tmp_path):
+    sys.path.insert(0, str(TESTS))
+    moved = {}
+    for clip in ("null", "1e-6"):
+        cfg = toy_config(
+            tmp_path / clip,
+            "train.epochs=1",
+            f"train.max_grad_norm={clip}",
+            "schedule.name=constant",
+            "optim.momentum=0.0",
+            "optim.weight_decay=0.0",
+            "train.diag_every=0",
+        )
+        task = toy_task(cfg)
+        start = [p.detach().clone() for p in task.trainable.parameters()]
+        train(cfg, task)
+        with torch.no_grad():
+            sq = sum(
+                float((p - s).square().sum()) for p, s in zip(task.trainable.parameters(), start, strict=True)
+            )
+        moved[clip] = sq**0.5
+    assert moved["1e-6"] <= 6 * 0.1 * 1e-6 * 1.01 < moved["null"]  # 6 steps of lr 0.1 * norm <= 1e-6

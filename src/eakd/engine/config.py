@@ -126,12 +126,14 @@ class TrainConfig:
     batch_size * grad_accum samples. *_every are in epochs (ckpt, eval) or optimiser steps (log, diag);
     0 switches a feature off. resume: "none", "auto" (latest checkpoint in the run dir) or a file path.
     sync_bn: batch norm statistics over all processes (SyncBatchNorm, GPUs) when there are several.
+    max_grad_norm: clip the global gradient norm to this before each optimiser step (None: no clipping).
     """
 
     epochs: int = 240
     batch_size: int = 64
     eval_batch_size: int | None = None
     grad_accum: int = 1
+    max_grad_norm: float | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 50
     diag_every: int = 50

@@ -303,6 +303,8 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
             bar.update(1)
             if not sync:
                 continue
+            if t.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
