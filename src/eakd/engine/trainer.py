@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import gather_object, send_to_device
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -198,6 +199,135 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint. epoch: epochs completed; step: optimiser steps;
+    best: {"metric", "value", "epoch", "metrics"}; last: the latest evaluation's metrics."""
+
+    epoch: int = 0
+    step: int = 0
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0
+    best: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def _save_checkpoint(
+    path: Path, accelerator: Accelerator, model: nn.Module, optimizer: Any, scheduler: Any, progress: Progress
+) -> None:
+    """All processes call this (their RNG states are gathered); the main process writes ``path``."""
+    rngs = gather_object([rng_state()])
+    if accelerator.is_main_process:
+        ck = {
+            **asdict(progress),
+            "model": accelerator.unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict(),
+            "rng": rngs,
+        }
+        atomic_save(ck, path)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(
+    path: Path, accelerator: Accelerator, model: nn.Module, optimizer: Any, scheduler: Any
+) -> Progress:
+    """Restore model, optimiser, schedule, scaler and this process's RNG states; returns the progress."""
+    ck = load_checkpoint(path)
+    accelerator.unwrap_model(model).load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if accelerator.scaler is not None and ck["scaler"] is not None:
+        accelerator.scaler.load_state_dict(ck["scaler"])
+    rngs = ck["rng"]
+    set_rng_state(rngs[accelerator.process_index] if len(rngs) == accelerator.num_processes else rngs[0])
+    return Progress(**{f.name: ck[f.name] for f in fields(Progress)})
+
+
+def _train_epoch(
+    cfg: Config,
+    task: Task,
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    progress: Progress,
+    writer: Any,
+    diag: Diagnostics | None,
+    log: Console,
+) -> dict[str, float]:
+    """One epoch (``progress.epoch`` is its 0-based index); returns the mean loss terms over processes."""
+    t, epoch = cfg.train, progress.epoch
+    rank, world = accelerator.process_index, accelerator.num_processes
+    model.train()
+    sampler = GlobalBatches(len(task.train_set), t.batch_size, rank, world, cfg.experiment.seed, epoch, True)  # type: ignore[arg-type]
+    worker_seed = cfg.experiment.seed * 100_003 + epoch * 1_009 + rank
+    loader = make_loader(task.train_set, sampler, t.num_workers, task.collate_fn, worker_seed)
+    n = len(sampler)
+    sums: dict[str, Any] = {}
+    window: dict[str, Any] = {}
+    window_n, n_seen = 0, 0
+    main_tty = accelerator.is_main_process and sys.stderr.isatty()
+    bar = tqdm(
+        total=n, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True, disable=not main_tty
+    )
+    log.bar = bar
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        batch = send_to_device(batch, accelerator.device)
+        global_n, local_n = sampler.batch_sizes(i)
+        group_start = i - i % t.grad_accum
+        group_len = min(t.grad_accum, n - group_start)
+        sync = i == group_start + group_len - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            with accelerator.autocast():
+                terms = task.training_step(model, batch, epoch + (i + 1) / n)
+            loss = torch.stack([v.float() for v in terms.values()]).sum()
+            # local mean * local_n * world / global_n: DDP's mean over processes = the global batch mean
+            accelerator.backward(loss * (local_n * world / global_n) / group_len)
+        if diag is not None:
+            diag.add(task.diagnostics())
+        for k, v in {**terms, "loss": loss}.items():
+            v = v.detach().float()
+            sums[k] = sums.get(k, 0.0) + v
+            window[k] = window.get(k, 0.0) + v
+        window_n += 1
+        n_seen += global_n
+        bar.update(1)
+        if not sync:
+            continue
+        if t.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        step, lr = progress.step, optimizer.param_groups[0]["lr"]
+        if t.log_every > 0 and step % t.log_every == 0:
+            means = {k: float(v) / window_n for k, v in window.items()}
+            window, window_n = {}, 0
+            bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
+            if writer is not None:
+                for k, v in means.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                writer.add_scalar("train/lr", lr, step)
+            if bar.disable:
+                log(f"epoch {epoch + 1} step {step} lr={lr:.4g} {_fmt_metrics(means)}")
+        if diag is not None and (step % t.diag_every == 0 or i == n - 1):
+            diag.flush(step, epoch + (i + 1) / n)
+    bar.close()
+    log.bar = None
+    epoch_time = time.perf_counter() - start
+    progress.train_time_s += epoch_time
+    progress.samples_per_s = n_seen / max(epoch_time, 1e-9)
+    if diag is not None:
+        diag.end_epoch(epoch + 1)
+    names = sorted(sums)
+    means_t = torch.stack([torch.as_tensor(sums[k], device=accelerator.device) for k in names]) / max(n, 1)
+    return dict(zip(names, accelerator.reduce(means_t, reduction="mean").tolist(), strict=True))
+
+
 def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     """Run (or resume) the experiment ``cfg``; returns the summary also written to ``summary.json``.
 
@@ -205,11 +335,10 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     """
     t = cfg.train
     accelerator = make_accelerator(t.mixed_precision, t.cpu)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
+    world, main = accelerator.num_processes, accelerator.is_main_process
     if t.grad_accum < 1 or t.batch_size < world:
         raise ValueError(f"need train.grad_accum >= 1 and train.batch_size >= {world} (processes)")
-    seed_everything(cfg.experiment.seed + rank, t.deterministic)
+    seed_everything(cfg.experiment.seed + accelerator.process_index, t.deterministic)
     task = task if task is not None else build_task(cfg)
     run_dir = cfg.run_dir
     if main:
@@ -217,199 +346,106 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
         dump_config(cfg, run_dir / "config.yaml")
     log = Console(main)
 
-    n_train = len(task.train_set)  # type: ignore[arg-type]
-    batches_per_epoch = len(GlobalBatches(n_train, t.batch_size, rank, world, 0, 0, False))
-    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
+    batches_per_epoch = len(GlobalBatches(len(task.train_set), t.batch_size, 0, world, 0, 0, False))  # type: ignore[arg-type]
     if t.sync_bn and world > 1:
         task.trainable = nn.SyncBatchNorm.convert_sync_batchnorm(task.trainable)
     params = [p for p in task.trainable.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, t.epochs)
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, math.ceil(batches_per_epoch / t.grad_accum), t.epochs
+    )
     model, optimizer = accelerator.prepare(task.trainable, optimizer)
     _prepare_teacher(task, accelerator.device)
 
-    start_epoch, step, train_time = 0, 0, 0.0
-    last: dict[str, float] = {}
-    best: dict[str, Any] = {"metric": task.metric, "value": -math.inf, "epoch": 0, "metrics": {}}
+    progress = Progress(best={"metric": task.metric, "value": -math.inf, "epoch": 0, "metrics": {}})
     resume = resolve_resume(cfg)
     if resume is not None:
-        ck = load_checkpoint(resume)
-        accelerator.unwrap_model(model).load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        if accelerator.scaler is not None and ck["scaler"] is not None:
-            accelerator.scaler.load_state_dict(ck["scaler"])
-        set_rng_state(ck["rng"][rank] if len(ck["rng"]) == world else ck["rng"][0])
-        start_epoch, step, train_time = ck["epoch"], ck["step"], ck["train_time_s"]
-        best, last = ck["best"], ck["last"]
-        log(f"resumed from {resume}: epoch {start_epoch}, step {step}")
+        progress = _load_checkpoint(resume, accelerator, model, optimizer, scheduler)
+        log(f"resumed from {resume}: epoch {progress.epoch}, step {progress.step}")
 
     writer = None
     if main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if resume is not None else None)
-    metrics_csv = CsvLog(run_dir / "metrics.csv", "epoch", start_epoch) if main else None
-    diag = Diagnostics(run_dir, t.diag_samples, writer, step) if main and t.diag_every > 0 else None
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step if resume is not None else None)
+    metrics_csv = CsvLog(run_dir / "metrics.csv", "epoch", progress.epoch) if main else None
+    diag = Diagnostics(run_dir, t.diag_samples, writer, progress.step) if main and t.diag_every > 0 else None
     n_params = sum(p.numel() for p in params)
     log(
         f"run {run_dir}: {world} process(es) on {accelerator.device}, {n_params} trainable parameters, "
         f"{batches_per_epoch} batches/epoch, mixed_precision={t.mixed_precision}"
     )
 
-    samples_per_s = 0.0
-    for epoch in range(start_epoch, t.epochs):
-        model.train()
-        sampler = GlobalBatches(n_train, t.batch_size, rank, world, cfg.experiment.seed, epoch, True)
-        loader = make_loader(
-            task.train_set,
-            sampler,
-            t.num_workers,
-            task.collate_fn,
-            cfg.experiment.seed * 100_003 + epoch * 1_009 + rank,
+    while progress.epoch < t.epochs:
+        train_means = _train_epoch(
+            cfg, task, accelerator, model, optimizer, scheduler, progress, writer, diag, log
         )
-        sums: dict[str, Tensor] = {}
-        window: dict[str, Tensor] = {}
-        window_n, n_seen = 0, 0
-        bar = tqdm(
-            total=len(sampler),
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            leave=False,
-            dynamic_ncols=True,
-            disable=not (main and sys.stderr.isatty()),
-        )
-        log.bar = bar
-        start = time.perf_counter()
-        for i, batch in enumerate(loader):
-            batch = send_to_device(batch, accelerator.device)
-            global_n, local_n = sampler.batch_sizes(i)
-            group_start = i - i % t.grad_accum
-            group_len = min(t.grad_accum, len(sampler) - group_start)
-            sync = i == group_start + group_len - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                with accelerator.autocast():
-                    terms = task.training_step(model, batch, epoch + (i + 1) / len(sampler))
-                loss = torch.stack([v.float() for v in terms.values()]).sum()
-                # local mean * local_n * world / global_n: DDP's mean over processes = the global batch mean
-                accelerator.backward(loss * (local_n * world / global_n) / group_len)
-            if diag is not None:
-                diag.add(task.diagnostics())
-            for k, v in {**terms, "loss": loss}.items():
-                v = v.detach().float()
-                sums[k] = sums.get(k, 0.0) + v
-                window[k] = window.get(k, 0.0) + v
-            window_n += 1
-            n_seen += global_n
-            bar.update(1)
-            if not sync:
-                continue
-            if t.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            lr = optimizer.param_groups[0]["lr"]
-            if t.log_every > 0 and step % t.log_every == 0:
-                means = {k: float(v) / window_n for k, v in window.items()}
-                window, window_n = {}, 0
-                bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
-                if writer is not None:
-                    for k, v in means.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", lr, step)
-                if bar.disable:
-                    log(f"epoch {epoch + 1} step {step} lr={lr:.4g} {_fmt_metrics(means)}")
-            if diag is not None and (step % t.diag_every == 0 or i == len(sampler) - 1):
-                diag.flush(step, epoch + (i + 1) / len(sampler))
-        bar.close()
-        log.bar = None
-        epoch_time = time.perf_counter() - start
-        train_time += epoch_time
-        samples_per_s = n_seen / max(epoch_time, 1e-9)
-        names = sorted(sums)
-        means_t = torch.stack([torch.as_tensor(sums[k], device=accelerator.device) for k in names]) / len(
-            sampler
-        )
-        train_means = dict(zip(names, accelerator.reduce(means_t, reduction="mean").tolist(), strict=True))
-        if diag is not None:
-            diag.end_epoch(epoch + 1)
-
-        is_last = epoch + 1 == t.epochs
-        evaluated = t.eval_every > 0 and ((epoch + 1) % t.eval_every == 0 or is_last)
+        progress.epoch += 1
+        epoch, best = progress.epoch, progress.best
+        evaluated = t.eval_every > 0 and (epoch % t.eval_every == 0 or epoch == t.epochs)
         if evaluated:
-            last = _evaluate(task, model, accelerator, cfg)
-        improved = evaluated and last.get(task.metric, -math.inf) > best["value"]
-        if improved:
-            best = {
-                "metric": task.metric,
-                "value": last[task.metric],
-                "epoch": epoch + 1,
-                "metrics": dict(last),
-            }
-            if main:
-                state = accelerator.unwrap_model(model).state_dict()
-                atomic_save({"model": state, "epoch": epoch + 1, "metrics": dict(last)}, run_dir / "best.pt")
-        lr = optimizer.param_groups[0]["lr"]
+            progress.last = _evaluate(task, model, accelerator, cfg)
+            if progress.last.get(task.metric, -math.inf) > best["value"]:
+                value = progress.last[task.metric]
+                best = progress.best = {
+                    "metric": task.metric,
+                    "value": value,
+                    "epoch": epoch,
+                    "metrics": progress.last,
+                }
+                if main:
+                    state = accelerator.unwrap_model(model).state_dict()
+                    atomic_save(
+                        {"model": state, "epoch": epoch, "metrics": progress.last}, run_dir / "best.pt"
+                    )
         row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": lr,
+            "epoch": epoch,
+            "step": progress.step,
+            "lr": optimizer.param_groups[0]["lr"],
             **{f"train_{k}": v for k, v in train_means.items()},
-            **({f"eval_{k}": v for k, v in last.items()} if evaluated else {}),
+            **({f"eval_{k}": v for k, v in progress.last.items()} if evaluated else {}),
             f"best_{task.metric}": best["value"],
-            "samples_per_s": samples_per_s,
-            "epoch_time_s": epoch_time,
+            "samples_per_s": progress.samples_per_s,
+            "train_time_s": progress.train_time_s,
         }
         if metrics_csv is not None:
             metrics_csv.append(row)
         if writer is not None:
             for k, v in row.items():
                 if k not in ("epoch", "step", "lr") and isinstance(v, float) and math.isfinite(v):
-                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+                    writer.add_scalar(f"epoch/{k}", v, epoch)
             writer.flush()
+        best_text = f"best {task.metric}={best['value']:.4g} (epoch {best['epoch']})"
+        eval_text = _fmt_metrics(progress.last)
         log(
-            f"epoch {epoch + 1}/{t.epochs} train: {_fmt_metrics(train_means)} | eval: {_fmt_metrics(last)} | "
-            f"best {task.metric}={best['value']:.4g} (epoch {best['epoch']}) | {samples_per_s:.0f} samples/s"
+            f"epoch {epoch}/{t.epochs} train: {_fmt_metrics(train_means)} | eval: {eval_text} | {best_text} "
+            f"| {progress.samples_per_s:.0f} samples/s"
         )
-
-        if t.ckpt_every > 0 and ((epoch + 1) % t.ckpt_every == 0 or is_last):
-            rngs = gather_object([rng_state()])
+        if t.ckpt_every > 0 and (epoch % t.ckpt_every == 0 or epoch == t.epochs):
+            _save_checkpoint(
+                checkpoint_path(run_dir, epoch), accelerator, model, optimizer, scheduler, progress
+            )
             if main:
-                ck = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "best": best,
-                    "last": last,
-                    "train_time_s": train_time,
-                    "model": accelerator.unwrap_model(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict(),
-                    "rng": rngs,
-                }
-                atomic_save(ck, checkpoint_path(run_dir, epoch + 1))
                 prune_checkpoints(run_dir, t.keep_checkpoints)
-            accelerator.wait_for_everyone()
 
+    best = progress.best
     summary = {
         "name": cfg.experiment.name,
         "task": cfg.task,
         "metric": task.metric,
         "best": best if math.isfinite(best["value"]) else {**best, "value": None},
-        "last": {"epoch": t.epochs, "metrics": last},
-        "steps": step,
-        "train_time_s": train_time,
-        "samples_per_s": samples_per_s,
+        "last": {"epoch": progress.epoch, "metrics": progress.last},
+        "steps": progress.step,
+        "train_time_s": progress.train_time_s,
+        "samples_per_s": progress.samples_per_s,
         "processes": world,
         "mixed_precision": t.mixed_precision,
         "trainable_params": n_params,
     }
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        log(
-            f"done: best {task.metric}={best['value']:.4g} (epoch {best['epoch']}), last {_fmt_metrics(last)}"
-        )
+        last_text = _fmt_metrics(progress.last)
+        log(f"done: best {task.metric}={best['value']:.4g} (epoch {best['epoch']}), last {last_text}")
     if writer is not None:
         writer.close()
     accelerator.end_training()
