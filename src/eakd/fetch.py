@@ -59,7 +59,8 @@ def fetch(name: str) -> Path:
 def main(argv: list[str]) -> int:
     """``eakd fetch NAME [NAME ...] | all``."""
     parser = argparse.ArgumentParser(prog="eakd fetch", description="Fetch offline data and model sources.")
-    parser.add_argument("names", nargs="+", choices=[*SOURCES, "all"], metavar="NAME", help=f"{SOURCES} or all")
+    names_help = " | ".join(SOURCES)
+    parser.add_argument("names", nargs="+", choices=[*SOURCES, "all"], metavar="NAME", help=names_help)
     args = parser.parse_args(argv)
     names = SOURCES if "all" in args.names else args.names
     for name in names:
