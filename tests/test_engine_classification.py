@@ -76,6 +76,10 @@ def test_eval_command(tmp_path, capsys):
     best = json.loads((cfg.run_dir / "summary.json").read_text())["best"]
     assert out["weights"].endswith("best.pt")
     assert out["top1"] == pytest.approx(best["metrics"]["top1"])
+    student = {k.removeprefix("student."): v for k, v in torch.load(cfg.run_dir / "best.pt")["model"].items()}
+    torch.save(student, tmp_path / "bare.pt")  # a plain state dict of the student
+    assert main(["eval", str(cfg.run_dir), "--weights", str(tmp_path / "bare.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(best["metrics"]["top1"])
 
 
 def test_teacher_is_frozen_and_unwrapped(tmp_path):

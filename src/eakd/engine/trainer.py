@@ -453,12 +453,19 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
 
 
 def evaluate_run(cfg: Config, weights: str | Path | None = None) -> dict[str, float]:
-    """Evaluate the trainable module of ``cfg``'s task with ``weights`` (best.pt, a checkpoint or None)."""
+    """Evaluate the trainable module of ``cfg``'s task with ``weights``: a run's best.pt or checkpoint
+    (``{"model": trainable state}``), or a bare state dict of the student (``model.student``)."""
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu)
     seed_everything(cfg.experiment.seed, cfg.train.deterministic)
     task = build_task(cfg)
     if weights is not None:
-        task.trainable.load_state_dict(load_checkpoint(weights)["model"])
+        ck = load_checkpoint(weights)
+        state = ck.get("model", ck)
+        student = getattr(task.trainable, "student", None)
+        if isinstance(student, nn.Module) and not any(k.startswith("student.") for k in state):
+            student.load_state_dict(state)  # a bare student state dict (e.g. a trained teacher's weights)
+        else:
+            task.trainable.load_state_dict(state)
     task.trainable.to(accelerator.device)
     _prepare_teacher(task, accelerator.device)
     return _evaluate(task, task.trainable, accelerator, cfg)
