@@ -67,6 +67,12 @@ def test_policy_tau_defaults(tmp_path):
     assert policy_tau(build_task(config(tmp_path, "distill.tau=2.5")).loss) == 2.5
 
 
+def test_weighting_none_ignores_policy_settings(tmp_path):
+    cfg = config(tmp_path, "distill.weighting=none", "distill.tau=2.0", "distill.h_ub=100.0")
+    loss = build_task(cfg).loss
+    assert loss.policy is None and policy_tau(loss) == 1.0
+
+
 def test_eval_command(tmp_path, capsys):
     cfg = config(tmp_path, "experiment.name=evalme")
     train(cfg)

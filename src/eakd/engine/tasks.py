@@ -272,16 +272,18 @@ class ClassificationTask:
 
 
 def distill_loss_from_config(cfg: Config) -> DistillLoss | None:
-    """The DistillLoss the config's ``distill`` section describes (None for method "none")."""
+    """The DistillLoss the config's ``distill`` section describes (None for method "none"); with weighting
+    "none" the policy settings tau, h_ub and entropy_on are ignored, so any config gives the baseline."""
     d = cfg.distill
     if d.method == "none":
         return None
+    off = d.weighting == "none"  # no policy: its settings (a config's tau) do not apply
     return DistillLoss(
         d.method,
         d.weighting,
-        tau=d.tau,
-        h_ub=d.h_ub,
-        entropy_on=d.entropy_on,
+        tau=None if off else d.tau,
+        h_ub=None if off else d.h_ub,
+        entropy_on="raw" if off else d.entropy_on,
         standardize_logits=d.standardize_logits,
         kd_weight=d.kd_weight,
         ce_weight=d.ce_weight,
