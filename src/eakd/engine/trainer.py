@@ -1,8 +1,8 @@
 """The training loop, on Hugging Face Accelerate: one code path for CPU, one GPU, DDP and multi-node.
 
-Launch with ``eakd train CONFIG`` (one process), ``accelerate launch -m eakd train CONFIG`` or
-``torchrun --nproc_per_node N -m eakd train CONFIG``. Accelerate sets up the processes, the device,
-DDP (only ``task.trainable`` is wrapped), autocast and the fp16 grad scaler. The engine itself shards
+Launch with ``eakd train CONFIG`` (one process), ``accelerate launch --multi_gpu -m eakd train CONFIG`` or
+``torchrun --nproc_per_node N -m eakd train CONFIG`` (also CPU processes). Accelerate sets up the processes,
+the device, DDP (only ``task.trainable`` is wrapped), autocast and the fp16 grad scaler. The engine shards
 the data (the same global batches whatever the number of processes), accumulates gradients, steps the
 schedule per optimiser step, evaluates, logs and checkpoints. See docs/engine.md.
 """
