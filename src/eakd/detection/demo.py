@@ -45,7 +45,7 @@ def run_study(
     student_epochs: int | None = None,
     extra: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the teacher (reused when ``out/teacher/best.pt`` exists), then every setting x seed.
+    """Train the teacher, then every setting x seed; finished runs found in ``out`` are reused.
 
     Returns {"teacher": summary, "runs": {setting: [summary per seed]}, "wall_s": {...}}; AP in percent.
     """
@@ -65,6 +65,11 @@ def run_study(
     for name in settings:
         runs[name] = []
         for seed in seeds:
+            done = out / f"{name}-seed{seed}" / "summary.json"
+            if done.is_file():  # finished earlier: resume a study where it stopped
+                runs[name].append(json.loads(done.read_text()))
+                print(f"reusing {done.parent}")
+                continue
             t0 = time.perf_counter()
             overrides = [
                 *common,
