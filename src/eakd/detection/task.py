@@ -176,14 +176,7 @@ def build_detection(cfg: Config) -> DetectionTask:
         load_detector_weights(student, cfg.model.student_checkpoint)
     hparams = dict(cfg.distill.hparams)
     feature_weight = float(hparams.pop("feature_weight", 0.0))
-    unweighted = cfg.distill.weighting == "none"  # tau / h_ub only set the policy: moot without one
-    distill = dataclasses.replace(
-        cfg.distill,
-        ce_weight=0.0,
-        hparams=hparams,
-        tau=None if unweighted else cfg.distill.tau,
-        h_ub=None if unweighted else cfg.distill.h_ub,
-    )
+    distill = dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams)
     loss = distill_loss_from_config(dataclasses.replace(cfg, distill=distill))
     teacher = None
     if cfg.model.teacher is not None and (loss is not None or feature_weight > 0):
