@@ -39,7 +39,6 @@ def _csv_data(root: Path) -> None:
     (root / "boxes.csv").write_text("\n".join(rows) + "\n")
 
 
-@pytest.mark.slow
 def test_engine_trains_and_evaluates_a_detection_config(tmp_path: Path) -> None:
     _csv_data(tmp_path)
     config = tmp_path / "det.yaml"
