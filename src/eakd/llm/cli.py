@@ -64,13 +64,24 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--methods", nargs="+", default=["sft", "kd", "rkl", "ea-kd"])
     p.add_argument("--eval-size", type=int, default=100)
     p.add_argument("--out", default="runs/llm-demo")
+    p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher (slow on a CPU)")
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=48)
     a = p.parse_args(argv)
     from eakd.llm.run import load_run_config
     from eakd.llm.study import run_study, table
 
-    cfg = load_run_config(None, [f"train.max_steps={a.steps}", f"data.eval_size={a.eval_size}"])
+    cfg = load_run_config(
+        None,
+        [
+            f"train.max_steps={a.steps}",
+            f"data.eval_size={a.eval_size}",
+            f"train.warmup_steps={a.warmup_steps}",
+            f"eval.max_new_tokens={a.max_new_tokens}",
+        ],
+    )
     start = time.perf_counter()
-    rows = run_study(cfg, a.methods, a.seeds, a.out)
+    rows = run_study(cfg, a.methods, a.seeds, a.out, a.eval_teacher)
     print(table(rows))
     print(
         f"\n{len(a.methods) * len(a.seeds)} runs in {time.perf_counter() - start:.0f} s; results in {a.out}"

@@ -22,14 +22,15 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 def run_study(
-    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path
+    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, eval_teacher: bool = True
 ) -> list[dict[str, Any]]:
-    """One run per (method, seed) under ``out_dir/<method>/seed<k>``; rows of the summary table."""
+    """One run per (method, seed) under ``out_dir/<method>/seed<k>``; rows of the summary table (with a
+    "teacher" row first when ``eval_teacher``: its generation is the slowest part on a CPU)."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
     rows = []
-    teacher_done = False
+    teacher_done = not eval_teacher
     for method in methods:
         for seed in seeds:
             cfg = copy.deepcopy(base)

@@ -49,6 +49,10 @@ class EAKDConfig(TrainingArguments):
     vocab_size: int | None = None
     log_entropies: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.loss_settings()  # bad divergence / weighting names fail when the config is built
+
     def loss_settings(self) -> TokenLossSettings:
         """The per-token loss settings of this config."""
         return TokenLossSettings(
