@@ -183,6 +183,7 @@ def test_bad_inputs() -> None:
         TokenLossSettings(weight_level="batch")
 
 
+@pytest.mark.slow  # importing trl takes 5-20 s
 def test_jsd_matches_trl() -> None:
     gkd = pytest.importorskip("trl.experimental.gkd", reason="trl with the GKD trainer is not installed")
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=7)

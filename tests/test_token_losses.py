@@ -157,6 +157,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         reverse_kl(z, torch.full_like(z, float("nan")))
 
 
+@pytest.mark.slow  # importing trl takes 5-20 s
 def test_jsd_matches_trl_generalized_jsd_loss() -> None:
     gkd = pytest.importorskip("trl.experimental.gkd", reason="trl with the GKD trainer is not installed")
     trl_jsd = gkd.GKDTrainer.generalized_jsd_loss
