@@ -11,7 +11,9 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("eakd.cli:info", "print the version, weight policies and registered losses"),
+    "demo": ("eakd.vision.demo:main", "Fashion-MNIST no KD / KD / EA-KD table and plots; demo llm|det"),
     "llm": ("eakd.llm.cli:main", "LLM distillation: train CONFIG, eval MODEL, demo (needs the llm extra)"),
+    "fetch": ("eakd.fetch:main", "fetch the offline data/model sources (fashion-mnist, smollm2, ...)"),
     "train": ("eakd.engine.trainer:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
     "eval": ("eakd.engine.trainer:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),
     "report": ("eakd.report:report_command", "plots and report.md for runs: eakd report RUN_DIR ..."),
