@@ -10,7 +10,8 @@ _SHOWN = 5  # key names quoted per kind of mismatch
 
 def _state_dict(obj: object, key: str | None, path: Path) -> dict[str, Tensor]:
     """Pick the state dict out of a loaded checkpoint: ``obj[key]``, else ``obj["model"]`` (mdistiller),
-    else ``obj["state_dict"]``, else ``obj`` itself."""
+    else ``obj["state_dict"]``, else ``obj`` itself; of an eakd run's checkpoint (keys ``student.*`` and
+    maybe the loss's learnable parts) only the student's weights."""
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if key is not None:
@@ -22,7 +23,10 @@ def _state_dict(obj: object, key: str | None, path: Path) -> dict[str, Tensor]:
             if isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
                 break
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    if any(k.startswith("student.") for k in state):  # an eakd run's trainable module: its student part
+        state = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    return state
 
 
 def _names(keys: list[str]) -> str:
