@@ -1,0 +1,182 @@
+"""The shipped configs: every file loads and validates, the recipes match METHOD.md, the models exist, and
+every CIFAR-100 pair x method (plus one ImageNet pair) takes a real training step on tiny synthetic data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from eakd.engine.config import load_config
+from eakd.engine.tasks import build_task, distill_loss_from_config
+from eakd.vision.models import list_models
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = sorted(
+    p for d in ("cifar100", "imagenet", "tinyimagenet", "demo") for p in (CONFIGS / d).rglob("*.yaml")
+)
+# runnable experiments: not the shared base files or the pair fragments
+LEAVES = [p for p in SHIPPED if p.name != "base.yaml" and p.parent.name != "pairs"]
+CIFAR_PAIRS = [
+    "res32x4_res8x4",
+    "res32x4_shuv2",
+    "res50_mv2",
+    "vgg13_mv2",
+    "vgg13_vgg8",
+    "wrn40_2_wrn16_2",
+    "wrn40_2_wrn40_1",
+]
+CIFAR_METHODS = ["kd", "dkd", "mlkd", "mlkd_ls", "ctkd", "reviewkd", "fitnet", "vanilla"]
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(CONFIGS))
+
+
+def model_exists(name: str) -> bool:
+    if name.startswith("tv:"):
+        return name.removeprefix("tv:") in torchvision.models.list_models()
+    return name in list_models()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=rel)
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    if path in LEAVES:
+        assert cfg.experiment.name not in ("", "run")
+        assert model_exists(cfg.model.student)
+        assert cfg.model.teacher is None or model_exists(cfg.model.teacher)
+
+
+def test_cifar_grid_is_complete():
+    found = {rel(p) for p in LEAVES if p.is_relative_to(CONFIGS / "cifar100")}
+    assert found == {f"cifar100/{m}/{p}.yaml" for m in CIFAR_METHODS for p in CIFAR_PAIRS}
+
+
+@pytest.mark.parametrize("pair", CIFAR_PAIRS)
+@pytest.mark.parametrize("method", CIFAR_METHODS)
+def test_cifar_recipe(method, pair):
+    cfg = load_config(CONFIGS / "cifar100" / method / f"{pair}.yaml")
+    light = cfg.model.student in ("mobilenetv2", "shufflenetv2")
+    assert (cfg.data.name, cfg.train.batch_size, cfg.optim.momentum) == ("cifar100", 64, 0.9)
+    assert (cfg.optim.weight_decay, cfg.schedule.milestones, cfg.schedule.gamma) == (
+        5e-4,
+        [150, 180, 210],
+        0.1,
+    )
+    assert cfg.experiment.name == f"{method}_{pair}"
+    assert cfg.model.teacher_checkpoint.startswith("download_ckpts/cifar_teachers/")
+    assert cfg.model.teacher_checkpoint.endswith("_vanilla/ckpt_epoch_240.pth")
+    d = cfg.distill
+    if method.startswith("mlkd"):
+        assert cfg.train.epochs == 480 and cfg.data.two_views
+        assert cfg.optim.lr == {"mobilenetv2": 0.0025, "shufflenetv2": 0.01}.get(cfg.model.student, 0.025)
+        assert d.standardize_logits == (method == "mlkd_ls")
+    else:
+        assert cfg.train.epochs == 240 and cfg.optim.lr == (0.01 if light else 0.05)
+    if method == "vanilla":
+        assert (d.method, d.weighting, d.ce_weight) == ("none", "none", 1.0)
+        return
+    assert (d.weighting, d.tau) == ("ea", 3.0)
+    if method in ("kd", "ctkd", "mlkd"):
+        assert (
+            d.ce_weight,
+            d.kd_weight,
+            d.hparams["temperature" if method != "ctkd" else "init_temperature"],
+        ) == (
+            0.1,
+            0.9,
+            4.0,
+        )
+    if method == "dkd":
+        assert (d.ce_weight, d.warmup_epochs) == (1.0, 20)
+        assert d.hparams == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}
+    if method == "reviewkd":
+        assert (d.ce_weight, d.kd_weight, d.warmup_epochs) == (1.0, 5.0, 20)
+
+
+ONE_PER_METHOD = [p for p in LEAVES if "res32x4_res8x4" in p.name or p.is_relative_to(CONFIGS / "imagenet")]
+
+
+@pytest.mark.parametrize("path", ONE_PER_METHOD, ids=rel)
+def test_weighting_none_gives_the_baseline_loss(path):
+    """Each method's loss builds with EA, and with `distill.weighting=none` unweighted (a config's tau is
+    then ignored). The other pairs share the method's base file."""
+    ea = distill_loss_from_config(load_config(path))
+    base = distill_loss_from_config(load_config(path, ["distill.weighting=none"]))
+    if ea is None:  # the student alone
+        assert base is None
+        return
+    assert ea.policy is not None and ea.policy.keywords["tau"] == load_config(path).distill.tau
+    assert base.policy is None and base.weighting == "none"
+
+
+def test_imagenet_recipe():
+    for path in (p for p in LEAVES if p.is_relative_to(CONFIGS / "imagenet")):
+        cfg = load_config(path)
+        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.batch_size, cfg.train.epochs) == (
+            0.2,
+            1e-4,
+            512,
+            100,
+        )
+        assert cfg.schedule.milestones == [30, 60, 90] and cfg.distill.tau == 2.0
+    kd = load_config(CONFIGS / "imagenet" / "kd" / "r34_r18.yaml").distill
+    assert (kd.ce_weight, kd.kd_weight, kd.hparams["temperature"]) == (1.0, 0.5, 1.0)
+
+
+def tiny_step(path: Path, size: int = 32, classes: int = 100, *overrides: str) -> dict[str, torch.Tensor]:
+    """One training step of the config's own task on 4 synthetic images (no data, no checkpoints)."""
+    cfg = load_config(
+        path,
+        [
+            "data.name=synthetic",
+            "data.download=false",
+            f"data.options={{num_samples: 4, num_classes: {classes}, channels: 3, size: {size}}}",
+            "model.teacher_checkpoint=null",
+            *overrides,
+        ],
+    )
+    task = build_task(cfg)
+    batch = next(iter(torch.utils.data.DataLoader(task.train_set, batch_size=4)))
+    if task.teacher is not None:
+        task.teacher.eval()
+    terms = task.training_step(task.trainable, batch, epoch=30.0)
+    sum(terms.values()).backward()
+    assert all(torch.isfinite(v) for v in terms.values())
+    return terms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", CIFAR_PAIRS)
+def test_cifar_pairs_take_a_step(pair):
+    """Every pair's models build, and the feature methods' channel settings fit them."""
+    for method in ("reviewkd", "fitnet"):
+        terms = tiny_step(CONFIGS / "cifar100" / method / f"{pair}.yaml")
+        assert set(terms) == {"loss_kd", "loss_ce"}
+
+
+@pytest.mark.parametrize("method", CIFAR_METHODS)
+def test_cifar_methods_take_a_step(method):
+    terms = tiny_step(CONFIGS / "cifar100" / method / "res32x4_res8x4.yaml")
+    assert ("loss_kd" in terms) == (method != "vanilla")
+
+
+def test_imagenet_pair_takes_a_step():
+    path = CONFIGS / "imagenet" / "kd" / "r34_r18.yaml"
+    terms = tiny_step(path, 64, 1000, "model.teacher_options.pretrained=false")  # no download
+    assert set(terms) == {"loss_kd", "loss_ce"}
+
+
+def test_overrides_apply():
+    cfg = load_config(
+        CONFIGS / "cifar100" / "dkd" / "res32x4_res8x4.yaml",
+        [
+            "distill.weighting=none",
+            "optim.lr=0.1",
+            "distill.hparams.beta=6",
+            "model.teacher_checkpoint=t.pth",
+        ],
+    )
+    assert (cfg.distill.weighting, cfg.optim.lr, cfg.model.teacher_checkpoint) == ("none", 0.1, "t.pth")
+    assert cfg.distill.hparams == {"alpha": 1.0, "beta": 6, "temperature": 4.0}
