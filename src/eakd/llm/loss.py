@@ -109,6 +109,12 @@ def _sequence_mean(weights: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor
     return (sums / counts.clamp_min(1))[seq_ids]
 
 
+def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 log_softmax(z / T) over the last dim, without the division's copy at T = 1."""
+    z = z.float()
+    return torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+
+
 def _terms(
     zs: torch.Tensor,
     zt: torch.Tensor,
@@ -119,16 +125,15 @@ def _terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss of rows (..., V) with given detached weights (...): (total, kd, ce, per_token), float32."""
     mask = token_mask(labels, s.ignore_index)
-    log_q = torch.log_softmax(zs.float() / s.temperature, dim=-1)
-    log_p = torch.log_softmax(zt.float() / s.temperature, dim=-1)
+    log_q = _log_softmax(zs, s.temperature)
+    log_p = _log_softmax(zt, s.temperature)
     per_token = s.divergence_fn()(log_q, log_p)
     kd = weighted_mean(per_token, weights, mask, denominator=denom)
     total = s.kd_weight * kd
     ce = torch.zeros((), device=zs.device)
     if s.ce_weight > 0:
-        ce_tok = F.cross_entropy(
-            zs.float().flatten(0, -2), labels.flatten(), reduction="none", ignore_index=s.ignore_index
-        ).view(labels.shape)
+        log_q1 = log_q if s.temperature == 1.0 else _log_softmax(zs, 1.0)  # CE is at T = 1
+        ce_tok = -log_q1.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         ce = weighted_mean(ce_tok, mask=mask, denominator=denom)
         total = total + s.ce_weight * ce
     return total, kd, ce, torch.where(mask, per_token.detach(), 0.0)
