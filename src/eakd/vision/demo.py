@@ -124,13 +124,15 @@ def run_study(
     seeds: list[int],
     settings: list[str],
     overrides: list[str] | None = None,
+    student_overrides: list[str] | None = None,
     jobs: int = 1,
     threads: int = 1,
 ) -> dict[str, Any]:
     """The teacher (trained, or reused from the cache), then each student setting x seed.
 
-    overrides: for every run, teacher included (e.g. ``train.epochs=1``). Returns {"teacher": summary,
-    "runs": {setting: [summary per seed]}, "wall_s": seconds}, also written to ``out/study.json``.
+    overrides: for every run, teacher included (e.g. ``data.root=DIR``); student_overrides: for the
+    students only (e.g. ``train.epochs=3``). Returns {"teacher": summary, "runs": {setting: [summary per
+    seed]}, "seeds": seeds, "wall_s": seconds}, also written to ``out/study.json``.
     """
     start = time.perf_counter()
     common = list(overrides or [])
@@ -155,6 +157,7 @@ def run_study(
                 f"experiment.name={name}",
                 f"experiment.seed={seed}",
                 f"model.teacher_checkpoint={t_ckpt}",
+                *(student_overrides or []),
                 *SETTINGS[setting],
             ]
             runs.append(Job(name, cdir / "kd.yaml", student, out / "logs" / f"{name}.log"))
@@ -215,7 +218,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``eakd demo [--seeds 0 1 2] [--out DIR] [--jobs N] [key=value ...]``, ``eakd demo llm|det ...``."""
+    """``eakd demo [--seeds 0 1 2] [--out DIR] [--jobs N] [-- key=value ...]``, ``eakd demo llm|det ...``.
+
+    The overrides (after ``--`` when they follow a list option) apply to every run, teacher included."""
     if argv and argv[0] in OTHER_DEMOS:
         module, func = OTHER_DEMOS[argv[0]]
         return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
@@ -233,12 +238,22 @@ def main(argv: list[str]) -> int:
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time (default: 2 or 1 CPU)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=3")
+    parser.add_argument(
+        "--student-epochs", type=int, help="students' epochs (default: configs/demo/kd.yaml's)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides for every run, teacher too (e.g. data.root=DIR); put them after --",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        result = run_study(args.out, args.seeds, args.settings, args.overrides, args.jobs, args.threads)
+        epochs = [] if args.student_epochs is None else [f"train.epochs={args.student_epochs}"]
+        result = run_study(
+            args.out, args.seeds, args.settings, args.overrides, epochs, args.jobs, args.threads
+        )
     except FileNotFoundError as err:
         print(f"eakd demo: {err}", file=sys.stderr)
         return 2
