@@ -56,7 +56,7 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     epoch = _column(rows, "epoch")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in rows[0]:
-        if key.startswith("train_"):
+        if key.startswith("train_loss"):  # not train_time_s
             axes[0].plot(epoch, _column(rows, key), label=key.removeprefix("train_"))
         elif key.startswith(("eval_", "best_")) and not key.endswith("loss"):
             axes[1].plot(
