@@ -115,7 +115,7 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192], help="B*T rows")
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--chunk-size", type=int, default=1024)
+    p.add_argument("--chunk-size", type=int, default=512, help="rows per chunk, ours and Liger's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--worker", nargs=2, metavar=("VARIANT", "ROWS"), help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")

@@ -316,7 +316,7 @@ def fused_linear_distill_loss(
     settings: TokenLossSettings | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     vocab_size: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     with_entropies: bool = False,
 ) -> TokenLossOutput:
     """Chunked fused-linear EA-KD loss; never materialises the (B*T, V) logits.

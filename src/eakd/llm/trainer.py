@@ -45,7 +45,7 @@ class EAKDConfig(TrainingArguments):
     kd_weight: float = 1.0
     ce_weight: float = 0.0
     fused_loss: bool = True
-    chunk_size: int = 1024
+    chunk_size: int = 512
     vocab_size: int | None = None
     log_entropies: bool = True
 
