@@ -4,7 +4,9 @@ One step = the teacher's forward under no_grad, the student's forward and backwa
 classification task (``ClassificationTask.training_step``), and an SGD step. The two contenders are the
 same KD loss (T 4, CE 0.1, KD 0.9) unweighted and with EA weights (tau 3), on the same models, batch and
 optimiser, interleaved step by step (the order alternating) in one process. Prints the median step time
-of each and their ratio (target <= 1.01).
+of each and their ratio (target <= 1.01). On a CPU the clock is this process's CPU time, which other
+processes' load does not inflate the way it inflates wall time (use --threads 1 on a shared machine:
+with more threads their spin-waits count too); on a GPU it is wall time between synchronisations.
 
     python benchmarks/step_overhead.py [--repeats 20] [--batch 64] [--device auto] [--threads N]
 """
@@ -50,17 +52,19 @@ def main() -> None:
         torch.randint(0, 100, (args.batch,), device=device),
     )
 
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+
     def step(task: ClassificationTask) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         terms = task.training_step(task.trainable, batch, 1.0)
         sum(terms.values()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return clock() - start
 
     student.train()
     for _ in range(args.warmup):
@@ -72,7 +76,9 @@ def main() -> None:
             times[name].append(step(tasks[name]))
     medians = {name: statistics.median(t) for name, t in times.items()}
     paired = statistics.median(e / k for e, k in zip(times["ea-kd"], times["kd"], strict=True))
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    threads = (
+        f", {torch.get_num_threads()} threads, process CPU time" if device.type == "cpu" else ", wall time"
+    )
     print(
         f"full training step, ResNet32x4 -> ResNet8x4, batch {args.batch} x 3x32x32, 100 classes, "
         f"{device}{threads}, {args.repeats} interleaved repeats after {args.warmup} warm-up steps"

@@ -195,7 +195,8 @@ def format_table(result: dict[str, Any]) -> str:
     some = next(iter(result["runs"].values()))[0]
     lines = [
         f"teacher: top-1 {top1(teacher)[1]:.2f} % ({teacher['trainable_params']:,} parameters); "
-        f"student: {some['trainable_params']:,} parameters, {len(result['seeds'])} seeds",
+        f"student: {some['trainable_params']:,} parameters, {some['steps']} optimiser steps, "
+        f"{len(result['seeds'])} seeds",
         "",
         f"| {'setting':<10} | {'best top-1 (%)':>14} | {'last top-1 (%)':>14} | {'train s/run':>11} |",
         f"|{'-' * 12}|{'-' * 16}|{'-' * 16}|{'-' * 13}|",
