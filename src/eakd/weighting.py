@@ -19,17 +19,21 @@ Policy = Callable[..., torch.Tensor]
 POLICIES: dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def entropy(logits: torch.Tensor, tau: float = 1.0, name: str = "logits") -> torch.Tensor:
+def _entropy(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Unchecked entropy in nats over the last dim: (..., K) -> (...) float32 (see ``entropy``)."""
+    logp = torch.log_softmax(logits.float() / tau, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def entropy(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """Shannon entropy in nats of softmax(logits / tau) over the last dim.
 
-    logits (..., K) in any float dtype -> (...) float32. Computed as sum_k entr(p_k) with p the
-    max-shifted softmax and entr(p) = -p ln p (entr(0) = 0): stable, no epsilon, and one exponential per
-    element (a log_softmax route needs two). A NaN or inf logit raises ValueError naming ``name``.
+    logits (..., K) in any float dtype -> (...) float32, from log_softmax (stable, no epsilon; measured
+    faster on CPU than softmax + entr or the authors' log(p + 1e-10)). A NaN or inf logit raises
+    ValueError.
     """
     check_positive("tau", tau)
-    h = torch.special.entr(torch.softmax(logits.float() / tau, dim=-1)).sum(dim=-1)
-    check_finite(name, h)
-    return h
+    return check_finite("entropy of the logits", _entropy(logits, tau))
 
 
 def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -55,18 +59,20 @@ def _entropies(
     tau: float,
     standardized: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Detached (H_s or None, H_t) in nats; finiteness is left to ``_finish`` on the weights."""
+    check_positive("tau", tau)
     if student_logits is not None:
         check_logit_pair(student_logits, teacher_logits)
     prep = standardize if standardized else (lambda z: z)
     with torch.no_grad():
-        h_t = entropy(prep(teacher_logits.detach()), tau, "teacher logits")
-        h_s = None
-        if student_logits is not None:
-            h_s = entropy(prep(student_logits.detach()), tau, "student logits")
+        h_t = _entropy(prep(teacher_logits.detach()), tau)
+        h_s = None if student_logits is None else _entropy(prep(student_logits.detach()), tau)
     return h_s, h_t
 
 
-def _apply_mask(w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _finish(w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Check the weights (a NaN/inf logit makes its row's weight non-finite) and zero masked positions."""
+    check_finite("weights from the student and teacher logits", w)
     if mask is None:
         return w
     if mask.shape != w.shape:
@@ -90,7 +96,7 @@ def ea_weights(
     """
     h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
     bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _apply_mask(0.5 * h_t * (1.0 + h_s / bound), mask)
+    return _finish(h_s.mul(0.5 / bound).add_(0.5).mul_(h_t), mask)
 
 
 def er_weights(
@@ -102,7 +108,7 @@ def er_weights(
 ) -> torch.Tensor:
     """ER-KD weights w = H_t (teacher entropy only, no 1/2), detached; (..., K) -> (...)."""
     _, h_t = _entropies(None, teacher_logits, tau, standardized)
-    return _apply_mask(h_t, mask)
+    return _finish(h_t, mask)
 
 
 def base_weights(
@@ -127,7 +133,7 @@ def interact_weights(
     """EA's dynamic half (paper ablation "w_interact"): w = H_t * H_s / H_ub."""
     h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
     bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _apply_mask(h_t * h_s / bound, mask)
+    return _finish(h_t * h_s / bound, mask)
 
 
 def inverse_weights(
@@ -141,7 +147,7 @@ def inverse_weights(
     """Negative control emphasising low-entropy samples: w = H_ub - w_EA (so 0 <= w <= H_ub)."""
     w = ea_weights(student_logits, teacher_logits, tau=tau, h_ub=h_ub, standardized=standardized)
     bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _apply_mask(bound - w, mask)
+    return _finish(bound - w, mask)
 
 
 def uniform_weights(
@@ -151,7 +157,7 @@ def uniform_weights(
 ) -> torch.Tensor:
     """All ones (masked positions 0): the unweighted loss, as an explicit policy."""
     w = torch.ones(teacher_logits.shape[:-1], dtype=torch.float32, device=teacher_logits.device)
-    return _apply_mask(w, mask)
+    return _finish(w, mask)
 
 
 POLICIES.update(
