@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.eakd-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench lint fetch
+.PHONY: demo test test-fast bench bench-llm demo-llm demo-det lint fetch
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
+
+bench-llm: $(STAMP)
+	$(PY) benchmarks/llm_loss_memory.py
+
+demo-llm: $(STAMP)
+	$(PY) -m eakd fetch smollm2 chatterbot
+	$(PY) -m eakd demo llm
+
+demo-det: $(STAMP)
+	$(PY) -m eakd fetch deepforest mobilenet-weights
+	$(PY) -m eakd demo det
