@@ -57,27 +57,35 @@ def evaluate_cmd(argv: list[str]) -> int:
 
 
 def demo(argv: list[str]) -> int:
-    """``eakd llm demo`` (= ``eakd demo llm``): SFT / KD / RKL / EA-KD on chatterbot-corpus, one table."""
+    """``eakd llm demo`` (= ``eakd demo llm``): SFT / KD / RKL / EA-KD on chatterbot-corpus, one table.
+
+    ``benchmarks/llm_study.py`` runs the same study with a larger default budget.
+    """
+    from eakd.llm.study import METHODS
+
     p = argparse.ArgumentParser(prog="eakd llm demo")
+    p.add_argument("--config", default=None, help="a run config (configs/llm/base.yaml layout)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", default=["sft", "kd", "rkl", "ea-kd"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--eval-size", type=int, default=100)
     p.add_argument("--out", default="runs/llm-demo")
     p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher (slow on a CPU)")
     p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("overrides", nargs="*", help="section.key=value")
     a = p.parse_args(argv)
     from eakd.llm.run import load_run_config
     from eakd.llm.study import run_study, table
 
     cfg = load_run_config(
-        None,
+        a.config,
         [
             f"train.max_steps={a.steps}",
             f"data.eval_size={a.eval_size}",
             f"train.warmup_steps={a.warmup_steps}",
             f"eval.max_new_tokens={a.max_new_tokens}",
+            *a.overrides,
         ],
     )
     start = time.perf_counter()
