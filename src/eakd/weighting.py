@@ -80,6 +80,50 @@ def _finish(w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return w * mask.to(torch.bool)
 
 
+def _ea_rule(h_s: torch.Tensor, h_t: torch.Tensor, bound: float) -> torch.Tensor:
+    return h_s.mul(0.5 / bound).add_(0.5).mul_(h_t)
+
+
+def _interact_rule(h_s: torch.Tensor, h_t: torch.Tensor, bound: float) -> torch.Tensor:
+    return h_t * h_s / bound
+
+
+def _inverse_rule(h_s: torch.Tensor, h_t: torch.Tensor, bound: float) -> torch.Tensor:
+    return bound - _ea_rule(h_s, h_t, bound)
+
+
+ENTROPY_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "ea": _ea_rule,
+    "er": lambda h_s, h_t, bound: h_t.clone(),
+    "base": lambda h_s, h_t, bound: h_t.clone(),
+    "interact": _interact_rule,
+    "inverse": _inverse_rule,
+    "uniform": lambda h_s, h_t, bound: torch.ones_like(h_t),
+}
+
+
+def weights_from_entropies(
+    weighting: str,
+    student_entropy: torch.Tensor,
+    teacher_entropy: torch.Tensor,
+    h_ub: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A built-in policy's weights from given entropies in nats (e.g. a cached teacher's): (...) -> (...).
+
+    weighting: a name of ``ENTROPY_RULES`` (ea, er, base, interact, inverse, uniform); h_ub: the entropy
+    upper bound (> 0, ln K for the paper). Same values as the logit policies at the same entropies.
+    """
+    if weighting not in ENTROPY_RULES:
+        known = ", ".join(sorted(ENTROPY_RULES))
+        raise ValueError(
+            f"weight policy {weighting!r} has no entropy form (custom policies need logits); known: {known}"
+        )
+    check_positive("h_ub", h_ub)
+    rule = ENTROPY_RULES[weighting]
+    return _finish(rule(student_entropy.float(), teacher_entropy.float(), float(h_ub)), mask)
+
+
 def ea_weights(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -96,7 +140,7 @@ def ea_weights(
     """
     h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
     bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _finish(h_s.mul(0.5 / bound).add_(0.5).mul_(h_t), mask)
+    return _finish(_ea_rule(h_s, h_t, bound), mask)
 
 
 def er_weights(
@@ -133,7 +177,7 @@ def interact_weights(
     """EA's dynamic half (paper ablation "w_interact"): w = H_t * H_s / H_ub."""
     h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
     bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _finish(h_t * h_s / bound, mask)
+    return _finish(_interact_rule(h_s, h_t, bound), mask)
 
 
 def inverse_weights(
@@ -145,9 +189,9 @@ def inverse_weights(
     standardized: bool = False,
 ) -> torch.Tensor:
     """Negative control emphasising low-entropy samples: w = H_ub - w_EA (so 0 <= w <= H_ub)."""
-    w = ea_weights(student_logits, teacher_logits, tau=tau, h_ub=h_ub, standardized=standardized)
+    h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
     bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _finish(bound - w, mask)
+    return _finish(_inverse_rule(h_s, h_t, bound), mask)
 
 
 def uniform_weights(

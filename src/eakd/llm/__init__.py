@@ -4,10 +4,19 @@ a ``transformers.Trainer`` subclass and evaluation. Only the loss is imported he
 ``llm`` extra: transformers, gguf, rouge-score)."""
 
 from eakd.llm.loss import (
+    TeacherTopK,
     TokenLossOutput,
     TokenLossSettings,
     distill_loss_from_logits,
     fused_linear_distill_loss,
+    topk_log_probs,
 )
 
-__all__ = ["TokenLossOutput", "TokenLossSettings", "distill_loss_from_logits", "fused_linear_distill_loss"]
+__all__ = [
+    "TeacherTopK",
+    "TokenLossOutput",
+    "TokenLossSettings",
+    "distill_loss_from_logits",
+    "fused_linear_distill_loss",
+    "topk_log_probs",
+]

@@ -104,8 +104,9 @@ def encode_pairs(tokenizer: Any, pairs: list[Pair], max_length: int = 256) -> li
     return [r for r in rows if any(x != IGNORE_INDEX for x in r["labels"])]
 
 
-def collate(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row: input_ids, attention_mask, labels (IGNORE_INDEX on padding), (B, T)."""
+def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row: input_ids, attention_mask, labels (IGNORE_INDEX on padding), (B, T);
+    plus cache_index (B,) when the rows carry a teacher cache's index (``TeacherCache.attach``)."""
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -115,4 +116,7 @@ def collate(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, to
         ids[i, :n] = torch.tensor(r["input_ids"])
         labels[i, :n] = torch.tensor(r["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if "cache_index" in rows[0]:
+        batch["cache_index"] = torch.tensor([r["cache_index"] for r in rows])
+    return batch

@@ -15,6 +15,7 @@ the forward pass, and scales them by the incoming gradient in the backward pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from eakd.checks import check_finite, check_positive
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.token import TOKEN_DIVERGENCES, token_mask
-from eakd.weighting import Policy, entropy, get_policy
+from eakd.weighting import Policy, entropy, get_policy, resolve_h_ub, weights_from_entropies
 
 WEIGHT_LEVELS = ("token", "sequence")
 
@@ -65,10 +66,14 @@ class TokenLossSettings:
             kw = {}
         return get_policy(self.weighting, **kw)
 
-    def entropy_pair(self, zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
-        """(2, ...) detached teacher and student entropies at the entropy temperature (tau, else 1)."""
+    def entropy_pair(self, zs: torch.Tensor, zt: torch.Tensor | None, h_t: torch.Tensor | None = None):
+        """(2, ...) detached teacher and student entropies at the entropy temperature (tau, else 1); the
+        teacher's from its logits zt, or given as h_t (an offline cache's)."""
         tau = self.tau or 1.0
-        return torch.stack([entropy(zt.detach(), tau), entropy(zs.detach(), tau)])
+        if h_t is None:
+            assert zt is not None
+            h_t = entropy(zt.detach(), tau)
+        return torch.stack([h_t.float(), entropy(zs.detach(), tau)])
 
     def divergence_fn(self) -> Any:
         """(log_q, log_p) -> (...) per-token divergence with beta/alpha bound."""
@@ -115,18 +120,74 @@ def _log_softmax(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
 
 
+class TeacherTopK(NamedTuple):
+    """An offline teacher (``eakd.llm.cache``) at the valid (labelled) positions, in row-major order.
+
+    ids (M, k) int64: the teacher's top-k token ids per valid token. logprobs (M, k): their teacher
+    log-probabilities at ``temperature`` (the distillation temperature). entropy (M,): the teacher's full
+    entropy in nats at ``tau`` (the entropy temperature). vocab_size: the teacher's vocabulary V. The
+    probability mass left outside the top-k is spread evenly over the other V - k tokens.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    vocab_size: int
+    temperature: float
+    tau: float
+
+
+def topk_log_probs(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
+    as given, the remaining mass 1 - sum(top-k) spread evenly over the other V - k tokens."""
+    lp = logprobs.float()
+    k = ids.shape[-1]
+    rest = (1.0 - lp.exp().sum(-1)).clamp_min(1e-30).log() - math.log(max(vocab_size - k, 1))
+    out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
+    return out.scatter_(-1, ids.long(), lp)
+
+
+def _check_topk(t: TeacherTopK, s: TokenLossSettings, rows: int, vocab: int) -> None:
+    """A teacher cache must match the loss settings, the valid-token count and the vocabulary."""
+    if t.ids.shape != t.logprobs.shape or t.ids.dim() != 2 or t.entropy.shape != t.ids.shape[:1]:
+        raise ValueError(
+            f"teacher cache shapes disagree: ids {tuple(t.ids.shape)}, logprobs {tuple(t.logprobs.shape)}, "
+            f"entropy {tuple(t.entropy.shape)}; expected (M, k), (M, k), (M,)"
+        )
+    if t.ids.shape[0] != rows:
+        raise ValueError(
+            f"the teacher cache has {t.ids.shape[0]} tokens but the batch has {rows} labelled tokens; "
+            "was the cache written for this data, tokenizer and max_length?"
+        )
+    if t.vocab_size < vocab:
+        raise ValueError(
+            f"the teacher cache's vocabulary ({t.vocab_size}) is smaller than the loss's ({vocab})"
+        )
+    if abs(t.temperature - s.temperature) > 1e-6:
+        raise ValueError(
+            f"the teacher cache holds log-probs at temperature {t.temperature}, the loss uses {s.temperature}"
+        )
+    if s.weighting not in (None, "none", "uniform"):
+        if not isinstance(s.weighting, str):
+            raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
+        if s.tau is None or abs(t.tau - s.tau) > 1e-6:
+            raise ValueError(f"the teacher cache holds entropies at tau {t.tau}, the loss uses tau {s.tau}")
+    if rows and int(t.ids.max()) >= vocab:
+        raise ValueError(f"teacher cache token ids reach {int(t.ids.max())}, beyond the vocabulary {vocab}")
+
+
 def _terms(
     zs: torch.Tensor,
-    zt: torch.Tensor,
+    log_p: torch.Tensor,
     labels: torch.Tensor,
     weights: torch.Tensor | None,
     s: TokenLossSettings,
     denom: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss of rows (..., V) with given detached weights (...): (total, kd, ce, per_token), float32."""
+    """Loss of student rows (..., V) against teacher log-probs at T (..., V), with given detached weights
+    (...): (total, kd, ce, per_token), float32."""
     mask = token_mask(labels, s.ignore_index)
     log_q = _log_softmax(zs, s.temperature)
-    log_p = _log_softmax(zt, s.temperature)
     per_token = s.divergence_fn()(log_q, log_p)
     kd = weighted_mean(per_token, weights, mask, denominator=denom)
     total = s.kd_weight * kd
@@ -137,6 +198,14 @@ def _terms(
         ce = weighted_mean(ce_tok, mask=mask, denominator=denom)
         total = total + s.ce_weight * ce
     return total, kd, ce, torch.where(mask, per_token.detach(), 0.0)
+
+
+def _cached_weights(zs: torch.Tensor, h_t: torch.Tensor, s: TokenLossSettings, mask: torch.Tensor | None):
+    """Weights of student rows (..., V) against a cached teacher entropy (...) (the entropy form of the
+    settings' built-in policy, H_ub = ln V unless set)."""
+    assert isinstance(s.weighting, str)
+    h_s = entropy(zs.detach(), s.tau or 1.0)
+    return weights_from_entropies(s.weighting, h_s, h_t, resolve_h_ub(s.h_ub, zs.shape[-1]), mask)
 
 
 def _align_vocab(v_student: int, v_teacher: int, vocab_size: int | None) -> int:
@@ -165,40 +234,60 @@ def _check_labels(labels: torch.Tensor, rows: int, vocab: int, ignore_index: int
 
 def distill_loss_from_logits(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
     settings: TokenLossSettings | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     vocab_size: int | None = None,
     with_entropies: bool = False,
+    teacher_topk: TeacherTopK | None = None,
 ) -> TokenLossOutput:
     """The loss from materialised logits (B, T, V) (dense path; the reference of the chunked one).
 
-    labels (B, T), already aligned with the logits (shifted for next-token prediction).
+    labels (B, T), already aligned with the logits (shifted for next-token prediction). The teacher is
+    teacher_logits (B, T, V_t), or (teacher_logits None) an offline ``teacher_topk`` of the valid tokens.
     """
     s = settings or TokenLossSettings()
-    v = _align_vocab(student_logits.shape[-1], teacher_logits.shape[-1], vocab_size)
-    zs, zt = student_logits[..., :v], teacher_logits[..., :v].detach()
+    if (teacher_logits is None) == (teacher_topk is None):
+        raise ValueError("give either teacher_logits or teacher_topk (not both)")
+    v_t = teacher_logits.shape[-1] if teacher_logits is not None else teacher_topk.vocab_size  # type: ignore[union-attr]
+    v = _align_vocab(student_logits.shape[-1], v_t, vocab_size)
+    zs = student_logits[..., :v]
     check_finite("student logits", zs)
-    check_finite("teacher logits", zt)
     _check_labels(labels, zs.shape[:-1].numel(), v, s.ignore_index)
     mask = token_mask(labels, s.ignore_index)
     policy = s.policy()
-    weights = None if policy is None else policy(zs.detach(), zt, mask=mask)
+    zt = h_t = None
+    if teacher_topk is not None:
+        valid = mask.reshape(-1).nonzero().squeeze(1)
+        _check_topk(teacher_topk, s, valid.numel(), v)
+        lp_valid = topk_log_probs(teacher_topk.ids, teacher_topk.logprobs, v)
+        log_p = torch.full((mask.numel(), v), -math.log(v), device=zs.device).index_copy_(0, valid, lp_valid)
+        log_p = log_p.view(*mask.shape, v)
+        h_t = torch.zeros(mask.numel(), device=zs.device).index_copy_(0, valid, teacher_topk.entropy.float())
+        h_t = h_t.view(mask.shape)
+        weights = None if policy is None else _cached_weights(zs, h_t, s, mask)
+    else:
+        assert teacher_logits is not None
+        zt = teacher_logits[..., :v].detach()
+        check_finite("teacher logits", zt)
+        log_p = _log_softmax(zt, s.temperature)
+        weights = None if policy is None else policy(zs.detach(), zt, mask=mask)
     if weights is not None and s.weight_level == "sequence":
         valid = mask.reshape(-1).nonzero().squeeze(1)
         per_seq = _sequence_mean(weights.reshape(-1)[valid], valid // labels.shape[-1])
         weights = (
             torch.zeros(mask.numel(), device=weights.device).index_copy_(0, valid, per_seq).view(mask.shape)
         )
-    total, kd, ce, per_token = _terms(zs, zt, labels, weights, s, _denominator(mask, num_items_in_batch))
+    total, kd, ce, per_token = _terms(zs, log_p, labels, weights, s, _denominator(mask, num_items_in_batch))
     w = None if weights is None else weights.reshape(-1)
-    ent = (s.entropy_pair(zs, zt) * mask).reshape(2, -1) if with_entropies else None
+    ent = (s.entropy_pair(zs, zt, h_t) * mask).reshape(2, -1) if with_entropies else None
     return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1), ent)
 
 
 class _Rows(NamedTuple):
-    """Flattened inputs of the chunked loss: (N, H) hidden states, (V, H) weights, (N,) labels."""
+    """Flattened inputs of the chunked loss: (N, H) hidden states, (V, H) weights, (N,) labels; the teacher
+    as hidden states with lm_head, as logits, or as an offline top-k cache."""
 
     hidden: torch.Tensor
     weight: torch.Tensor
@@ -207,24 +296,43 @@ class _Rows(NamedTuple):
     t_weight: torch.Tensor | None
     t_bias: torch.Tensor | None
     t_logits: torch.Tensor | None
+    t_topk: TeacherTopK | None
     labels: torch.Tensor
 
 
-def _teacher_rows(r: _Rows, i: int, j: int) -> torch.Tensor:
+def _teacher_rows(r: _Rows, i: int, j: int, s: TokenLossSettings) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(teacher logits, or None from a cache; teacher log-probs at T, float32) of rows i:j."""
+    if r.t_topk is not None:
+        return None, topk_log_probs(r.t_topk.ids[i:j], r.t_topk.logprobs[i:j], r.weight.shape[0])
     if r.t_logits is not None:
-        return r.t_logits[i:j]
-    assert r.t_hidden is not None and r.t_weight is not None
-    return F.linear(r.t_hidden[i:j], r.t_weight, r.t_bias)
+        zt = r.t_logits[i:j]
+    else:
+        assert r.t_hidden is not None and r.t_weight is not None
+        zt = F.linear(r.t_hidden[i:j], r.t_weight, r.t_bias)
+    return zt, _log_softmax(zt, s.temperature)
+
+
+def _chunk_weights(
+    r: _Rows, i: int, zs: torch.Tensor, zt: torch.Tensor | None, s: TokenLossSettings, policy: Policy
+) -> torch.Tensor:
+    """Per-token weights (rows,) of rows i:i+len(zs): the policy on both logits, or from a cache's entropy."""
+    if r.t_topk is not None:
+        return _cached_weights(zs, r.t_topk.entropy[i : i + zs.shape[0]], s, None)
+    assert zt is not None
+    return policy(zs, zt)
 
 
 @torch.no_grad()
-def _chunked_token_weights(r: _Rows, policy: Policy, seq_ids: torch.Tensor, chunk: int) -> torch.Tensor:
+def _chunked_token_weights(
+    r: _Rows, s: TokenLossSettings, policy: Policy, seq_ids: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """Pre-pass for per-sequence weights: per-token weights chunk by chunk, then sequence means (M,)."""
     n = r.labels.numel()
     w = torch.empty(n, dtype=torch.float32, device=r.hidden.device)
     for i in range(0, n, chunk):
         j = min(i + chunk, n)
-        w[i:j] = policy(F.linear(r.hidden[i:j], r.weight, r.bias), _teacher_rows(r, i, j))
+        zt = None if r.t_topk is not None else _teacher_rows(r, i, j, s)[0]
+        w[i:j] = _chunk_weights(r, i, F.linear(r.hidden[i:j], r.weight, r.bias), zt, s, policy)
     return _sequence_mean(w, seq_ids)
 
 
@@ -239,14 +347,13 @@ class _FusedLinearDistill(torch.autograd.Function):
         bias: torch.Tensor | None,
         rest: tuple[Any, ...],
     ) -> tuple[torch.Tensor, ...]:
-        t_hidden, t_weight, t_bias, t_logits, labels, s, denom, seq_ids, chunk, with_entropies = rest
-        r = _Rows(hidden, weight, bias, t_hidden, t_weight, t_bias, t_logits, labels)
+        t_hidden, t_weight, t_bias, t_logits, t_topk, labels, s, denom, seq_ids, chunk, with_entropies = rest
+        r = _Rows(hidden, weight, bias, t_hidden, t_weight, t_bias, t_logits, t_topk, labels)
         n = labels.numel()
         policy = s.policy()
-        mask = token_mask(labels, s.ignore_index)
         seq_weights = None
         if policy is not None and s.weight_level == "sequence":
-            seq_weights = _chunked_token_weights(r, policy, seq_ids, chunk)
+            seq_weights = _chunked_token_weights(r, s, policy, seq_ids, chunk)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = (
@@ -265,19 +372,19 @@ class _FusedLinearDistill(torch.autograd.Function):
             j = min(i + chunk, n)
             h = hidden[i:j]
             zs = F.linear(h, weight, bias)
-            zt = _teacher_rows(r, i, j)
+            zt, log_p = _teacher_rows(r, i, j, s)
             if seq_weights is not None:
                 w = seq_weights[i:j]
             else:
-                w = None if policy is None else policy(zs, zt, mask=mask[i:j])
+                w = None if policy is None else _chunk_weights(r, i, zs, zt, s, policy)
             with torch.enable_grad():
                 z = zs.detach().float().requires_grad_()
-                total, kd_c, ce_c, per_token[i:j] = _terms(z, zt, labels[i:j], w, s, denom)
+                total, kd_c, ce_c, per_token[i:j] = _terms(z, log_p, labels[i:j], w, s, denom)
                 (g,) = torch.autograd.grad(total, z)
             if weights is not None and w is not None:
                 weights[i:j] = w
             if entropies is not None:
-                entropies[:, i:j] = s.entropy_pair(zs, zt)
+                entropies[:, i:j] = s.entropy_pair(zs, zt, None if t_topk is None else t_topk.entropy[i:j])
             loss += total.detach()
             kd += kd_c.detach()
             ce += ce_c.detach()
@@ -313,6 +420,7 @@ def fused_linear_distill_loss(
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
+    teacher_topk: TeacherTopK | None = None,
     settings: TokenLossSettings | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
     vocab_size: int | None = None,
@@ -323,31 +431,37 @@ def fused_linear_distill_loss(
 
     student_hidden (B, T, H) (or (N, H) with token weights), student_weight (V_s, H) lm_head, optional
     student_bias (V_s,); the teacher as teacher_hidden (B, T, H_t) with teacher_weight (V_t, H_t) (and
-    teacher_bias), or as precomputed teacher_logits (B, T, V_t). labels (B, T) aligned with the hidden states
-    (already shifted). Vocabularies that differ only by padding rows are aligned to ``vocab_size`` (rows
-    beyond it are dropped). The teacher gets no gradient. Gradients flow to student_hidden, student_weight
-    and student_bias; reductions and entropies are float32, matmuls in the inputs' dtype. with_entropies:
-    also return the per-token teacher/student entropies (diagnostics; two more softmax passes per chunk).
+    teacher_bias), as precomputed teacher_logits (B, T, V_t), or as an offline ``teacher_topk`` cache of
+    the valid tokens (``eakd.llm.cache``; the weights then use its stored teacher entropies). labels (B, T)
+    aligned with the hidden states (already shifted). Vocabularies that differ only by padding rows are
+    aligned to ``vocab_size`` (rows beyond it are dropped). The teacher gets no gradient. Gradients flow
+    to student_hidden, student_weight and student_bias; reductions and entropies are float32, matmuls in
+    the inputs' dtype. with_entropies: also return the per-token teacher/student entropies (diagnostics;
+    two more softmax passes per chunk).
     """
     s = settings or TokenLossSettings()
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
-        raise ValueError("give either teacher_hidden with teacher_weight, or teacher_logits (not both)")
+    given = [teacher_logits is not None, teacher_hidden is not None and teacher_weight is not None]
+    if sum([*given, teacher_topk is not None]) != 1:
+        raise ValueError(
+            "give one teacher: teacher_hidden with teacher_weight, teacher_logits, or teacher_topk"
+        )
     h_size = student_hidden.shape[-1]
     if student_weight.shape[-1] != h_size:
         raise ValueError(f"student_weight {tuple(student_weight.shape)} does not match hidden size {h_size}")
     seq_len = labels.shape[-1] if labels.dim() > 1 else labels.numel()
     if s.weight_level == "sequence" and labels.dim() < 2:
         raise ValueError("weight_level='sequence' needs (B, T) labels and hidden states")
-    if teacher_logits is not None:
+    t_hidden = t_weight = t_bias = t_logits = None
+    if teacher_topk is not None:
+        v_t = teacher_topk.vocab_size
+    elif teacher_logits is not None:
         v_t = teacher_logits.shape[-1]
-        t_logits: torch.Tensor | None = teacher_logits.detach().reshape(-1, v_t)
-        t_hidden = t_weight = t_bias = None
+        t_logits = teacher_logits.detach().reshape(-1, v_t)
     else:
         assert teacher_hidden is not None and teacher_weight is not None
         v_t = teacher_weight.shape[0]
-        t_logits = None
         t_hidden = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
         t_weight = teacher_weight.detach()
         t_bias = None if teacher_bias is None else teacher_bias.detach()
@@ -361,11 +475,14 @@ def fused_linear_distill_loss(
     mask = token_mask(flat_labels, s.ignore_index)
     denom = _denominator(mask, num_items_in_batch)
     valid = mask.nonzero().squeeze(1)  # only rows with a label are computed at all (prompt, padding skipped)
+    if teacher_topk is not None:
+        _check_topk(teacher_topk, s, valid.numel(), v)
     rest = (
         None if t_hidden is None else t_hidden.index_select(0, valid),
         None if t_weight is None else t_weight[:v],
         None if t_bias is None else t_bias[:v],
         None if t_logits is None else t_logits.index_select(0, valid)[:, :v],
+        teacher_topk,
         flat_labels[valid],
         s,
         denom,

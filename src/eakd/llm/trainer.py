@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from eakd.llm.cache import TeacherCache
 from eakd.llm.loss import (
+    TeacherTopK,
     TokenLossOutput,
     TokenLossSettings,
     distill_loss_from_logits,
@@ -96,18 +98,42 @@ def diagnostics(out: TokenLossOutput, mask: torch.Tensor) -> dict[str, float]:
 class EAKDTrainer(Trainer):
     """Trainer whose loss is ``kd_weight * EA-weighted divergence + ce_weight * CE`` against ``teacher``.
 
-    model: the student (a causal LM). teacher: a causal LM with the same tokenizer (frozen here). args: an
-    ``EAKDConfig``. Every other Trainer argument (train_dataset, data_collator, callbacks, ...) passes
-    through. Batches need input_ids, attention_mask and labels (IGNORE_INDEX = -100 on prompt and padding).
+    model: the student (a causal LM). teacher: a causal LM with the same tokenizer (frozen here), or None
+    with ``teacher_cache`` (offline mode: ``eakd.llm.cache.TeacherCache``, rows from its ``attach``; the
+    teacher never runs). args: an ``EAKDConfig``. Every other Trainer argument (train_dataset,
+    data_collator, callbacks, ...) passes through. Batches need input_ids, attention_mask and labels
+    (IGNORE_INDEX = -100 on prompt and padding).
     """
 
-    def __init__(self, model: PreTrainedModel, teacher: PreTrainedModel, args: EAKDConfig, **kwargs: Any):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        teacher: PreTrainedModel | None,
+        args: EAKDConfig,
+        teacher_cache: TeacherCache | None = None,
+        **kwargs: Any,
+    ):
         if not isinstance(args, EAKDConfig):
             raise TypeError(f"EAKDTrainer needs an EAKDConfig, got {type(args).__name__}")
+        if (teacher is None) == (teacher_cache is None):
+            raise ValueError("give EAKDTrainer either a teacher model or a teacher_cache (not both)")
         super().__init__(model=model, args=args, **kwargs)
         self.loss_settings = args.loss_settings()
-        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher = None if teacher is None else teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher_cache = teacher_cache
         self._pending: dict[str, list[float]] = {}
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keeps the rows' ``cache_index`` through Trainer's removal of columns the model does not take."""
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and "cache_index" not in self._signature_columns:
+            self._signature_columns.append("cache_index")
+
+    def _cached_teacher(self, inputs: dict[str, torch.Tensor]) -> TeacherTopK:
+        if "cache_index" not in inputs:
+            raise ValueError("offline mode needs batches with cache_index: rows from TeacherCache.attach")
+        assert self.teacher_cache is not None
+        return self.teacher_cache.batch(inputs["cache_index"], inputs["labels"].device)
 
     def _distill(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items: Any, with_entropies: bool
@@ -115,33 +141,42 @@ class EAKDTrainer(Trainer):
         args: EAKDConfig = self.args  # type: ignore[assignment]
         feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
         labels = inputs["labels"][:, 1:]
+        topk = None if self.teacher is not None else self._cached_teacher(inputs)
         if not args.fused_loss:
             outputs = model(**feed)
-            with torch.no_grad():
-                t_logits = self.teacher(**feed).logits
+            t_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(**feed).logits[:, :-1]
             out = distill_loss_from_logits(
                 outputs.logits[:, :-1],
-                t_logits[:, :-1],
+                t_logits,
                 labels,
                 self.loss_settings,
                 num_items,
                 args.vocab_size,
                 with_entropies,
+                teacher_topk=topk,
             )
             return out, outputs
         outputs = model(**feed, output_hidden_states=True, logits_to_keep=1)
-        with torch.no_grad():
-            t_hidden = self.teacher(**feed, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        t_hidden = t_weight = t_bias = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_out = self.teacher(**feed, output_hidden_states=True, logits_to_keep=1)
+            t_hidden = t_out.hidden_states[-1][:, :-1]
+            t_head = self.teacher.get_output_embeddings()
+            t_weight, t_bias = t_head.weight, getattr(t_head, "bias", None)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        t_head = self.teacher.get_output_embeddings()
         out = fused_linear_distill_loss(
             outputs.hidden_states[-1][:, :-1],
             head.weight,
             labels,
-            t_hidden[:, :-1],
-            t_head.weight,
+            t_hidden,
+            t_weight,
             student_bias=getattr(head, "bias", None),
-            teacher_bias=getattr(t_head, "bias", None),
+            teacher_bias=t_bias,
+            teacher_topk=topk,
             settings=self.loss_settings,
             num_items_in_batch=num_items,
             vocab_size=args.vocab_size,

@@ -1,0 +1,223 @@
+"""Offline teacher: top-k reconstruction, the loss against a cached teacher (chunked == dense reference,
+values and gradients), the cache file, and EAKDTrainer in offline mode."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import eakd
+from eakd.llm import TeacherTopK, TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
+from eakd.llm.loss import topk_log_probs
+from eakd.losses import get_loss
+from eakd.losses.token import token_mask
+from eakd.weighting import weights_from_entropies
+
+B, T, H, V = 2, 7, 8, 23
+
+
+def _case(seed: int = 0, k: int = 5, temperature: float = 1.0, tau: float = 2.0):
+    """Student hidden/lm_head (grad), teacher logits, labels, and the teacher's top-k cache of valid rows."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, generator=g).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) * 0.8).requires_grad_()
+    zt = torch.randn(B, T, V, generator=g) * 2
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[0, :2] = -100
+    labels[1, 5:] = -100
+    valid = token_mask(labels).reshape(-1)
+    zt_valid = zt.reshape(-1, V)[valid]
+    lp, ids = torch.log_softmax(zt_valid / temperature, -1).topk(k, -1)
+    topk = TeacherTopK(ids, lp, eakd.entropy(zt_valid, tau), V, temperature, tau)
+    return hidden, weight, zt, labels, topk
+
+
+def reference(hidden, weight, labels, topk: TeacherTopK, s: TokenLossSettings):
+    """Materialised student logits; the teacher rebuilt here (top-k + evenly spread rest); public losses."""
+    zs = hidden @ weight.t()
+    mask = token_mask(labels)
+    valid = mask.reshape(-1)
+    p = torch.full((B * T, V), 1.0 / V)
+    k = topk.ids.shape[1]
+    rest = (1 - topk.logprobs.exp().sum(-1, keepdim=True)) / (V - k)
+    p_valid = rest.expand(-1, V).clone().scatter(1, topk.ids, topk.logprobs.exp())
+    p[valid] = p_valid
+    log_p = p.log().view(B, T, V)
+    kw = {"beta": s.beta} if s.divergence == "jsd" else {"alpha": s.alpha} if "skl" in s.divergence else {}
+    # teacher "logits" log_p * T: their softmax at temperature T is p itself
+    per_token = get_loss(s.divergence)(zs, log_p * s.temperature, temperature=s.temperature, **kw)
+    w = None
+    if s.weighting == "ea":
+        h_s = eakd.entropy(zs.detach(), s.tau)
+        h_t = torch.zeros(B * T)
+        h_t[valid] = topk.entropy
+        w = 0.5 * h_t.view(B, T) * (1 + h_s / math.log(V)) * mask
+        if s.weight_level == "sequence":
+            w = ((w.sum(1, keepdim=True) / mask.sum(1, keepdim=True)).expand_as(w)) * mask
+    return eakd.weighted_mean(per_token, w, mask)
+
+
+def test_topk_log_probs_rebuild_a_distribution() -> None:
+    z = torch.randn(6, V)
+    full = torch.log_softmax(z, -1)
+    lp, ids = full.topk(V, -1)
+    torch.testing.assert_close(topk_log_probs(ids, lp, V), full)  # k = V: exactly the teacher
+    lp, ids = full.topk(4, -1)
+    rebuilt = topk_log_probs(ids, lp, V)
+    torch.testing.assert_close(rebuilt.logsumexp(-1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rebuilt.gather(-1, ids), lp)
+    rest = rebuilt.exp().sum(-1) - lp.exp().sum(-1)
+    torch.testing.assert_close(rest, 1 - lp.exp().sum(-1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("divergence", ["fkl", "rkl", "jsd", "skl", "srkl", "tvd"])
+@pytest.mark.parametrize("weighting", ["ea", None])
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_cached_teacher_chunked_equals_reference(divergence: str, weighting: str | None, chunk: int) -> None:
+    hidden, weight, _, labels, topk = _case(seed=1)
+    s = TokenLossSettings(divergence=divergence, weighting=weighting, tau=2.0)
+    out = fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=chunk)
+    ref = reference(hidden, weight, labels, topk, s)
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(
+        torch.autograd.grad(out.loss, (hidden, weight)),
+        torch.autograd.grad(ref, (hidden, weight)),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight_level", ["token", "sequence"])
+def test_cached_teacher_dense_path_and_temperature(weight_level: str) -> None:
+    hidden, weight, _, labels, topk = _case(seed=2, temperature=2.0)
+    s = TokenLossSettings(divergence="jsd", temperature=2.0, tau=2.0, weight_level=weight_level)
+    fused = fused_linear_distill_loss(
+        hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=4, with_entropies=True
+    )
+    dense = distill_loss_from_logits(
+        hidden @ weight.t(), None, labels, s, teacher_topk=topk, with_entropies=True
+    )
+    ref = reference(hidden, weight, labels, topk, s)
+    torch.testing.assert_close(fused.loss, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dense.loss, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.weights, dense.weights)
+    torch.testing.assert_close(fused.entropies, dense.entropies)
+    mask = token_mask(labels).reshape(-1)
+    torch.testing.assert_close(fused.entropies[0][mask], topk.entropy)
+
+
+def test_full_cache_equals_the_online_teacher() -> None:
+    """k = V: the cached teacher is the teacher, so the loss and gradients equal the online loss."""
+    hidden, weight, zt, labels, topk = _case(seed=3, k=V, temperature=1.5)
+    s = TokenLossSettings(divergence="rkl", temperature=1.5, tau=2.0, ce_weight=0.3)
+    offline = fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s)
+    online = fused_linear_distill_loss(hidden, weight, labels, teacher_logits=zt, settings=s)
+    torch.testing.assert_close(offline.loss, online.loss)
+    torch.testing.assert_close(offline.weights, online.weights)
+    for got, want in zip(
+        torch.autograd.grad(offline.loss, (hidden, weight)),
+        torch.autograd.grad(online.loss, (hidden, weight)),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["ea", "er", "base", "interact", "inverse", "uniform"])
+def test_weights_from_entropies_equal_the_logit_policies(name: str) -> None:
+    zs, zt = torch.randn(5, V), torch.randn(5, V) * 3
+    kw = {} if name == "uniform" else {"tau": 2.0}
+    want = eakd.get_policy(name, **kw)(zs, zt)
+    got = weights_from_entropies(name, eakd.entropy(zs, 2.0), eakd.entropy(zt, 2.0), math.log(V))
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="no entropy form"):
+        weights_from_entropies("mine", eakd.entropy(zs), eakd.entropy(zt), 1.0)
+
+
+def test_cache_mismatches_are_clear_errors() -> None:
+    hidden, weight, _, labels, topk = _case(seed=4, temperature=2.0)
+    with pytest.raises(ValueError, match=r"temperature 2\.0"):
+        fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=TokenLossSettings())
+    s = TokenLossSettings(temperature=2.0, tau=3.0)
+    with pytest.raises(ValueError, match="tau"):
+        fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s)
+    s = TokenLossSettings(temperature=2.0, tau=2.0)
+    short = labels.clone()
+    short[0, 3] = -100
+    with pytest.raises(ValueError, match="labelled tokens"):
+        fused_linear_distill_loss(hidden, weight, short, teacher_topk=topk, settings=s)
+    with pytest.raises(ValueError, match="give one teacher"):
+        fused_linear_distill_loss(
+            hidden, weight, labels, teacher_logits=torch.zeros(B, T, V), teacher_topk=topk
+        )
+    with pytest.raises(ValueError, match="either teacher_logits or teacher_topk"):
+        distill_loss_from_logits(hidden @ weight.t(), None, labels, s)
+
+
+# -- the cache file and the trainer, on the tiny Llama of the pipeline tests -------------------------------
+
+transformers = pytest.importorskip("transformers")
+
+from test_llm_pipeline import PAIRS, _config, teacher, tokenizer  # noqa: E402, F401
+
+from eakd.llm.cache import TeacherCache, build_cache  # noqa: E402
+from eakd.llm.data import collate, encode_pairs  # noqa: E402
+from eakd.llm.models import make_student  # noqa: E402
+from eakd.llm.trainer import EAKDTrainer  # noqa: E402
+
+
+def test_cache_file_roundtrip_and_rows_check(tokenizer, teacher, tmp_path: Path) -> None:  # noqa: F811
+    rows = encode_pairs(tokenizer, PAIRS[:6])
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, batch_size=4, progress=False)
+    n_valid = sum(sum(x != -100 for x in r["labels"][1:]) for r in rows)
+    assert cache.ids.shape == (n_valid, 4) and cache.entropy.shape == (n_valid,)
+    assert int(cache.offsets[-1]) == n_valid and 0 < float(cache.coverage().min()) <= 1
+    loaded = TeacherCache.load(cache.save(tmp_path / "c.safetensors"))
+    assert loaded.vocab_size == len(tokenizer) and loaded.tau == 2.0 and loaded.top_k == 4
+    torch.testing.assert_close(loaded.logprobs, cache.logprobs)
+    attached = loaded.attach(rows)
+    assert [r["cache_index"] for r in attached] == list(range(6))
+    with pytest.raises(ValueError, match="other data"):
+        loaded.attach(rows[::-1])
+    (tmp_path / "x.safetensors").write_bytes((tmp_path / "c.safetensors").read_bytes()[:0])
+    with pytest.raises(Exception):  # noqa: B017 - an empty file is not a cache
+        TeacherCache.load(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_offline_trainer_matches_the_online_teacher(tokenizer, teacher, tmp_path: Path, fused: bool) -> None:  # noqa: F811
+    """A full-vocabulary cache makes the offline trainer's loss the online one; a top-k cache trains."""
+    rows = encode_pairs(tokenizer, PAIRS[:4])
+    student = make_student(teacher, num_layers=2, init="layers")
+    full = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=len(tokenizer), progress=False)
+    args = _config(tmp_path, fused_loss=fused, divergence="jsd")
+    online = EAKDTrainer(model=student, teacher=teacher, args=args)
+    offline = EAKDTrainer(model=student, teacher=None, teacher_cache=full, args=args)
+    batch = collate(full.attach(rows), tokenizer.pad_token_id)
+    want = online.compute_loss(student, batch, num_items_in_batch=40)
+    got = offline.compute_loss(student, batch, num_items_in_batch=40)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="either a teacher model or a teacher_cache"):
+        EAKDTrainer(model=student, teacher=None, args=args)
+
+
+def test_offline_trainer_trains(tokenizer, teacher, tmp_path: Path) -> None:  # noqa: F811
+    from functools import partial
+
+    rows = encode_pairs(tokenizer, PAIRS)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8, progress=False)
+    student = make_student(teacher, num_layers=2, init="random")
+    trainer = EAKDTrainer(
+        model=student,
+        teacher=None,
+        teacher_cache=cache,
+        args=_config(tmp_path),
+        train_dataset=cache.attach(rows),
+        data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
+    )
+    result = trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert math.isfinite(result.training_loss) and logs[-1]["loss"] < logs[0]["loss"]
+    assert 0 < logs[0]["weight_mean"] <= math.log(len(tokenizer))
