@@ -221,3 +221,38 @@ def test_offline_trainer_trains(tokenizer, teacher, tmp_path: Path) -> None:  # 
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert math.isfinite(result.training_loss) and logs[-1]["loss"] < logs[0]["loss"]
     assert 0 < logs[0]["weight_mean"] <= math.log(len(tokenizer))
+
+
+def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path: Path, capsys) -> None:  # noqa: F811
+    """`eakd llm cache` then `eakd llm train model.teacher_cache=...`, and the demo with --teacher-cache."""
+    import json
+
+    from eakd.llm.cli import main
+
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(p) for p in PAIRS))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{teacher: {tmp_path / 'teacher'}, student_layers: 2}}\n"
+        f"data: {{source: {data}, eval_size: 2, max_length: 32}}\n"
+        "eval: {max_new_tokens: 4}\n"
+        f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 2, per_device_train_batch_size: 4,"
+        " use_cpu: true, warmup_steps: 0, logging_steps: 1, tau: 2.0}\n"
+    )
+    out = tmp_path / "cache.safetensors"
+    assert main(["cache", str(config), "--top-k", "4", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["rows"] == len(PAIRS) - 2 and summary["top_k"] == 4 and 0 < summary["top_k_mass_mean"] <= 1
+    assert main(["train", str(config), f"model.teacher_cache={out}"]) == 0
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["config"]["model"]["teacher_cache"] == str(out) and result["train_rows"] == len(PAIRS) - 2
+    with pytest.raises(ValueError, match=r"tau 3\.0"):
+        main(["train", str(config), f"model.teacher_cache={out}", "train.tau=3.0"])
+    demo = ["demo", "--config", str(config), "--steps", "2", "--warmup-steps", "0", "--eval-size", "2"]
+    demo += ["--methods", "sft", "ea-kd", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]
+    assert main(demo) == 0
+    printed = capsys.readouterr().out
+    assert "teacher cache:" in printed and "| ea-kd | 1 |" in printed
+    assert (tmp_path / "demo" / "teacher_cache.safetensors").exists()

@@ -6,12 +6,15 @@ import argparse
 import json
 import time
 
-USAGE = """usage: eakd llm {train,eval,demo} ...
+USAGE = """usage: eakd llm {train,cache,eval,demo} ...
 
   train CONFIG [section.key=value ...] [--eval-teacher]   distil and evaluate (configs/llm/*.yaml)
+  cache CONFIG [section.key=value ...] [--top-k K] [--out FILE]
+                                                         run the teacher once: top-k log-probs + entropy
+                                                         per token; train with model.teacher_cache=FILE
   eval MODEL [--data chatterbot|FILE.jsonl] [--eval-size N] [--max-new-tokens N]
                                                          ROUGE-L and perplexity of a model on held-out pairs
-  demo [--steps N] [--seeds 0 1] [--methods sft kd rkl ea-kd] [--out DIR]
+  demo [--steps N] [--seeds 0 1] [--methods sft kd rkl ea-kd] [--out DIR] [--teacher-cache]
                                                          SmolLM2-135M -> 2-layer student on chatterbot-corpus
 """
 
@@ -30,6 +33,36 @@ def train(argv: list[str]) -> int:
         k: {x: res[k][x] for x in ("rougeL", "perplexity", "n")} for k in ("student", "teacher") if k in res
     }
     print(json.dumps({**summary, "train_seconds": round(res["train_seconds"], 1)}))
+    return 0
+
+
+def cache_cmd(argv: list[str]) -> int:
+    """``eakd llm cache CONFIG``: write the offline teacher cache of a config's training data."""
+    p = argparse.ArgumentParser(prog="eakd llm cache")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="section.key=value (data and train.temperature/tau matter)")
+    p.add_argument("--top-k", type=int, default=64, help="teacher log-probs kept per token")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
+    a = p.parse_args(argv)
+    from eakd.llm.run import load_run_config, write_cache
+
+    start = time.perf_counter()
+    cache = write_cache(load_run_config(a.config, a.overrides), a.out, a.top_k, a.batch_size)
+    cover = cache.coverage()
+    summary = {
+        "file": a.out,
+        "rows": len(cache.offsets) - 1,
+        "tokens": cache.ids.shape[0],
+        "top_k": cache.top_k,
+        "vocab_size": cache.vocab_size,
+        "top_k_mass_mean": round(float(cover.mean()), 4),
+        "top_k_mass_p10": round(float(cover.quantile(0.1)), 4),
+        "megabytes": round(sum(t.nbytes for t in (cache.ids, cache.logprobs, cache.entropy)) / 2**20, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(summary))
+    print(f"train from it with: eakd llm train {a.config} model.teacher_cache={a.out}")
     return 0
 
 
@@ -73,9 +106,15 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher (slow on a CPU)")
     p.add_argument("--warmup-steps", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument(
+        "--teacher-cache",
+        action="store_true",
+        help="run the teacher once into OUT/teacher_cache.safetensors and train every run from it",
+    )
+    p.add_argument("--top-k", type=int, default=64, help="with --teacher-cache: log-probs kept per token")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     a = p.parse_args(argv)
-    from eakd.llm.run import load_run_config
+    from eakd.llm.run import load_run_config, write_cache
     from eakd.llm.study import run_study, table
 
     cfg = load_run_config(
@@ -89,6 +128,11 @@ def demo(argv: list[str]) -> int:
         ],
     )
     start = time.perf_counter()
+    if a.teacher_cache:
+        cfg.model.teacher_cache = f"{a.out}/teacher_cache.safetensors"
+        cache = write_cache(cfg, cfg.model.teacher_cache, a.top_k)
+        mass = float(cache.coverage().mean())
+        print(f"teacher cache: {cache.ids.shape[0]} tokens, mean top-{a.top_k} mass {mass:.3f}")
     rows = run_study(cfg, a.methods, a.seeds, a.out, a.eval_teacher)
     print(table(rows))
     print(
@@ -97,7 +141,7 @@ def demo(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"train": train, "eval": evaluate_cmd, "demo": demo}
+SUBCOMMANDS = {"train": train, "cache": cache_cmd, "eval": evaluate_cmd, "demo": demo}
 
 
 def main(argv: list[str]) -> int:

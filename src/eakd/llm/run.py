@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from eakd.engine.config import apply_override, read_yaml
-from eakd.llm.data import collate, encode_pairs, load_pairs, split_pairs
+from eakd.llm.cache import TeacherCache, build_cache
+from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate
 from eakd.llm.models import load_teacher, make_student, num_params
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
@@ -28,10 +29,14 @@ from eakd.llm.trainer import EAKDConfig, EAKDTrainer
 
 @dataclass
 class ModelSection:
-    """teacher: hub id, local folder or "smollm2". The student: the teacher's family with student_layers
-    layers (and optional smaller widths), init "layers" (evenly spaced teacher layers) or "random"."""
+    """teacher: hub id, local folder or "smollm2". teacher_cache: a file written by ``eakd llm cache`` for
+    this data section; training then reads the teacher's top-k log-probs and entropies from it and never
+    runs the teacher (which still seeds the student). The student: the teacher's family with
+    student_layers layers (and optional smaller widths), init "layers" (evenly spaced teacher layers) or
+    "random"."""
 
     teacher: str = "smollm2"
+    teacher_cache: str | None = None
     student_layers: int = 2
     student_hidden: int | None = None
     student_intermediate: int | None = None
@@ -108,6 +113,38 @@ def training_args(cfg: LLMRunConfig) -> EAKDConfig:
     return EAKDConfig(**{**defaults, **cfg.train})
 
 
+def split_rows(cfg: LLMRunConfig, tokenizer: Any) -> tuple[list[dict[str, list[int]]], list[Pair]]:
+    """(encoded training rows, held-out pairs) of a run's data section."""
+    train_pairs, held_out = split_pairs(load_pairs(cfg.data.source), cfg.data.eval_size, cfg.data.seed)
+    return encode_pairs(tokenizer, train_pairs[: cfg.data.max_train], cfg.data.max_length), held_out
+
+
+def write_cache(
+    cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8, progress: bool = True
+) -> TeacherCache:
+    """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
+    train section's temperature and tau (so runs of that config can read it)."""
+    args = training_args(cfg)
+    if args.tau is None:
+        raise ValueError("set train.tau explicitly to write a teacher cache (its entropies are at tau)")
+    teacher, tokenizer = load_teacher(cfg.model.teacher)
+    rows, _ = split_rows(cfg, tokenizer)
+    cache = build_cache(
+        teacher,
+        rows,
+        tokenizer.pad_token_id,
+        top_k=top_k,
+        temperature=args.temperature,
+        tau=args.tau,
+        batch_size=batch_size,
+        vocab_size=args.vocab_size,
+        teacher_name=cfg.model.teacher,
+        progress=progress,
+    )
+    cache.save(path)
+    return cache
+
+
 def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
     """Train the student by ``cfg`` and evaluate it on the held-out pairs; writes and returns results."""
     args = training_args(cfg)
@@ -120,13 +157,14 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
         cfg.model.init,
         seed=args.seed,
     )
-    train_pairs, held_out = split_pairs(load_pairs(cfg.data.source), cfg.data.eval_size, cfg.data.seed)
-    train_pairs = train_pairs[: cfg.data.max_train]
+    rows, held_out = split_rows(cfg, tokenizer)
+    cache = None if cfg.model.teacher_cache is None else TeacherCache.load(cfg.model.teacher_cache)
     trainer = EAKDTrainer(
         model=student,
-        teacher=teacher,
+        teacher=teacher if cache is None else None,
+        teacher_cache=cache,
         args=args,
-        train_dataset=encode_pairs(tokenizer, train_pairs, cfg.data.max_length),
+        train_dataset=rows if cache is None else cache.attach(rows),
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
     )
     start = time.perf_counter()
@@ -142,7 +180,7 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
         "config": {**dataclasses.asdict(cfg), "train": {**cfg.train}},
         "student_params": num_params(student),
         "teacher_params": num_params(teacher),
-        "train_pairs": len(train_pairs),
+        "train_rows": len(rows),
         "train_seconds": train_s,
         "train_loss": train_out.training_loss,
         "log_history": trainer.state.log_history,
