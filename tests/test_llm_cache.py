@@ -160,7 +160,8 @@ def test_cache_mismatches_are_clear_errors() -> None:
 
 transformers = pytest.importorskip("transformers")
 
-from test_llm_pipeline import PAIRS, _config, teacher, tokenizer  # noqa: E402, F401
+from test_llm_pipeline import _config, teacher, tokenizer  # noqa: E402, F401
+from tiny_llm import PAIRS  # noqa: E402
 
 from eakd.llm.cache import TeacherCache, build_cache  # noqa: E402
 from eakd.llm.data import collate, encode_pairs  # noqa: E402

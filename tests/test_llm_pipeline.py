@@ -10,8 +10,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from tiny_llm import PAIRS, make_teacher, make_tokenizer  # noqa: E402
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from eakd.llm.data import IGNORE_INDEX, collate, encode_pair, encode_pairs, load_jsonl, split_pairs  # noqa: E402
 from eakd.llm.evaluate import evaluate, perplexity, rouge_l  # noqa: E402
@@ -19,50 +19,15 @@ from eakd.llm.loss import distill_loss_from_logits  # noqa: E402
 from eakd.llm.models import layer_subset, make_student, num_params  # noqa: E402
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer  # noqa: E402
 
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
-)
-PAIRS = [
-    {"prompt": "what is ai", "response": "ai is the science of making machines think"},
-    {"prompt": "hello", "response": "hi there how are you"},
-    {"prompt": "what is a computer", "response": "a computer is a machine that computes"},
-    {"prompt": "do you like music", "response": "yes i like music a lot"},
-] * 4
-
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    words = sorted(
-        {w for p in PAIRS for w in (p["prompt"] + " " + p["response"]).split()} | {"user", "assistant"}
-    )
-    specials = ["[UNK]", "<|im_start|>", "<|im_end|>"]
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|im_end|>")
-    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    fast.pad_token = fast.eos_token
-    fast.chat_template = TEMPLATE
-    return fast
+    return make_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def teacher(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    return make_teacher(tokenizer)
 
 
 def test_layer_subset() -> None:

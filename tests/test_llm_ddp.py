@@ -1,0 +1,41 @@
+"""EAKDTrainer under torchrun: 2 CPU processes (gloo) end with the student of 1 process, online and from a
+teacher cache (the loss is normalised by the token count over all processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+TESTS = Path(__file__).resolve().parent
+SCRIPT = TESTS / "llm_ddp_run.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent / "src")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_two_processes_match_one(mode: str, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(SCRIPT), str(one), mode, "4"], tmp_path)
+    _run([*TORCHRUN, str(SCRIPT), str(two), mode, "2"], tmp_path)
+    a = torch.load(one / "student.pt")
+    b = torch.load(two / "student.pt")
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-6, msg=name)
