@@ -1,7 +1,9 @@
 """EAKDTrainer on the tiny Llama in one process or several (torchrun, gloo on CPU); the main process saves
 the student's final parameters to OUT/student.pt. Run by test_llm_ddp.py:
 
-    python llm_ddp_run.py OUT MODE PER_DEVICE_BATCH [FSDP]    MODE: online | offline
+    python llm_ddp_run.py OUT MODE PER_DEVICE_BATCH [FSDP_VERSION [LOSS]]
+
+MODE: online | offline. FSDP_VERSION: 1 or 2 wraps the student with FSDP (full_shard); LOSS: fused | dense.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from eakd.llm.models import make_student
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
 
 
-def main(out: str, mode: str, per_device: int, fsdp: str = "") -> None:
+def main(out: str, mode: str, per_device: int, fsdp_version: str = "", loss: str = "fused") -> None:
     tokenizer = make_tokenizer()
     teacher = make_teacher(tokenizer)
     rows = encode_pairs(tokenizer, PAIRS[:4])  # one global batch of 4 per step: every step sees all rows
@@ -41,8 +43,9 @@ def main(out: str, mode: str, per_device: int, fsdp: str = "") -> None:
         chunk_size=8,
         ce_weight=0.5,
         logging_steps=1,
-        fsdp=fsdp,
-        fused_loss=not fsdp,
+        fsdp="full_shard" if fsdp_version else "",
+        fsdp_config={"version": int(fsdp_version)} if fsdp_version else None,
+        fused_loss=loss == "fused",
         seed=0,
     )
     trainer = EAKDTrainer(
