@@ -1,8 +1,9 @@
 """``EAKDTrainer``: a ``transformers.Trainer`` that distils a frozen teacher into the student with the
 token-level EA-KD loss (chunked fused-linear by default), plus its config dataclass ``EAKDConfig``.
 
-Works wherever Trainer does (``accelerate launch`` / torchrun for DDP): the student is wrapped as usual,
-the teacher is frozen, in eval mode, on each process's device. See docs/llm.md for FSDP and DeepSpeed.
+Works wherever Trainer does (``accelerate launch`` / torchrun for DDP and FSDP2, tested with 2 CPU
+processes): the student is wrapped as usual, the teacher is frozen, in eval mode, on each process's device,
+or replaced by an offline teacher cache. See docs/llm.md for FSDP1 and DeepSpeed.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ class EAKDConfig(TrainingArguments):
 
     kd_weight / ce_weight: soft (distillation) and hard (cross-entropy) loss weights. weighting "none" is
     the unweighted baseline. fused_loss: chunked fused-linear loss from the last hidden states and lm_head
-    (never materialises the logits); False computes full logits (use it when the lm_head is sharded, e.g.
-    FSDP). chunk_size: rows per chunk. vocab_size: the real vocabulary when the two lm_heads differ only by
-    padding rows. log_entropies: also log teacher/student entropy quantiles (the loss terms, weight and
-    per-token divergence quantiles are always logged, from the micro-batches of each logging step).
+    (never materialises the logits; works under DDP and FSDP2); False computes full logits (use it when
+    the lm_head stays sharded outside the forward, e.g. FSDP1, DeepSpeed ZeRO-3). chunk_size: rows per
+    chunk. vocab_size: the real vocabulary when the two lm_heads differ only by padding rows.
+    log_entropies: also log teacher/student entropy quantiles (the loss terms, weight and per-token
+    divergence quantiles are always logged, from the micro-batches of each logging step).
     """
 
     divergence: str = field(default="fkl", metadata={"help": "fkl, rkl, jsd, skl, srkl or tvd"})
