@@ -255,5 +255,9 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     demo += ["--methods", "sft", "ea-kd", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]
     assert main(demo) == 0
     printed = capsys.readouterr().out
-    assert "teacher cache:" in printed and "| ea-kd | 1 |" in printed
+    assert "teacher cache (written" in printed and "| ea-kd | 1 |" in printed
     assert (tmp_path / "demo" / "teacher_cache.safetensors").exists()
+    assert main([*demo[:-7], "sft", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]) == 0
+    assert "teacher cache (reused)" in capsys.readouterr().out
+    assert main([*demo[:-7], "sft", "--teacher-cache", "--top-k", "3", "--out", str(tmp_path / "demo")]) == 0
+    assert "teacher cache (written" in capsys.readouterr().out  # another top_k: not reused

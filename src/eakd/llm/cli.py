@@ -114,7 +114,7 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--top-k", type=int, default=64, help="with --teacher-cache: log-probs kept per token")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     a = p.parse_args(argv)
-    from eakd.llm.run import load_run_config, write_cache
+    from eakd.llm.run import load_run_config, reuse_or_write_cache
     from eakd.llm.study import run_study, table
 
     cfg = load_run_config(
@@ -130,9 +130,10 @@ def demo(argv: list[str]) -> int:
     start = time.perf_counter()
     if a.teacher_cache:
         cfg.model.teacher_cache = f"{a.out}/teacher_cache.safetensors"
-        cache = write_cache(cfg, cfg.model.teacher_cache, a.top_k)
+        cache, reused = reuse_or_write_cache(cfg, cfg.model.teacher_cache, a.top_k)
         mass = float(cache.coverage().mean())
-        print(f"teacher cache: {cache.ids.shape[0]} tokens, mean top-{a.top_k} mass {mass:.3f}")
+        how = "reused" if reused else f"written in {time.perf_counter() - start:.0f} s"
+        print(f"teacher cache ({how}): {cache.ids.shape[0]} tokens, mean top-{a.top_k} mass {mass:.3f}")
     rows = run_study(cfg, a.methods, a.seeds, a.out, a.eval_teacher)
     print(table(rows))
     print(

@@ -49,15 +49,20 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(smollm2_folder()) if name_or_path == SMOLLM2 else name_or_path
 
 
+def load_tokenizer(name_or_path: str = SMOLLM2) -> Any:
+    """The tokenizer of a hub id, local folder or ``"smollm2"``, with a pad token (eos when it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_teacher(
     name_or_path: str = SMOLLM2, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, Any]:
     """(frozen teacher in eval mode, its tokenizer) from a hub id, a local folder or ``"smollm2"``."""
-    path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = load_tokenizer(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype)
     model.eval().requires_grad_(False)
     return model, tokenizer
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from eakd.engine.config import apply_override, read_yaml
-from eakd.llm.cache import TeacherCache, build_cache
+from eakd.llm.cache import TeacherCache, build_cache, fingerprint
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate
-from eakd.llm.models import load_teacher, make_student, num_params
+from eakd.llm.models import load_teacher, load_tokenizer, make_student, num_params
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
 
 
@@ -143,6 +143,27 @@ def write_cache(
     )
     cache.save(path)
     return cache
+
+
+def reuse_or_write_cache(
+    cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8
+) -> tuple[TeacherCache, bool]:
+    """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and top_k,
+    else a fresh one written there; whether it was reused)."""
+    args = training_args(cfg)
+    if Path(path).exists():
+        old = TeacherCache.load(path)
+        rows, _ = split_rows(cfg, load_tokenizer(cfg.model.teacher))
+        same = (old.teacher, old.top_k, old.temperature, old.tau, old.rows_fingerprint) == (
+            cfg.model.teacher,
+            top_k,
+            args.temperature,
+            args.tau,
+            fingerprint(rows),
+        )
+        if same:
+            return old, True
+    return write_cache(cfg, path, top_k, batch_size), False
 
 
 def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
