@@ -53,3 +53,12 @@ def test_command_line_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nonsense"]) == 2
     with pytest.raises(SystemExit):
         main(["train", "--help"])
+
+
+def test_distributed_configs() -> None:
+    import json
+
+    fsdp = training_args(load_run_config(CONFIGS / "fsdp2.yaml", ["train.max_steps=1"]))
+    assert fsdp.fsdp_config["version"] == 2 and fsdp.fused_loss and fsdp.weighting == "ea"
+    zero2 = json.loads((CONFIGS / "deepspeed" / "zero2.json").read_text())
+    assert zero2["zero_optimization"]["stage"] == 2
