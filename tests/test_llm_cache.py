@@ -224,6 +224,7 @@ def test_offline_trainer_trains(tokenizer, teacher, tmp_path: Path) -> None:  # 
     assert 0 < logs[0]["weight_mean"] <= math.log(len(tokenizer))
 
 
+@pytest.mark.slow
 def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path: Path, capsys) -> None:  # noqa: F811
     """`eakd llm cache` then `eakd llm train model.teacher_cache=...`, and the demo with --teacher-cache."""
     import json
