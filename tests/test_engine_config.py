@@ -118,3 +118,17 @@ def test_scheduler_drives_optimizer():
     )
     adamw = build_optimizer([param], load_config(None, ["optim.name=adamw", "optim.lr=1e-3"]).optim)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == 1e-3
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    """YAML 1.1 reads 1e-4 as a string; untyped sections (the LLM train section) must get a float."""
+    from eakd.engine.config import apply_override, load_yaml
+
+    assert apply_override({}, "train.learning_rate=1e-4") == {"train": {"learning_rate": 1e-4}}
+    assert load_yaml("a: 5.0e-4\nb: -2E+3\nc: 12\nd: 1e5x\ne: 0.5") == {
+        "a": 5e-4,
+        "b": -2000.0,
+        "c": 12,
+        "d": "1e5x",
+        "e": 0.5,
+    }

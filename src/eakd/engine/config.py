@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -244,6 +245,22 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (``1e-4``) as floats, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (safe), with ``1e-4``-style numbers as floats."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The raw mapping of a config file with its base files merged in (bases first, in order)."""
     path = Path(path).resolve()
@@ -251,7 +268,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config inheritance loops back to {path}")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     bases: Any = [data.pop(k) for k in BASE_KEYS if k in data]
@@ -268,7 +285,7 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} is not of the form section.key=value")
     parts = key.strip().split(".")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = load_yaml(text) if text.strip() else None
     nested: Any = value
     for part in reversed(parts):
         nested = {part: nested}
