@@ -30,9 +30,10 @@ def run_study(
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
     rows = []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     teacher_done = not eval_teacher
-    for method in methods:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: a study stopped early still compares every method on its first seeds
+        for method in methods:
             cfg = copy.deepcopy(base)
             cfg.data.seed = 0  # same held-out prompts for every run; the seed varies the student only
             cfg.train = {
@@ -64,8 +65,7 @@ def run_study(
                     "train_seconds": res["train_seconds"],
                 }
             )
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "study.json").write_text(json.dumps(rows, indent=1))
+            (Path(out_dir) / "study.json").write_text(json.dumps(rows, indent=1))  # after every run
     return rows
 
 
