@@ -45,6 +45,12 @@ def test_study_methods_and_table() -> None:
         {"method": "kd", "seed": 1, "rougeL": 12.0, "perplexity": 7.0, "train_seconds": 5.0},
     ]
     assert "| kd | 2 | 11.00 | 10.00..12.00 | 6.00 | 4 |" in table(rows)
+    rows += [
+        {"method": "ea-kd", "seed": 0, "rougeL": 11.0, "perplexity": 5.0},
+        {"method": "ea-kd", "seed": 1, "rougeL": 14.0, "perplexity": 5.0},
+    ]
+    # paired differences 1 and 2: mean 1.5, half-width t(0.975, 1) * 0.7071 / sqrt(2) = 12.706 * 0.5
+    assert "ea-kd - kd: ROUGE-L +1.50 [-4.85, +7.85] (95 % CI, 2 paired seeds)" in table(rows)
 
 
 def test_command_line_usage(capsys: pytest.CaptureFixture[str]) -> None:

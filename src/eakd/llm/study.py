@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from eakd.llm.run import LLMRunConfig, run
+from eakd.stats import paired_interval
 
 # train-section overrides per method; everything else is shared
 METHODS: dict[str, dict[str, Any]] = {
@@ -84,4 +85,24 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {method} | {len(rs)} | {statistics.mean(rouge):.2f} | {min(rouge):.2f}..{max(rouge):.2f}"
             f" | {ppl:.2f} | {secs:.0f} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *gains(rows)])
+
+
+def gains(rows: list[dict[str, Any]], reference: str = "kd") -> list[str]:
+    """Lines: each method's ROUGE-L minus the reference's, paired by seed, with a 95 % t-interval."""
+    by_seed = {(r["method"], r["seed"]): r["rougeL"] for r in rows}
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        if method in (reference, "teacher"):
+            continue
+        seeds = [s for (m, s) in by_seed if m == method and (reference, s) in by_seed]
+        if not seeds:
+            continue
+        mean, half = paired_interval(
+            [by_seed[method, s] for s in seeds], [by_seed[reference, s] for s in seeds]
+        )
+        lines.append(
+            f"{method} - {reference}: ROUGE-L {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
+            f"(95 % CI, {len(seeds)} paired seeds)"
+        )
+    return lines
