@@ -30,8 +30,10 @@ def _case(seed: int = 0, k: int = 5, temperature: float = 1.0, tau: float = 2.0)
     labels[1, 5:] = -100
     valid = token_mask(labels).reshape(-1)
     zt_valid = zt.reshape(-1, V)[valid]
-    lp, ids = torch.log_softmax(zt_valid / temperature, -1).topk(k, -1)
-    topk = TeacherTopK(ids, lp, eakd.entropy(zt_valid, tau), V, temperature, tau)
+    full = torch.log_softmax(zt_valid / temperature, -1)
+    lp, ids = full.topk(k, -1)
+    tail = full.scatter(-1, ids, -torch.inf).logsumexp(-1)
+    topk = TeacherTopK(ids, lp, eakd.entropy(zt_valid, tau), V, temperature, tau, tail)
     return hidden, weight, zt, labels, topk
 
 
@@ -71,6 +73,18 @@ def test_topk_log_probs_rebuild_a_distribution() -> None:
     torch.testing.assert_close(rebuilt.gather(-1, ids), lp)
     rest = rebuilt.exp().sum(-1) - lp.exp().sum(-1)
     torch.testing.assert_close(rest, 1 - lp.exp().sum(-1), atol=1e-6, rtol=0)
+
+
+def test_exact_tail_mass_survives_a_peaked_teacher() -> None:
+    """When the top-k hold all but 1e-9 of the mass, 1 - sum(top-k) is float noise; the stored tail is not."""
+    z = torch.zeros(3, V)
+    z[:, :4] = 25.0  # 4 tokens share all but ~19 * e^-25 / 4 of the mass
+    full = torch.log_softmax(z.double(), -1)
+    lp, ids = full.topk(4, -1)
+    tail = full.scatter(-1, ids, -torch.inf).logsumexp(-1)
+    rebuilt = topk_log_probs(ids, lp.float(), V, tail.float())
+    torch.testing.assert_close(rebuilt.double(), full, rtol=0, atol=1e-5)  # every tail token is exact here
+    assert float(tail[0]) < -20
 
 
 @pytest.mark.parametrize("divergence", ["fkl", "rkl", "jsd", "skl", "srkl", "tvd"])
@@ -175,6 +189,7 @@ def test_cache_file_roundtrip_and_rows_check(tokenizer, teacher, tmp_path: Path)
     n_valid = sum(sum(x != -100 for x in r["labels"][1:]) for r in rows)
     assert cache.ids.shape == (n_valid, 4) and cache.entropy.shape == (n_valid,)
     assert int(cache.offsets[-1]) == n_valid and 0 < float(cache.coverage().min()) <= 1
+    torch.testing.assert_close(cache.coverage() + cache.tail_logmass.exp(), torch.ones(n_valid))
     loaded = TeacherCache.load(cache.save(tmp_path / "c.safetensors"))
     assert loaded.vocab_size == len(tokenizer) and loaded.tau == 2.0 and loaded.top_k == 4
     torch.testing.assert_close(loaded.logprobs, cache.logprobs)

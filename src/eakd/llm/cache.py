@@ -2,8 +2,9 @@
 (``eakd llm cache``) and read by training runs instead of running the teacher at every step.
 
 The cache is one safetensors file: ``ids`` (M, k) int32 top-k token ids, ``logprobs`` (M, k) float32
-teacher log-probabilities at the distillation temperature, ``entropy`` (M,) float32 teacher entropy in nats
-at the entropy temperature tau, ``offsets`` (R + 1,) int64 (row r owns tokens offsets[r]:offsets[r+1]), over
+teacher log-probabilities at the distillation temperature, ``tail_logmass`` (M,) float32 log of the mass
+outside the top-k (exact, from the full logits), ``entropy`` (M,) float32 teacher entropy in nats at the
+entropy temperature tau, ``offsets`` (R + 1,) int64 (row r owns tokens offsets[r]:offsets[r+1]), over
 the M labelled tokens of R encoded rows, in order; its metadata holds V, k, the temperatures, the teacher
 name and a fingerprint of the rows' token ids and labels, so a cache is never used with other data.
 """
@@ -25,7 +26,7 @@ from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.loss import TeacherTopK
 from eakd.weighting import entropy
 
-CACHE_FORMAT = "eakd-teacher-cache-1"
+CACHE_FORMAT = "eakd-teacher-cache-2"
 
 
 def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
@@ -42,6 +43,7 @@ class TeacherCache:
 
     ids: torch.Tensor
     logprobs: torch.Tensor
+    tail_logmass: torch.Tensor
     entropy: torch.Tensor
     offsets: torch.Tensor
     vocab_size: int
@@ -62,6 +64,7 @@ class TeacherCache:
             self.vocab_size,
             self.temperature,
             self.tau,
+            self.tail_logmass[sel].to(device),
         )
 
     def attach(self, rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
@@ -87,12 +90,8 @@ class TeacherCache:
             "teacher": self.teacher,
             "rows_fingerprint": self.rows_fingerprint,
         }
-        tensors = {
-            "ids": self.ids,
-            "logprobs": self.logprobs,
-            "entropy": self.entropy,
-            "offsets": self.offsets,
-        }
+        names = ("ids", "logprobs", "tail_logmass", "entropy", "offsets")
+        tensors = {k: getattr(self, k) for k in names}
         tmp = path.with_name(path.name + ".partial")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
         tmp.replace(path)
@@ -106,11 +105,15 @@ class TeacherCache:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{path} is not an eakd teacher cache (format {meta.get('format')!r})")
+            raise ValueError(
+                f"{path} is not an eakd teacher cache of format {CACHE_FORMAT!r} (found "
+                f"{meta.get('format')!r}); write it again with `eakd llm cache`"
+            )
         t = load_file(str(path))
         return cls(
             t["ids"],
             t["logprobs"],
+            t["tail_logmass"],
             t["entropy"],
             t["offsets"],
             int(meta["vocab_size"]),
@@ -148,7 +151,7 @@ def build_cache(
         raise ValueError("no rows to cache")
     device = next(teacher.parameters()).device
     v = vocab_size
-    ids, logprobs, ents, counts = [], [], [], []
+    ids, logprobs, tails, ents, counts = [], [], [], [], []
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc="teacher cache", unit="batch", disable=not progress):
         batch = collate(list(rows[start : start + batch_size]), pad_token_id)
@@ -160,15 +163,18 @@ def build_cache(
         labels = batch["labels"][:, 1:].to(device)
         valid = labels != IGNORE_INDEX
         z = logits[valid][:, :v].float()
-        lp, idx = torch.log_softmax(z / temperature, dim=-1).topk(top_k, dim=-1)
+        full = torch.log_softmax(z / temperature, dim=-1)
+        lp, idx = full.topk(top_k, dim=-1)
         ids.append(idx.to(torch.int32).cpu())
         logprobs.append(lp.cpu())
+        tails.append(full.scatter_(-1, idx, -torch.inf).logsumexp(-1).cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
     n = torch.cat(counts)
     return TeacherCache(
         torch.cat(ids),
         torch.cat(logprobs),
+        torch.cat(tails),
         torch.cat(ents),
         torch.cat([torch.zeros(1, dtype=torch.long), n.cumsum(0)]),
         int(v),

@@ -125,8 +125,10 @@ class TeacherTopK(NamedTuple):
 
     ids (M, k) int64: the teacher's top-k token ids per valid token. logprobs (M, k): their teacher
     log-probabilities at ``temperature`` (the distillation temperature). entropy (M,): the teacher's full
-    entropy in nats at ``tau`` (the entropy temperature). vocab_size: the teacher's vocabulary V. The
-    probability mass left outside the top-k is spread evenly over the other V - k tokens.
+    entropy in nats at ``tau`` (the entropy temperature). vocab_size: the teacher's vocabulary V.
+    tail_logmass (M,) or None: log of the teacher mass outside the top-k (exact, from the full logits;
+    None: 1 - sum(top-k), which float rounding floors when the top-k hold nearly all the mass). That mass
+    is spread evenly over the other V - k tokens.
     """
 
     ids: torch.Tensor
@@ -135,14 +137,31 @@ class TeacherTopK(NamedTuple):
     vocab_size: int
     temperature: float
     tau: float
+    tail_logmass: torch.Tensor | None = None
+
+    def rows(self, i: int, j: int) -> TeacherTopK:
+        """The cache of valid tokens i:j."""
+        tail = None if self.tail_logmass is None else self.tail_logmass[i:j]
+        return self._replace(
+            ids=self.ids[i:j], logprobs=self.logprobs[i:j], entropy=self.entropy[i:j], tail_logmass=tail
+        )
+
+    def log_probs(self, vocab_size: int) -> torch.Tensor:
+        """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs``."""
+        return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
 
 
-def topk_log_probs(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def topk_log_probs(
+    ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, tail_logmass: torch.Tensor | None = None
+) -> torch.Tensor:
     """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
-    as given, the remaining mass 1 - sum(top-k) spread evenly over the other V - k tokens."""
+    as given, the remaining mass (exp(tail_logmass) (M,), else 1 - sum(top-k)) spread evenly over the other
+    V - k tokens."""
     lp = logprobs.float()
     k = ids.shape[-1]
-    rest = (1.0 - lp.exp().sum(-1)).clamp_min(1e-30).log() - math.log(max(vocab_size - k, 1))
+    if tail_logmass is None:
+        tail_logmass = (1.0 - lp.double().exp().sum(-1)).clamp_min(1e-30).log().float()
+    rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
     out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
     return out.scatter_(-1, ids.long(), lp)
 
@@ -154,6 +173,8 @@ def _check_topk(t: TeacherTopK, s: TokenLossSettings, rows: int, vocab: int) -> 
             f"teacher cache shapes disagree: ids {tuple(t.ids.shape)}, logprobs {tuple(t.logprobs.shape)}, "
             f"entropy {tuple(t.entropy.shape)}; expected (M, k), (M, k), (M,)"
         )
+    if t.tail_logmass is not None and t.tail_logmass.shape != t.entropy.shape:
+        raise ValueError(f"teacher cache tail_logmass {tuple(t.tail_logmass.shape)} is not (M,)")
     if t.ids.shape[0] != rows:
         raise ValueError(
             f"the teacher cache has {t.ids.shape[0]} tokens but the batch has {rows} labelled tokens; "
@@ -261,7 +282,7 @@ def distill_loss_from_logits(
     if teacher_topk is not None:
         valid = mask.reshape(-1).nonzero().squeeze(1)
         _check_topk(teacher_topk, s, valid.numel(), v)
-        lp_valid = topk_log_probs(teacher_topk.ids, teacher_topk.logprobs, v)
+        lp_valid = teacher_topk.log_probs(v)
         log_p = torch.full((mask.numel(), v), -math.log(v), device=zs.device).index_copy_(0, valid, lp_valid)
         log_p = log_p.view(*mask.shape, v)
         h_t = torch.zeros(mask.numel(), device=zs.device).index_copy_(0, valid, teacher_topk.entropy.float())
@@ -303,7 +324,7 @@ class _Rows(NamedTuple):
 def _teacher_rows(r: _Rows, i: int, j: int, s: TokenLossSettings) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(teacher logits, or None from a cache; teacher log-probs at T, float32) of rows i:j."""
     if r.t_topk is not None:
-        return None, topk_log_probs(r.t_topk.ids[i:j], r.t_topk.logprobs[i:j], r.weight.shape[0])
+        return None, r.t_topk.rows(i, j).log_probs(r.weight.shape[0])
     if r.t_logits is not None:
         zt = r.t_logits[i:j]
     else:
