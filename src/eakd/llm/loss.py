@@ -279,8 +279,8 @@ def distill_loss_from_logits(
     mask = token_mask(labels, s.ignore_index)
     policy = s.policy()
     zt = h_t = None
+    valid = mask.reshape(-1).nonzero().squeeze(1)
     if teacher_topk is not None:
-        valid = mask.reshape(-1).nonzero().squeeze(1)
         _check_topk(teacher_topk, s, valid.numel(), v)
         lp_valid = teacher_topk.log_probs(v)
         log_p = torch.full((mask.numel(), v), -math.log(v), device=zs.device).index_copy_(0, valid, lp_valid)
@@ -295,7 +295,6 @@ def distill_loss_from_logits(
         log_p = _log_softmax(zt, s.temperature)
         weights = None if policy is None else policy(zs.detach(), zt, mask=mask)
     if weights is not None and s.weight_level == "sequence":
-        valid = mask.reshape(-1).nonzero().squeeze(1)
         per_seq = _sequence_mean(weights.reshape(-1)[valid], valid // labels.shape[-1])
         weights = (
             torch.zeros(mask.numel(), device=weights.device).index_copy_(0, valid, per_seq).view(mask.shape)

@@ -151,12 +151,10 @@ def reuse_or_write_cache(
     """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and top_k,
     else a fresh one written there; whether it was reused)."""
     args = training_args(cfg)
-    old = None
-    if Path(path).exists():
-        try:
-            old = TeacherCache.load(path)
-        except ValueError:  # a cache of an older format is written again
-            old = None
+    try:
+        old = TeacherCache.load(path) if Path(path).exists() else None
+    except ValueError:  # a cache of an older format is written again
+        old = None
     if old is not None:
         rows, _ = split_rows(cfg, load_tokenizer(cfg.model.teacher))
         same = (old.teacher, old.top_k, old.temperature, old.tau, old.rows_fingerprint) == (
