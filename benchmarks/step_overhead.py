@@ -20,8 +20,8 @@ import time
 import torch
 
 from eakd import DistillLoss
-from eakd.engine.tasks import ClassificationTask
 from eakd.vision.models import create_model
+from eakd.vision.task import ClassificationTask
 
 VARIANTS = ("kd", "ea-kd")
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchvision
 
+from eakd.distill import DistillLoss
 from eakd.engine.config import load_config
-from eakd.engine.tasks import build_task, distill_loss_from_config
+from eakd.engine.task import build_task
 from eakd.vision.models import list_models
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -102,12 +103,12 @@ ONE_PER_METHOD = [p for p in LEAVES if "res32x4_res8x4" in p.name or p.is_relati
 def test_weighting_none_gives_the_baseline_loss(path):
     """Each method's loss builds with EA, and with `distill.weighting=none` unweighted (a config's tau is
     then ignored). The other pairs share the method's base file."""
-    ea = distill_loss_from_config(load_config(path))
-    base = distill_loss_from_config(load_config(path, ["distill.weighting=none"]))
+    ea = DistillLoss.from_config(load_config(path).distill)
+    base = DistillLoss.from_config(load_config(path, ["distill.weighting=none"]).distill)
     if ea is None:  # the student alone
         assert base is None
         return
-    assert ea.policy is not None and ea.policy.keywords["tau"] == load_config(path).distill.tau
+    assert ea.policy is not None and ea.policy.tau == load_config(path).distill.tau
     assert base.policy is None and base.weighting == "none"
 
 

@@ -106,7 +106,10 @@ def test_weighted_mean_mask_and_denominator():
         (lambda: weighted_mean(torch.ones(4), torch.ones(4, 3)), r"weights shape \(4, 3\) does not match"),
         (lambda: weighted_mean(torch.ones(4), torch.ones(4, 1)), "no broadcasting"),
         (lambda: weighted_mean(torch.ones(2, 3), mask=torch.ones(3)), "mask shape"),
-        (lambda: eakd.DistillLoss("kdd"), "unknown distillation loss 'kdd'; known losses: .*dkd.*kd"),
+        (
+            lambda: eakd.DistillLoss("kdd"),
+            r"unknown distillation loss 'kdd' \(did you mean 'kd'\?\); known: .*dkd.*kd",
+        ),
         (lambda: eakd.DistillLoss("kd", weighting="ee"), "unknown weight policy 'ee'"),
         (lambda: eakd.DistillLoss("kd", alpha=1.0), r"takes no setting\(s\) \['alpha'\]"),
         (lambda: eakd.DistillLoss("dkd")(torch.randn(2, 5), torch.randn(2, 5)), r"needs \['target'\]"),

@@ -117,7 +117,7 @@ def test_distiller_uses_student_rois_and_reference_loss() -> None:
     assert zs is not None and zt is not None and zs.shape == zt.shape and zs.shape[1] == 3  # 2 classes + bg
     assert zs.shape[0] == 2 * TINY["box_batch_size_per_image"]
     assert torch.allclose(out["loss_roi_kd"], _reference_ea_kd(zs, zt, 4.0, 1.0), atol=1e-6)
-    assert last["roi_labels"] is not None and set(last["roi_labels"].tolist()) <= {0, 1, 2}
+    assert last["target"] is not None and set(last["target"].tolist()) <= {0, 1, 2}
     # the teacher really classifies the student's proposals: same RoIs through the teacher's head
     with torch.no_grad():
         plain = DetectionDistiller(student)(images, targets)

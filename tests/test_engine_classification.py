@@ -7,7 +7,7 @@ import torch
 
 from eakd.cli import main
 from eakd.engine.config import load_config
-from eakd.engine.tasks import build_task, policy_tau
+from eakd.engine.task import build_task
 from eakd.engine.trainer import train
 
 SYNTH = "data.options={num_samples: 48, num_classes: 10, channels: 1, size: 28}"
@@ -62,15 +62,15 @@ def test_two_views_mlkd(tmp_path):
 
 
 def test_policy_tau_defaults(tmp_path):
-    assert policy_tau(build_task(config(tmp_path, "distill.weighting=ea")).loss) == 3.0
-    assert policy_tau(build_task(config(tmp_path, "distill.weighting=er")).loss) == 4.0
-    assert policy_tau(build_task(config(tmp_path, "distill.tau=2.5")).loss) == 2.5
+    assert build_task(config(tmp_path, "distill.weighting=ea")).loss.policy.tau == 3.0
+    assert build_task(config(tmp_path, "distill.weighting=er")).loss.policy.tau == 4.0
+    assert build_task(config(tmp_path, "distill.tau=2.5")).loss.policy.tau == 2.5
 
 
 def test_weighting_none_ignores_policy_settings(tmp_path):
     cfg = config(tmp_path, "distill.weighting=none", "distill.tau=2.0", "distill.h_ub=100.0")
     loss = build_task(cfg).loss
-    assert loss.policy is None and policy_tau(loss) == 1.0
+    assert loss.policy is None
 
 
 def test_eval_command(tmp_path, capsys):

@@ -15,10 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from eakd.distill import DistillLoss
 from eakd.engine.checkpoint import atomic_save, latest_checkpoint, list_checkpoints, load_checkpoint
 from eakd.engine.config import Config, dump_config, load_config
-from eakd.engine.tasks import ClassificationTask, Task, build_task, distill_loss_from_config
+from eakd.engine.task import Task, build_task
 from eakd.engine.trainer import GlobalBatches, seed_everything, shard, train
+from eakd.vision.task import ClassificationTask
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -41,7 +43,7 @@ def toy_task(cfg: Config) -> ClassificationTask:
         y = teacher(x).argmax(-1)
     torch.manual_seed(cfg.experiment.seed)  # the same initial student however often a test builds it
     student = mlp(d, 16, k, opts.get("dropout", 0.0))
-    loss = distill_loss_from_config(cfg)
+    loss = DistillLoss.from_config(cfg.distill)
     return ClassificationTask(
         student,
         teacher,
@@ -217,7 +219,7 @@ def test_build_task_by_name_and_path(tmp_path):
     sys.path.insert(0, str(TESTS))
     task = build_task(toy_config(tmp_path))  # "test_engine_trainer:toy_task"
     assert isinstance(task, Task) and task.metric == "top1"
-    with pytest.raises(ValueError, match=r"unknown task 'segmentation'; known tasks: .*classification"):
+    with pytest.raises(ValueError, match=r"unknown task 'segmentation'; known: .*classification"):
         build_task(toy_config(tmp_path, "task=segmentation"))
     with pytest.raises(TypeError, match="not a Task"):
         build_task(toy_config(tmp_path, "task=builtins:str"))

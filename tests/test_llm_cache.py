@@ -14,7 +14,6 @@ from eakd.llm import TeacherTopK, TokenLossSettings, distill_loss_from_logits, f
 from eakd.llm.loss import topk_log_probs
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
-from eakd.weighting import weights_from_entropies
 
 B, T, H, V = 2, 7, 8, 23
 
@@ -144,10 +143,10 @@ def test_weights_from_entropies_equal_the_logit_policies(name: str) -> None:
     zs, zt = torch.randn(5, V), torch.randn(5, V) * 3
     kw = {} if name == "uniform" else {"tau": 2.0}
     want = eakd.get_policy(name, **kw)(zs, zt)
-    got = weights_from_entropies(name, eakd.entropy(zs, 2.0), eakd.entropy(zt, 2.0), math.log(V))
+    got = eakd.get_policy(name, **kw).from_entropies(eakd.entropy(zs, 2.0), eakd.entropy(zt, 2.0), V)
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="no entropy form"):
-        weights_from_entropies("mine", eakd.entropy(zs), eakd.entropy(zt), 1.0)
+        eakd.get_policy(lambda student_logits, teacher_logits, mask=None: zs).from_entropies(zs, zt, V)
 
 
 def test_cache_mismatches_are_clear_errors() -> None:

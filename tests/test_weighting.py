@@ -117,7 +117,7 @@ def test_callable_policy_and_register():
         (lambda: eakd.ea_weights(torch.randn(2, 5), torch.randn(2, 5), tau=0.0), "tau must be > 0"),
         (lambda: eakd.ea_weights(torch.randn(2, 5), torch.randn(2, 5), h_ub=-1.0), "h_ub must be > 0"),
         (lambda: eakd.entropy(torch.randn(2, 5), tau=-2.0), "tau must be > 0"),
-        (lambda: eakd.get_policy("entropy"), "known policies: base, ea, er"),
+        (lambda: eakd.get_policy("entropy"), "known: base, ea, er"),
         (lambda: eakd.ea_weights(torch.randn(2, 5), torch.randn(2, 5), mask=torch.ones(5)), "mask shape"),
     ],
 )

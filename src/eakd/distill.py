@@ -37,8 +37,10 @@ class DistillLoss(nn.Module):
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
     teacher_feats, epoch where needed (a loss module with ``set_epoch``, such as CTKD's curriculum, is
-    advanced to ``epoch`` on each call). After a call, ``self.last`` holds detached diagnostics of it:
-    ``weights`` (N,) or None and ``per_sample`` (N,), the unweighted per-sample distillation loss.
+    advanced to ``epoch`` on each call). After a call, ``self.last`` holds detached diagnostics of it, each
+    (N,) or None: ``weights``; ``h_t`` and ``h_s``, the entropies in nats the policy computed (at its tau,
+    on standardised logits with ``entropy_on="standardized"``); ``per_sample``, the unweighted per-sample
+    distillation loss. ``self.policy`` is the bound policy (its ``tau``, ``h_ub``, ``standardized``).
     """
 
     def __init__(
@@ -80,7 +82,7 @@ class DistillLoss(nn.Module):
             policy_kw["h_ub"] = h_ub
         if entropy_on == "standardized":
             policy_kw["standardized"] = True
-        self.policy = get_policy(weighting, **policy_kw)
+        self.policy: Policy | None = get_policy(weighting, **policy_kw)
         self.weighting = weighting if isinstance(weighting, str) or weighting is None else "callable"
         self.standardize_logits = standardize_logits
         self.kd_weight = kd_weight
@@ -101,7 +103,8 @@ class DistillLoss(nn.Module):
         teacher_logits = teacher_logits.detach()
         if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
             self.module.set_epoch(epoch)
-        weights = None if self.policy is None else self.policy(student_logits, teacher_logits, mask=mask)
+        weighted = None if self.policy is None else self.policy.compute(student_logits, teacher_logits, mask)
+        weights = None if weighted is None else weighted.weights
         zs, zt = student_logits, teacher_logits
         if self.standardize_logits:
             zs, zt = standardize(zs), standardize(zt)
@@ -132,7 +135,30 @@ class DistillLoss(nn.Module):
                 raise ValueError("ce_weight > 0 needs the target labels")
             out["loss_ce"] = self.ce_weight * F.cross_entropy(student_logits.float(), target)
         self.last = {
-            "weights": None if weights is None else weights.detach(),
+            "weights": weights,
+            "h_t": None if weighted is None else weighted.h_t,
+            "h_s": None if weighted is None else weighted.h_s,
             "per_sample": None if per_sample is None else per_sample.detach(),
         }
         return out
+
+    @classmethod
+    def from_config(cls, d: Any) -> DistillLoss | None:
+        """The loss a config's ``distill`` section describes (fields as ``eakd.engine.config.DistillConfig``):
+        None for method "none". Policies that use no entropies ("none", "uniform") ignore the section's
+        tau, h_ub and entropy_on, so one config gives the baseline by switching ``weighting``."""
+        if d.method == "none":
+            return None
+        off = d.weighting in ("none", "uniform")
+        return cls(
+            d.method,
+            d.weighting,
+            tau=None if off else d.tau,
+            h_ub=None if off else d.h_ub,
+            entropy_on="raw" if off else d.entropy_on,
+            standardize_logits=d.standardize_logits,
+            kd_weight=d.kd_weight,
+            ce_weight=d.ce_weight,
+            warmup_epochs=d.warmup_epochs,
+            **d.hparams,
+        )

@@ -1,31 +1,37 @@
-"""Entropies and per-sample weight policies (EA, ER, their halves, uniform, inverse).
+"""Entropies and per-sample weight policies (EA, ER, their halves, uniform, inverse), from one rule table.
 
-A policy maps ``(student_logits (..., K), teacher_logits (..., K), mask (...) | None)`` to detached
-float32 weights of shape ``(...)``: (N,) for samples/RoIs, (B, T) for tokens. Masked positions get 0.
+A built-in policy is a ``Rule``: weights from the student's and the teacher's entropies H_s, H_t (nats, at
+the entropy temperature tau) and the bound H_ub. ``get_policy`` binds a rule (or a user's callable) to its
+settings once, checking them, and returns a ``Policy``: called as ``policy(student_logits (..., K),
+teacher_logits (..., K), mask (...) | None)`` it gives detached float32 weights of shape ``(...)``: (N,)
+for samples/RoIs, (B, T) for tokens; masked positions get 0. ``policy.compute`` also returns the
+entropies it used, so diagnostics never recompute them, and ``policy.from_entropies`` applies the same
+rule to given entropies (a cached teacher's). ``ea_weights`` & co. are the rules as plain functions.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
 from eakd.checks import check_finite, check_logit_pair, check_positive
+from eakd.registry import Registry
 
-Policy = Callable[..., torch.Tensor]
-
-POLICIES: dict[str, Callable[..., torch.Tensor]] = {}
+Tensor = torch.Tensor
 
 
-def _entropy(logits: torch.Tensor, tau: float) -> torch.Tensor:
+def _entropy(logits: Tensor, tau: float) -> Tensor:
     """Unchecked entropy in nats over the last dim: (..., K) -> (...) float32 (see ``entropy``)."""
     logp = torch.log_softmax(logits.float() / tau, dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def entropy(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+def entropy(logits: Tensor, tau: float = 1.0) -> Tensor:
     """Shannon entropy in nats of softmax(logits / tau) over the last dim.
 
     logits (..., K) in any float dtype -> (...) float32, from log_softmax (stable, no epsilon; measured
@@ -36,7 +42,7 @@ def entropy(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return check_finite("entropy of the logits", _entropy(logits, tau))
 
 
-def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
     """Logit standardisation (LS): (z - mean(z)) / std(z) over the last dim; same shape as ``logits``."""
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True)
@@ -53,24 +59,7 @@ def resolve_h_ub(h_ub: float | None, num_classes: int) -> float:
     return float(h_ub)
 
 
-def _entropies(
-    student_logits: torch.Tensor | None,
-    teacher_logits: torch.Tensor,
-    tau: float,
-    standardized: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Detached (H_s or None, H_t) in nats; finiteness is left to ``_finish`` on the weights."""
-    check_positive("tau", tau)
-    if student_logits is not None:
-        check_logit_pair(student_logits, teacher_logits)
-    prep = standardize if standardized else (lambda z: z)
-    with torch.no_grad():
-        h_t = _entropy(prep(teacher_logits.detach()), tau)
-        h_s = None if student_logits is None else _entropy(prep(student_logits.detach()), tau)
-    return h_s, h_t
-
-
-def _finish(w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _finish(w: Tensor, mask: Tensor | None) -> Tensor:
     """Check the weights (a NaN/inf logit makes its row's weight non-finite) and zero masked positions."""
     check_finite("weights from the student and teacher logits", w)
     if mask is None:
@@ -80,164 +69,179 @@ def _finish(w: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return w * mask.to(torch.bool)
 
 
-def _ea_rule(h_s: torch.Tensor, h_t: torch.Tensor, bound: float) -> torch.Tensor:
+def _ea(h_s: Tensor, h_t: Tensor, bound: float) -> Tensor:
     return h_s.mul(0.5 / bound).add_(0.5).mul_(h_t)
 
 
-def _interact_rule(h_s: torch.Tensor, h_t: torch.Tensor, bound: float) -> torch.Tensor:
-    return h_t * h_s / bound
+@dataclass(frozen=True)
+class Rule:
+    """A built-in policy. fn(H_s, H_t, H_ub) -> weights (a new tensor); tau: its default entropy
+    temperature (None: it uses no entropies); student / bound: whether it reads H_s / H_ub."""
+
+    fn: Callable[[Tensor, Tensor, float], Tensor]
+    tau: float | None
+    student: bool
+    bound: bool
+    doc: str
 
 
-def _inverse_rule(h_s: torch.Tensor, h_t: torch.Tensor, bound: float) -> torch.Tensor:
-    return bound - _ea_rule(h_s, h_t, bound)
-
-
-ENTROPY_RULES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
-    "ea": _ea_rule,
-    "er": lambda h_s, h_t, bound: h_t.clone(),
-    "base": lambda h_s, h_t, bound: h_t.clone(),
-    "interact": _interact_rule,
-    "inverse": _inverse_rule,
-    "uniform": lambda h_s, h_t, bound: torch.ones_like(h_t),
+RULES: dict[str, Rule] = {
+    "ea": Rule(_ea, 3.0, True, True, "EA-KD: w = 0.5 * H_t * (1 + H_s / H_ub)"),
+    "er": Rule(lambda h_s, h_t, b: h_t.clone(), 4.0, False, False, "ER-KD: w = H_t (no 1/2), tau 4"),
+    "base": Rule(lambda h_s, h_t, b: h_t.clone(), 3.0, False, False, "EA's static half (w_base): w = H_t"),
+    "interact": Rule(
+        lambda h_s, h_t, b: h_t * h_s / b, 3.0, True, True, "EA's dynamic half: H_t * H_s / H_ub"
+    ),
+    "inverse": Rule(lambda h_s, h_t, b: b - _ea(h_s, h_t, b), 3.0, True, True, "control: w = H_ub - w_EA"),
+    "uniform": Rule(lambda h_s, h_t, b: torch.ones_like(h_t), None, False, False, "all ones (unweighted)"),
 }
 
+POLICIES: Registry[Rule | Callable[..., Tensor]] = Registry("weight policy")
+for _name, _rule in RULES.items():
+    POLICIES.register(_name)(_rule)
 
-def weights_from_entropies(
-    weighting: str,
-    student_entropy: torch.Tensor,
-    teacher_entropy: torch.Tensor,
-    h_ub: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """A built-in policy's weights from given entropies in nats (e.g. a cached teacher's): (...) -> (...).
 
-    weighting: a name of ``ENTROPY_RULES`` (ea, er, base, interact, inverse, uniform); h_ub: the entropy
-    upper bound (> 0, ln K for the paper). Same values as the logit policies at the same entropies.
+class Weighted(NamedTuple):
+    """A policy's output: weights (...) and the entropies H_s, H_t (...) it used (None if it used none)."""
+
+    weights: Tensor
+    h_s: Tensor | None
+    h_t: Tensor | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A weight policy bound to its settings (see ``get_policy``); settings are checked when it is built.
+
+    name: registry name (or the callable's). rule: the built-in rule, or None for a user callable ``fn``
+    (called as ``fn(student_logits, teacher_logits, mask=mask, **settings)``). tau: entropy temperature
+    (None: no entropies). h_ub: bound (None: ln K). standardized: entropies of LS-standardised logits.
     """
-    if weighting not in ENTROPY_RULES:
-        known = ", ".join(sorted(ENTROPY_RULES))
-        raise ValueError(
-            f"weight policy {weighting!r} has no entropy form (custom policies need logits); known: {known}"
-        )
-    check_positive("h_ub", h_ub)
-    rule = ENTROPY_RULES[weighting]
-    return _finish(rule(student_entropy.float(), teacher_entropy.float(), float(h_ub)), mask)
+
+    name: str
+    rule: Rule | None = None
+    fn: Callable[..., Tensor] | None = None
+    tau: float | None = None
+    h_ub: float | None = None
+    standardized: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def entropies(
+        self, student_logits: Tensor | None, teacher_logits: Tensor
+    ) -> tuple[Tensor | None, Tensor]:
+        """Detached (H_s or None, H_t) in nats at this policy's tau (1 for a callable), float32 (...)."""
+        tau = 1.0 if self.tau is None else self.tau
+        prep = standardize if self.standardized else (lambda z: z)
+        with torch.no_grad():
+            h_t = _entropy(prep(teacher_logits.detach()), tau)
+            h_s = None if student_logits is None else _entropy(prep(student_logits.detach()), tau)
+        return h_s, h_t
+
+    def from_entropies(
+        self, h_s: Tensor | None, h_t: Tensor, num_classes: int, mask: Tensor | None = None
+    ) -> Tensor:
+        """The rule's weights from given entropies in nats (...) -> (...) (built-in rules only)."""
+        if self.rule is None:
+            raise ValueError(f"weight policy {self.name!r} has no entropy form (custom policies need logits)")
+        bound = resolve_h_ub(self.h_ub, num_classes) if self.rule.bound else 0.0
+        if self.rule.student and h_s is None:
+            raise ValueError(f"weight policy {self.name!r} needs the student's entropies")
+        h_s = h_t if h_s is None else h_s
+        return _finish(self.rule.fn(h_s.float(), h_t.float(), bound), mask)
+
+    def compute(
+        self, student_logits: Tensor | None, teacher_logits: Tensor, mask: Tensor | None = None
+    ) -> Weighted:
+        """Weights (...) and the entropies behind them; student_logits may be None for teacher-only rules."""
+        if student_logits is not None:
+            check_logit_pair(student_logits, teacher_logits)
+        if self.rule is None:
+            assert self.fn is not None
+            w = self.fn(student_logits, teacher_logits, mask=mask, **self.settings)
+            return Weighted(w.detach(), None, None)
+        if self.rule.tau is None:  # no entropies (uniform)
+            ones = torch.ones(teacher_logits.shape[:-1], dtype=torch.float32, device=teacher_logits.device)
+            return Weighted(_finish(ones, mask), None, None)
+        if self.rule.student and student_logits is None:
+            raise ValueError(f"weight policy {self.name!r} needs the student's logits")
+        h_s, h_t = self.entropies(student_logits, teacher_logits)
+        return Weighted(self.from_entropies(h_s, h_t, teacher_logits.shape[-1], mask), h_s, h_t)
+
+    def __call__(
+        self, student_logits: Tensor | None, teacher_logits: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
+        return self.compute(student_logits, teacher_logits, mask).weights
 
 
-def ea_weights(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    tau: float = 3.0,
-    h_ub: float | None = None,
-    mask: torch.Tensor | None = None,
-    standardized: bool = False,
-) -> torch.Tensor:
-    """EA-KD weights w = 0.5 * H_t * (1 + H_s / H_ub), detached float32 of the logits' leading shape.
-
-    student_logits, teacher_logits: (..., K). tau: entropy temperature (paper T'). h_ub: entropy upper
-    bound, None = ln K (the paper); a number (e.g. 100.0) reproduces the authors' CIFAR code.
-    mask (...): positions with False/0 get weight 0. standardized: entropies on LS-standardised logits.
-    """
-    h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
-    bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _finish(_ea_rule(h_s, h_t, bound), mask)
+def register_policy(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator adding a weight policy ``fn(student_logits, teacher_logits, mask=None, **settings)``."""
+    if name == "none":
+        raise ValueError("weight policy 'none' is reserved (the unweighted loss)")
+    return POLICIES.register(name)
 
 
-def er_weights(
-    student_logits: torch.Tensor | None,
-    teacher_logits: torch.Tensor,
-    tau: float = 4.0,
-    mask: torch.Tensor | None = None,
-    standardized: bool = False,
-) -> torch.Tensor:
-    """ER-KD weights w = H_t (teacher entropy only, no 1/2), detached; (..., K) -> (...)."""
-    _, h_t = _entropies(None, teacher_logits, tau, standardized)
-    return _finish(h_t, mask)
+def get_policy(weighting: str | Callable[..., Tensor] | None, **settings: Any) -> Policy | None:
+    """Bind a policy (a name or a callable) to its settings; ``None`` / ``"none"``: unweighted (None).
 
-
-def base_weights(
-    student_logits: torch.Tensor | None,
-    teacher_logits: torch.Tensor,
-    tau: float = 3.0,
-    mask: torch.Tensor | None = None,
-    standardized: bool = False,
-) -> torch.Tensor:
-    """EA's static half (paper ablation "w_base"): w = H_t at the EA entropy temperature."""
-    return er_weights(student_logits, teacher_logits, tau=tau, mask=mask, standardized=standardized)
-
-
-def interact_weights(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    tau: float = 3.0,
-    h_ub: float | None = None,
-    mask: torch.Tensor | None = None,
-    standardized: bool = False,
-) -> torch.Tensor:
-    """EA's dynamic half (paper ablation "w_interact"): w = H_t * H_s / H_ub."""
-    h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
-    bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _finish(_interact_rule(h_s, h_t, bound), mask)
-
-
-def inverse_weights(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    tau: float = 3.0,
-    h_ub: float | None = None,
-    mask: torch.Tensor | None = None,
-    standardized: bool = False,
-) -> torch.Tensor:
-    """Negative control emphasising low-entropy samples: w = H_ub - w_EA (so 0 <= w <= H_ub)."""
-    h_s, h_t = _entropies(student_logits, teacher_logits, tau, standardized)
-    bound = resolve_h_ub(h_ub, teacher_logits.shape[-1])
-    return _finish(_inverse_rule(h_s, h_t, bound), mask)
-
-
-def uniform_weights(
-    student_logits: torch.Tensor | None,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """All ones (masked positions 0): the unweighted loss, as an explicit policy."""
-    w = torch.ones(teacher_logits.shape[:-1], dtype=torch.float32, device=teacher_logits.device)
-    return _finish(w, mask)
-
-
-POLICIES.update(
-    ea=ea_weights,
-    er=er_weights,
-    base=base_weights,
-    interact=interact_weights,
-    inverse=inverse_weights,
-    uniform=uniform_weights,
-)
-
-
-def register_policy(name: str) -> Callable[[Policy], Policy]:
-    """Decorator adding a weight policy ``fn(student_logits, teacher_logits, mask=None, **kw)`` by name."""
-
-    def add(fn: Policy) -> Policy:
-        if name in POLICIES or name == "none":
-            raise ValueError(f"weight policy {name!r} is already registered")
-        POLICIES[name] = fn
-        return fn
-
-    return add
-
-
-def get_policy(weighting: str | Policy | None, **kwargs: float | bool | None) -> Policy | None:
-    """Resolve a policy by name (or pass a callable through), binding its keyword settings.
-
-    ``None`` or ``"none"`` returns None: the loss is left unweighted, exactly the published baseline.
+    Built-in rules take ``tau`` (> 0), ``h_ub`` (> 0, rules that use the bound) and ``standardized``; a
+    setting the policy does not take is a ValueError here, not at the first step.
     """
     if weighting is None or weighting == "none":
-        if kwargs:
-            raise ValueError(f"weighting 'none' takes no settings, got {sorted(kwargs)}")
+        if settings:
+            raise ValueError(f"weighting 'none' takes no settings, got {sorted(settings)}")
         return None
-    if callable(weighting):
-        return partial(weighting, **kwargs) if kwargs else weighting
-    if weighting not in POLICIES:
-        known = ", ".join(sorted([*POLICIES, "none"]))
-        raise ValueError(f"unknown weight policy {weighting!r}; known policies: {known}")
-    return partial(POLICIES[weighting], **kwargs)
+    obj = weighting if callable(weighting) else POLICIES.get(weighting)
+    name = weighting if isinstance(weighting, str) else getattr(weighting, "__name__", "callable")
+    if not isinstance(obj, Rule):
+        params = inspect.signature(obj).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = sorted(k for k in settings if k not in params and not takes_any)
+        if unknown:
+            raise ValueError(f"weight policy {name!r} takes no setting(s) {unknown}")
+        return Policy(name, fn=obj, settings=settings)
+    allowed = {"tau", "standardized"} if obj.tau is not None else set()
+    allowed |= {"h_ub"} if obj.bound else set()
+    unknown = sorted(k for k, v in settings.items() if k not in allowed and v not in (None, False))
+    if unknown:
+        raise ValueError(f"weight policy {name!r} takes no setting(s) {unknown}; it takes {sorted(allowed)}")
+    tau = settings.get("tau")
+    tau = obj.tau if tau is None else float(tau)
+    if tau is not None:
+        check_positive("tau", tau)
+    h_ub = settings.get("h_ub")
+    if h_ub is not None:
+        check_positive("h_ub", h_ub)
+    return Policy(name, rule=obj, tau=tau, h_ub=h_ub, standardized=bool(settings.get("standardized", False)))
+
+
+def _rule_function(name: str) -> Callable[..., Tensor]:
+    """``name``'s rule as a plain function of the logits, with its settings as keyword arguments."""
+    rule = RULES[name]
+
+    def weights(
+        student_logits: Tensor | None,
+        teacher_logits: Tensor,
+        tau: float | None = rule.tau,
+        h_ub: float | None = None,
+        mask: Tensor | None = None,
+        standardized: bool = False,
+    ) -> Tensor:
+        policy = get_policy(name, tau=tau, h_ub=h_ub, standardized=standardized)
+        assert policy is not None
+        return policy(student_logits, teacher_logits, mask)
+
+    weights.__name__ = weights.__qualname__ = f"{name}_weights"
+    weights.__doc__ = (
+        f"{rule.doc}. Detached float32 weights (...) from logits (..., K); tau: entropy temperature "
+        f"(default {rule.tau}); h_ub: entropy bound (None = ln K); mask (...): 0 where False; "
+        "standardized: entropies of LS-standardised logits."
+    )
+    return weights
+
+
+ea_weights = _rule_function("ea")
+er_weights = _rule_function("er")
+base_weights = _rule_function("base")
+interact_weights = _rule_function("interact")
+inverse_weights = _rule_function("inverse")
+uniform_weights = _rule_function("uniform")

@@ -107,9 +107,9 @@ class DetectionDistiller(nn.Module):
 
     ``forward(images, targets, teacher=None, epoch=None)`` returns the student's four detector losses
     plus, with a teacher and a loss, ``loss_roi_<term>`` (RoI logits) and with ``feature_weight`` > 0
-    ``loss_fpn_mse``. After a call, ``last`` holds detached diagnostics: ``roi_weights`` (R,) or None,
-    ``roi_loss`` (R,) unweighted per-RoI loss, ``roi_labels`` (R,), ``student_logits`` and
-    ``teacher_logits`` (R, C + 1).
+    ``loss_fpn_mse``. After a call, ``last`` holds detached diagnostics: the loss's ``last``
+    (``weights``, ``h_t``, ``h_s``, ``per_sample``: (R,) or None), ``target`` (R,) RoI labels (0 =
+    background), ``student_logits`` and ``teacher_logits`` (R, C + 1).
     Pass the frozen teacher per call, so only this module is wrapped for data parallel training.
     """
 
@@ -142,9 +142,8 @@ class DetectionDistiller(nn.Module):
             losses.update({f"loss_roi_{k.removeprefix('loss_')}": v for k, v in terms.items()})
             weights = self.loss.last["weights"]
             self.last = {
-                "roi_weights": weights,
-                "roi_loss": self.loss.last["per_sample"],
-                "roi_labels": out.labels.detach(),
+                **self.loss.last,
+                "target": out.labels.detach(),
                 "student_logits": out.logits.detach(),
                 "teacher_logits": t_logits,
             }

@@ -33,8 +33,7 @@ from eakd.detection.distill import DetectionDistiller, check_compatible
 from eakd.detection.eval import box_ap
 from eakd.detection.models import build_detector
 from eakd.distill import DistillLoss
-from eakd.engine.tasks import distill_loss_from_config, policy_tau, register_task
-from eakd.weighting import entropy
+from eakd.engine.task import register_task
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -77,18 +76,15 @@ class DetectionTask:
         return model(images, targets, self.teacher, epoch)
 
     def diagnostics(self) -> dict[str, Tensor] | None:
-        """Per-RoI weights, entropies (the policy's tau), unweighted loss and RoI label (0 = background)."""
-        last = self.trainable.last
-        if self.loss is None or not last or last.get("roi_weights") is None:
+        """Per-RoI weights and entropies (as the loss's policy computed them), unweighted loss and RoI label
+        (0 = background) of the last step; None without a RoI loss."""
+        if self.loss is None:
             return None
-        tau = policy_tau(self.loss)
-        return {
-            "weights": last["roi_weights"],
-            "per_sample": last["roi_loss"],
-            "target": last["roi_labels"],
-            "h_t": entropy(last["teacher_logits"], tau),
-            "h_s": entropy(last["student_logits"], tau),
+        last = self.trainable.last
+        out = {
+            k: last[k] for k in ("weights", "h_t", "h_s", "per_sample", "target") if last.get(k) is not None
         }
+        return out if "weights" in out else None
 
     def evaluate(self, model: nn.Module, loader: Iterable[Any], accelerator: Accelerator) -> dict[str, float]:
         """COCO box AP / AP50 / AP75 (%) of the student over the evaluation set, gathered over processes."""
@@ -176,8 +172,7 @@ def build_detection(cfg: Config) -> DetectionTask:
         load_detector_weights(student, cfg.model.student_checkpoint)
     hparams = dict(cfg.distill.hparams)
     feature_weight = float(hparams.pop("feature_weight", 0.0))
-    distill = dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams)
-    loss = distill_loss_from_config(dataclasses.replace(cfg, distill=distill))
+    loss = DistillLoss.from_config(dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams))
     teacher = None
     if cfg.model.teacher is not None and (loss is not None or feature_weight > 0):
         teacher = build_detector(cfg.model.teacher, num_classes, **cfg.model.teacher_options)

@@ -5,11 +5,11 @@ train(load_config("configs/demo/kd.yaml", ["distill.weighting=ea"]))
 """
 
 from eakd.engine.config import Config, ConfigError, load_config
-from eakd.engine.tasks import ClassificationTask, Task, register_task
+from eakd.engine.task import TASKS, Task, register_task
 from eakd.engine.trainer import evaluate_run, train
 
 __all__ = [
-    "ClassificationTask",
+    "TASKS",
     "Config",
     "ConfigError",
     "Task",

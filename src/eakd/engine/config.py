@@ -152,7 +152,7 @@ class TrainConfig:
 @dataclass
 class Config:
     """A whole experiment. task: a registered task name ("classification", "detection", ...) or
-    ``"package.module:function"`` building one (see ``eakd.engine.tasks``)."""
+    ``"package.module:function"`` building one (see ``eakd.engine.task``)."""
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     task: str = "classification"

@@ -44,7 +44,7 @@ from eakd.engine.config import Config, ConfigError, dump_config, load_config
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
-from eakd.engine.tasks import Task, build_task
+from eakd.engine.task import Task, build_task
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from eakd.checks import check_finite, check_positive
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.token import TOKEN_DIVERGENCES, token_mask
-from eakd.weighting import Policy, entropy, get_policy, resolve_h_ub, weights_from_entropies
+from eakd.weighting import Policy, entropy, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
 
@@ -221,12 +221,11 @@ def _terms(
     return total, kd, ce, torch.where(mask, per_token.detach(), 0.0)
 
 
-def _cached_weights(zs: torch.Tensor, h_t: torch.Tensor, s: TokenLossSettings, mask: torch.Tensor | None):
+def _cached_weights(zs: torch.Tensor, h_t: torch.Tensor, policy: Policy, mask: torch.Tensor | None):
     """Weights of student rows (..., V) against a cached teacher entropy (...) (the entropy form of the
-    settings' built-in policy, H_ub = ln V unless set)."""
-    assert isinstance(s.weighting, str)
-    h_s = entropy(zs.detach(), s.tau or 1.0)
-    return weights_from_entropies(s.weighting, h_s, h_t, resolve_h_ub(s.h_ub, zs.shape[-1]), mask)
+    built-in ``policy``, H_ub = ln V unless set)."""
+    h_s = entropy(zs.detach(), policy.tau or 1.0)
+    return policy.from_entropies(h_s, h_t, zs.shape[-1], mask)
 
 
 def _align_vocab(v_student: int, v_teacher: int, vocab_size: int | None) -> int:
@@ -287,7 +286,7 @@ def distill_loss_from_logits(
         log_p = log_p.view(*mask.shape, v)
         h_t = torch.zeros(mask.numel(), device=zs.device).index_copy_(0, valid, teacher_topk.entropy.float())
         h_t = h_t.view(mask.shape)
-        weights = None if policy is None else _cached_weights(zs, h_t, s, mask)
+        weights = None if policy is None else _cached_weights(zs, h_t, policy, mask)
     else:
         assert teacher_logits is not None
         zt = teacher_logits[..., :v].detach()
@@ -337,7 +336,7 @@ def _chunk_weights(
 ) -> torch.Tensor:
     """Per-token weights (rows,) of rows i:i+len(zs): the policy on both logits, or from a cache's entropy."""
     if r.t_topk is not None:
-        return _cached_weights(zs, r.t_topk.entropy[i : i + zs.shape[0]], s, None)
+        return _cached_weights(zs, r.t_topk.entropy[i : i + zs.shape[0]], policy, None)
     assert zt is not None
     return policy(zs, zt)
 

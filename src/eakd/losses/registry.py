@@ -12,23 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-LOSSES: dict[str, Callable[..., Any]] = {}
+from eakd.registry import Registry
 
-
-def register_loss(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a loss function or module class under ``name``."""
-
-    def add(obj: Callable[..., Any]) -> Callable[..., Any]:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name]!r})")
-        LOSSES[name] = obj
-        return obj
-
-    return add
-
-
-def get_loss(name: str) -> Callable[..., Any]:
-    """The registered loss called ``name``; a ValueError lists the known names otherwise."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown distillation loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+LOSSES: Registry[Callable[..., Any]] = Registry("distillation loss")
+register_loss = LOSSES.register
+get_loss = LOSSES.get

@@ -1,16 +1,12 @@
-"""The Task protocol the training loop runs, the task registry, and image classification as a task.
+"""Image classification as an engine task: the student + loss module, the task, and its builder.
 
-A task owns the models, the data sets and the loss; the engine (``eakd.engine.trainer``) owns
-everything else: devices, processes, batching, mixed precision, optimiser, schedule, checkpoints, logs.
-See docs/engine.md for the contract.
+Registered as the task "classification" (and declared as an ``eakd.tasks`` entry point).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,89 +14,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from eakd.distill import DistillLoss
-from eakd.weighting import entropy, standardize
+from eakd.engine.task import register_task
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from eakd.engine.config import Config
-
-
-@runtime_checkable
-class Task(Protocol):
-    """What the engine needs from a task (classification, detection, ...).
-
-    trainable: the student plus any learnable distillation parts (one module); the only thing the
-        engine optimises and wraps for DDP. Its ``forward`` must do the student's work, so DDP sees it.
-    teacher: frozen module or None; the engine moves it to the device, sets eval() and
-        requires_grad(False) and never wraps it. The task runs it under ``torch.no_grad()``.
-    train_set, eval_set: map-style data sets (eval_set may be None); collate_fn: None = default.
-    metric: the key of ``evaluate``'s result that picks the best epoch (higher is better).
-    """
-
-    trainable: nn.Module
-    teacher: nn.Module | None
-    train_set: Dataset[Any]
-    eval_set: Dataset[Any] | None
-    collate_fn: Callable[[list[Any]], Any] | None
-    metric: str
-
-    def training_step(self, model: nn.Module, batch: Any, epoch: float) -> dict[str, Tensor]:
-        """Named 0-dim loss terms for one micro-batch (the engine sums them for backward).
-
-        model: ``trainable`` as prepared (possibly DDP-wrapped): call it, not ``self.trainable``.
-        batch: this process's share of the global batch, on the device. epoch: fractional progress,
-        ``epoch_index + (i + 1) / batches_per_epoch``.
-        """
-        ...
-
-    def evaluate(self, model: nn.Module, loader: Iterable[Any], accelerator: Accelerator) -> dict[str, float]:
-        """Metrics over this process's shard of ``eval_set``, reduced over all processes (same on each).
-
-        model: the unwrapped ``trainable`` in eval mode, called under ``torch.no_grad()``.
-        """
-        ...
-
-    def diagnostics(self) -> dict[str, Tensor] | None:
-        """Per-sample values of the last training step, shape (N,) each, or None: any of "weights",
-        "h_t", "h_s" (entropies in nats), "per_sample" (unweighted distillation loss), "target"."""
-        ...
-
-
-TaskBuilder = Callable[["Config"], Task]
-TASKS: dict[str, TaskBuilder] = {}
-
-
-def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
-    """Decorator registering ``builder(cfg: Config) -> Task`` under ``name`` (the config's ``task``)."""
-
-    def add(fn: TaskBuilder) -> TaskBuilder:
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is already registered")
-        TASKS[name] = fn
-        return fn
-
-    return add
-
-
-def build_task(cfg: Config) -> Task:
-    """The task named by ``cfg.task``: a registered name or ``"package.module:function"``."""
-    name = cfg.task
-    if ":" in name:
-        module, _, func = name.partition(":")
-        builder = getattr(importlib.import_module(module), func)
-    elif name in TASKS:
-        builder = TASKS[name]
-    else:
-        if name == "detection":
-            importlib.import_module("eakd.detection")  # registers itself on import
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-        builder = TASKS[name]
-    task = builder(cfg)
-    if not isinstance(task, Task):
-        raise TypeError(f"task builder for {name!r} returned {type(task).__name__}, which is not a Task")
-    return task
 
 
 def split_output(out: Any) -> tuple[Tensor, Any]:
@@ -162,18 +81,6 @@ class DistillModule(nn.Module):
         return terms, first
 
 
-def policy_tau(loss: DistillLoss) -> float:
-    """The entropy temperature the loss's weight policy uses (its bound setting, else its default)."""
-    policy: Any = loss.policy
-    if policy is None:
-        return 1.0
-    bound = getattr(policy, "keywords", {})
-    if "tau" in bound:
-        return float(bound["tau"])
-    param = inspect.signature(getattr(policy, "func", policy)).parameters.get("tau")
-    return 1.0 if param is None or param.default is inspect.Parameter.empty else float(param.default)
-
-
 class ClassificationTask:
     """Image classification with optional distillation: batches are ``(images, labels)`` or, with two
     augmented views (MLKD), ``(weak, strong, labels)``; diagnostics come from the first view.
@@ -203,7 +110,7 @@ class ClassificationTask:
         self.eval_set = eval_set
         self.collate_fn = collate_fn
         self.loss = loss
-        self._last: dict[str, Tensor] = {}
+        self._target: Tensor | None = None
 
     def training_step(self, model: nn.Module, batch: Any, epoch: float) -> dict[str, Tensor]:
         """batch = (images, labels) or (weak, strong, labels); the teacher runs under no_grad."""
@@ -219,28 +126,17 @@ class ClassificationTask:
             t_logits, t_feats = (t_logits[0], t_feats[0]) if t_out else (None, None)
         else:
             views = tuple(xs)
-        terms, logits = model(views, y, t_logits, t_feats, epoch)
-        self._last = {"student": logits.detach(), "target": y}
-        if t_out:
-            self._last["teacher"] = t_out[0][0].detach()
+        terms, _ = model(views, y, t_logits, t_feats, epoch)
+        self._target = y
         return terms
 
     def diagnostics(self) -> dict[str, Tensor] | None:
-        """Weights, entropies (the policy's tau and logits), per-sample loss and target of the last step."""
-        if "teacher" not in self._last or self.loss is None:
+        """Weights, entropies (as the loss's policy computed them), per-sample loss and target of the last
+        step's first view; None without a distillation loss."""
+        if self.loss is None:
             return None
-        tau = policy_tau(self.loss)
-        prep = standardize if getattr(self.loss.policy, "keywords", {}).get("standardized") else (lambda z: z)
-        out = {
-            "h_t": entropy(prep(self._last["teacher"]), tau),
-            "h_s": entropy(prep(self._last["student"]), tau),
-            "target": self._last["target"],
-        }
-        for key in ("weights", "per_sample"):
-            value = self.trainable.first_last.get(key)
-            if value is not None:
-                out[key] = value
-        return out
+        out = {k: v for k, v in self.trainable.first_last.items() if v is not None}
+        return {**out, "target": self._target} if out else None
 
     def evaluate(self, model: nn.Module, loader: Iterable[Any], accelerator: Accelerator) -> dict[str, float]:
         """top1 / top5 accuracy (%) and mean cross-entropy of the student, summed over all processes."""
@@ -271,27 +167,6 @@ class ClassificationTask:
         }
 
 
-def distill_loss_from_config(cfg: Config) -> DistillLoss | None:
-    """The DistillLoss the config's ``distill`` section describes (None for method "none"); with weighting
-    "none" the policy settings tau, h_ub and entropy_on are ignored, so any config gives the baseline."""
-    d = cfg.distill
-    if d.method == "none":
-        return None
-    off = d.weighting == "none"  # no policy: its settings (a config's tau) do not apply
-    return DistillLoss(
-        d.method,
-        d.weighting,
-        tau=None if off else d.tau,
-        h_ub=None if off else d.h_ub,
-        entropy_on="raw" if off else d.entropy_on,
-        standardize_logits=d.standardize_logits,
-        kd_weight=d.kd_weight,
-        ce_weight=d.ce_weight,
-        warmup_epochs=d.warmup_epochs,
-        **d.hparams,
-    )
-
-
 @register_task("classification")
 def build_classification(cfg: Config) -> ClassificationTask:
     """Student and teacher from the model zoo, data from ``eakd.vision.data``, loss from ``distill``."""
@@ -309,6 +184,5 @@ def build_classification(cfg: Config) -> ClassificationTask:
         teacher = create_model(cfg.model.teacher, **common, **cfg.model.teacher_options)
         if cfg.model.teacher_checkpoint:
             load_checkpoint(teacher, cfg.model.teacher_checkpoint)
-    return ClassificationTask(
-        student, teacher, distill_loss_from_config(cfg), train_set, eval_set, ce_weight=cfg.distill.ce_weight
-    )
+    loss = DistillLoss.from_config(cfg.distill)
+    return ClassificationTask(student, teacher, loss, train_set, eval_set, ce_weight=cfg.distill.ce_weight)
