@@ -20,6 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
+from eakd.registry import import_plugins
+
+S = typing.TypeVar("S")
 BASE_KEYS = ("base", "_base_")
 
 
@@ -152,8 +155,10 @@ class TrainConfig:
 @dataclass
 class Config:
     """A whole experiment. task: a registered task name ("classification", "detection", ...) or
-    ``"package.module:function"`` building one (see ``eakd.engine.task``)."""
+    ``"package.module:function"`` building one (see ``eakd.engine.task``). imports: modules imported before
+    anything is built, where users register their own losses, policies, tasks, models and data sets."""
 
+    imports: list[str] = field(default_factory=list)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     task: str = "classification"
     data: DataConfig = field(default_factory=DataConfig)
@@ -292,17 +297,30 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     return merge(data, nested)
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    """Validate a raw mapping into a ``Config`` (unknown keys and wrong types raise ConfigError)."""
-    return _build(Config, data, "")
+def from_dict(data: dict[str, Any], schema: type[S] = Config) -> S:  # type: ignore[assignment]
+    """Validate a raw mapping into ``schema`` (unknown keys and wrong types raise ConfigError)."""
+    return _build(schema, data, "")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read ``path`` (with its bases; None: all defaults) and apply dotted ``key=value`` overrides."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    schema: type[S] = Config,  # type: ignore[assignment]
+) -> S:
+    """Read ``path`` (with its bases; None: all defaults), apply dotted ``key=value`` overrides and
+    validate into ``schema`` (a dataclass: ``Config`` for ``eakd train``, ``LLMRunConfig`` for the LLM
+    runner). The modules a config lists under ``imports`` are imported first (they register plugins)."""
     data = read_yaml(path) if path is not None else {}
     for override in overrides:
         data = apply_override(data, override)
-    return from_dict(data)
+    imports = data.get("imports") or []
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        raise ConfigError(f"config key 'imports' must be a list of module names, got {imports!r}")
+    try:
+        import_plugins(imports)
+    except ValueError as err:
+        raise ConfigError(f"config key 'imports': {err}") from err
+    return from_dict(data, schema)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
