@@ -13,15 +13,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev,llm,detection,bench]'
 	touch $(STAMP)
 
+# offline data and model sources of machines without the internet (the library itself installs nothing)
 fetch: $(STAMP)
-	$(PY) -m eakd fetch all
+	$(PY) scripts/fetch.py all
 
 demo: $(STAMP)
-	$(PY) -m eakd fetch fashion-mnist
+	$(PY) scripts/fetch.py fashion-mnist
 	$(PY) -m eakd demo
 
 test: $(STAMP)
-	$(PY) -m eakd fetch all
+	$(PY) scripts/fetch.py all
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -38,9 +39,9 @@ bench-llm: $(STAMP)
 	$(PY) benchmarks/llm_loss_memory.py
 
 demo-llm: $(STAMP)
-	$(PY) -m eakd fetch smollm2 chatterbot
+	$(PY) scripts/fetch.py smollm2 chatterbot
 	$(PY) -m eakd demo llm
 
 demo-det: $(STAMP)
-	$(PY) -m eakd fetch deepforest mobilenet-weights
+	$(PY) scripts/fetch.py deepforest mobilenet-weights
 	$(PY) -m eakd demo det

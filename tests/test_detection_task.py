@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from eakd.engine.config import load_config
-from eakd.engine.trainer import evaluate_run, train
+from eakd.engine.loop import evaluate_run, train
 
 DETECTOR = (
     "{min_size: 64, max_size: 64, returned_layers: [2, 3, 4], anchor_sizes: [8, 16, 32, 64],"

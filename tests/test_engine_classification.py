@@ -7,8 +7,8 @@ import torch
 
 from eakd.cli import main
 from eakd.engine.config import load_config
+from eakd.engine.loop import train
 from eakd.engine.task import build_task
-from eakd.engine.trainer import train
 
 SYNTH = "data.options={num_samples: 48, num_classes: 10, channels: 1, size: 28}"
 

@@ -18,8 +18,9 @@ from torch.utils.data import TensorDataset
 from eakd.distill import DistillLoss
 from eakd.engine.checkpoint import atomic_save, latest_checkpoint, list_checkpoints, load_checkpoint
 from eakd.engine.config import Config, dump_config, load_config
+from eakd.engine.data import GlobalBatches, shard
+from eakd.engine.loop import seed_everything, train
 from eakd.engine.task import Task, build_task
-from eakd.engine.trainer import GlobalBatches, seed_everything, shard, train
 from eakd.vision.task import ClassificationTask
 
 TESTS = Path(__file__).parent

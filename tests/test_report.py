@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from eakd.cli import main
-from eakd.engine.trainer import train
+from eakd.engine.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_trainer import toy_config, toy_task

@@ -6,16 +6,18 @@ arguments (list[str]) and returns an exit code.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import sys
+from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("eakd.cli:info", "print the version, weight policies and registered losses"),
     "demo": ("eakd.vision.demo:main", "Fashion-MNIST no KD / KD / EA-KD table and plots; demo llm|det"),
     "llm": ("eakd.llm.cli:main", "LLM distillation: train CONFIG, eval MODEL, demo (needs the llm extra)"),
-    "fetch": ("eakd.fetch:main", "fetch the offline data/model sources (fashion-mnist, smollm2, ...)"),
-    "train": ("eakd.engine.trainer:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
-    "eval": ("eakd.engine.trainer:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),
+    "train": ("eakd.cli:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
+    "eval": ("eakd.cli:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),
     "report": ("eakd.report:report_command", "plots and report.md for runs: eakd report RUN_DIR ..."),
     "det": ("eakd.detection.demo:main", "detection demo on real tree images: eakd det demo [--seeds 0 1 2]"),
 }
@@ -28,6 +30,56 @@ def info(argv: list[str]) -> int:
     print(f"eakd {eakd.__version__}")
     print("weight policies:", ", ".join(sorted([*eakd.POLICIES, "none"])))
     print("losses:", ", ".join(sorted(eakd.losses.LOSSES)))
+    return 0
+
+
+def train_command(argv: list[str]) -> int:
+    """``eakd train CONFIG [key=value ...] [--deterministic]``."""
+    parser = argparse.ArgumentParser(prog="eakd train", description="Train (or resume) an experiment.")
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 train.resume=auto")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels (train.deterministic)"
+    )
+    args = parser.parse_args(argv)
+    overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
+    from eakd.engine import ConfigError, load_config, train
+
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"eakd train: {err}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+def eval_command(argv: list[str]) -> int:
+    """``eakd eval CONFIG|RUN_DIR [key=value ...] [--weights PATH]``: print the metrics as JSON."""
+    parser = argparse.ArgumentParser(prog="eakd eval", description="Evaluate a trained run or a config.")
+    parser.add_argument("target", help="a run folder (uses its config.yaml) or a YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data")
+    parser.add_argument(
+        "--weights", help="weights file (default: the run's best.pt, else its latest checkpoint)"
+    )
+    args = parser.parse_args(argv)
+    from eakd.engine import ConfigError, evaluate_run, latest_checkpoint, load_config
+
+    target = Path(args.target)
+    try:
+        cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
+    except ConfigError as err:
+        print(f"eakd eval: {err}", file=sys.stderr)
+        return 2
+    run_dir = target if target.is_dir() else cfg.run_dir
+    weights = args.weights
+    if weights is None:
+        best = run_dir / "best.pt"
+        weights = best if best.is_file() else latest_checkpoint(run_dir)
+    if weights is None:
+        print(f"eakd eval: no weights found in {run_dir}; evaluating the untrained model", file=sys.stderr)
+    metrics = evaluate_run(cfg, weights)
+    print(json.dumps({"weights": None if weights is None else str(weights), **metrics}, indent=2))
     return 0
 
 

@@ -32,7 +32,7 @@ def config_dir() -> Path:
 
 def _train(config: Path, overrides: list[str]) -> dict[str, Any]:
     from eakd.engine.config import load_config
-    from eakd.engine.trainer import train
+    from eakd.engine.loop import train
 
     return train(load_config(config, overrides))
 

@@ -4,9 +4,10 @@ from eakd.engine import load_config, train
 train(load_config("configs/demo/kd.yaml", ["distill.weighting=ea"]))
 """
 
+from eakd.engine.checkpoint import latest_checkpoint
 from eakd.engine.config import Config, ConfigError, load_config
+from eakd.engine.loop import evaluate_run, train
 from eakd.engine.task import TASKS, Task, register_task
-from eakd.engine.trainer import evaluate_run, train
 
 __all__ = [
     "TASKS",
@@ -14,6 +15,7 @@ __all__ = [
     "ConfigError",
     "Task",
     "evaluate_run",
+    "latest_checkpoint",
     "load_config",
     "register_task",
     "train",

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from eakd.engine.config import Config, load_config, to_dict
-from eakd.engine.trainer import train
+from eakd.engine.loop import train
 from eakd.paths import cache_dir
 from eakd.report import report_command
 

