@@ -1,45 +1,65 @@
-"""Typed experiment configuration: dataclasses read from YAML, with base-file inheritance and overrides.
+"""Typed experiment configuration: YAML files with base-file inheritance and overrides, validated by pydantic.
 
 A config file is a YAML mapping of the sections below. ``base: other.yaml`` (or ``_base_``, or a list of
 files) names files, relative to this one, that are merged first (mappings merge key by key, anything else
 is replaced). Command-line overrides ``section.key=value`` are applied last, their values read as YAML
-scalars (``optim.lr=0.01``, ``schedule.milestones=[30,60]``, ``model.teacher=null``). Unknown keys and
-values of the wrong type are errors naming the full dotted key.
+scalars (``optim.lr=0.01``, ``schedule.milestones=[30,60]``, ``model.teacher=null``). The sections are
+pydantic dataclasses (``section``): unknown keys (with a did-you-mean), values of the wrong type and values
+out of range are ``ConfigError``s naming the full dotted key, when the config is built, not at the first
+step. Any runner can validate its own schema the same way: ``load_config(path, overrides, schema=...)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.dataclasses import dataclass
 
 from eakd.registry import import_plugins
 
 S = typing.TypeVar("S")
 BASE_KEYS = ("base", "_base_")
 
+section = dataclass(config=ConfigDict(extra="forbid"))
+"""Decorator making a config section: a dataclass validated on construction, unknown keys refused."""
+PosInt = Annotated[StrictInt, Field(gt=0)]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PosFloat = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be read: names the dotted key and what was wrong."""
 
 
-@dataclass
+@section
 class ExperimentConfig:
     """name: run folder name; the run lives in ``output_dir/name``. seed: seeds python, numpy, torch."""
 
-    name: str = "run"
-    seed: int = 0
-    output_dir: str = "runs"
+    name: StrictStr = "run"
+    seed: NonNegInt = 0
+    output_dir: StrictStr = "runs"
 
 
-@dataclass
+@section
 class DataConfig:
     """Which data set, where it is, and how it is fed (the task's builder interprets ``name``).
 
@@ -48,17 +68,17 @@ class DataConfig:
     options: further keyword arguments for the data set builder.
     """
 
-    name: str = "fashion_mnist"
-    root: str | None = None
-    download: bool = False
-    augment: bool = True
-    two_views: bool = False
-    train_subset: int | None = None
-    eval_subset: int | None = None
+    name: StrictStr = "fashion_mnist"
+    root: StrictStr | None = None
+    download: StrictBool = False
+    augment: StrictBool = True
+    two_views: StrictBool = False
+    train_subset: PosInt | None = None
+    eval_subset: PosInt | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@section
 class ModelConfig:
     """Student and teacher by registry name; teacher None trains the student alone.
 
@@ -66,16 +86,16 @@ class ModelConfig:
     num_classes: None takes it from the data set. student_options / teacher_options: builder kwargs.
     """
 
-    student: str = "fmnist_tiny"
-    teacher: str | None = "fmnist_cnn"
-    teacher_checkpoint: str | None = None
-    student_checkpoint: str | None = None
-    num_classes: int | None = None
+    student: StrictStr = "fmnist_tiny"
+    teacher: StrictStr | None = "fmnist_cnn"
+    teacher_checkpoint: StrictStr | None = None
+    student_checkpoint: StrictStr | None = None
+    num_classes: PosInt | None = None
     student_options: dict[str, Any] = field(default_factory=dict)
     teacher_options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@section
 class DistillConfig:
     """The distillation loss (``eakd.DistillLoss``): method and weight policy by name plus their settings.
 
@@ -85,31 +105,31 @@ class DistillConfig:
     (temperature, alpha, beta, ...).
     """
 
-    method: str = "kd"
-    weighting: str = "ea"
-    tau: float | None = None
-    h_ub: float | None = None
+    method: StrictStr = "kd"
+    weighting: StrictStr = "ea"
+    tau: PosFloat | None = None
+    h_ub: PosFloat | None = None
     entropy_on: Literal["raw", "standardized"] = "raw"
-    standardize_logits: bool = False
-    kd_weight: float = 1.0
-    ce_weight: float = 1.0
-    warmup_epochs: float = 0.0
+    standardize_logits: StrictBool = False
+    kd_weight: NonNegFloat = 1.0
+    ce_weight: NonNegFloat = 1.0
+    warmup_epochs: NonNegFloat = 0.0
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@section
 class OptimConfig:
     """Optimiser: SGD (momentum, nesterov) or AdamW (betas); lr is the peak learning rate."""
 
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr: NonNegFloat = 0.05
+    momentum: NonNegFloat = 0.9
+    weight_decay: NonNegFloat = 5e-4
+    nesterov: StrictBool = False
+    betas: list[NonNegFloat] = field(default_factory=lambda: [0.9, 0.999])
 
 
-@dataclass
+@section
 class ScheduleConfig:
     """Learning-rate schedule, evaluated per optimiser step (see ``eakd.engine.optim.lr_factor``).
 
@@ -118,13 +138,13 @@ class ScheduleConfig:
     """
 
     name: Literal["step", "cosine", "constant"] = "step"
-    milestones: list[float] = field(default_factory=lambda: [150.0, 180.0, 210.0])
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    milestones: list[NonNegFloat] = field(default_factory=lambda: [150.0, 180.0, 210.0])
+    gamma: PosFloat = 0.1
+    warmup_epochs: NonNegFloat = 0.0
+    min_lr: NonNegFloat = 0.0
 
 
-@dataclass
+@section
 class TrainConfig:
     """The loop. batch_size is global (all processes together) per micro-step; an optimiser step sees
     batch_size * grad_accum samples. *_every are in epochs (ckpt, eval) or optimiser steps (log, diag);
@@ -133,34 +153,34 @@ class TrainConfig:
     max_grad_norm: clip the global gradient norm to this before each optimiser step (None: no clipping).
     """
 
-    epochs: int = 240
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    max_grad_norm: float | None = None
+    epochs: PosInt = 240
+    batch_size: PosInt = 64
+    eval_batch_size: PosInt | None = None
+    grad_accum: PosInt = 1
+    max_grad_norm: PosFloat | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    log_every: int = 50
-    diag_every: int = 50
-    diag_samples: int = 256
-    eval_every: int = 1
-    ckpt_every: int = 10
-    keep_checkpoints: int = 2
-    resume: str = "none"
-    deterministic: bool = False
-    sync_bn: bool = False
-    num_workers: int = 2
-    cpu: bool = False
+    log_every: NonNegInt = 50
+    diag_every: NonNegInt = 50
+    diag_samples: NonNegInt = 256
+    eval_every: NonNegInt = 1
+    ckpt_every: NonNegInt = 10
+    keep_checkpoints: NonNegInt = 2
+    resume: StrictStr = "none"
+    deterministic: StrictBool = False
+    sync_bn: StrictBool = False
+    num_workers: NonNegInt = 2
+    cpu: StrictBool = False
 
 
-@dataclass
+@section
 class Config:
     """A whole experiment. task: a registered task name ("classification", "detection", ...) or
     ``"package.module:function"`` building one (see ``eakd.engine.task``). imports: modules imported before
     anything is built, where users register their own losses, policies, tasks, models and data sets."""
 
-    imports: list[str] = field(default_factory=list)
+    imports: list[StrictStr] = field(default_factory=list)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    task: str = "classification"
+    task: StrictStr = "classification"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -172,71 +192,6 @@ class Config:
     def run_dir(self) -> Path:
         """``experiment.output_dir / experiment.name``."""
         return Path(self.experiment.output_dir) / self.experiment.name
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; returns it (ints widened to float, sections built)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping (section), got {type(value).__name__}")
-        return _build(tp, value, key)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise ConfigError(f"config key {key!r} must not be null (expected {_type_name(tp)})")
-        (inner,) = [o for o in options if o is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config key {key!r} must be one of {list(choices)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key {key!r} must be a list, got {type(value).__name__} ({value!r})")
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {type(value).__name__} ({value!r})")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, tp):
-        return value
-    raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {type(value).__name__} ({value!r})")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {(prefix + '.' if prefix else '') + close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {dotted!r}{hint}; known keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    return cls(**kwargs)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -297,9 +252,46 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     return merge(data, nested)
 
 
+@functools.cache
+def _adapter(schema: type) -> TypeAdapter[Any]:
+    if not hasattr(schema, "__pydantic_fields__"):
+        raise TypeError(f"config schema {schema.__name__} must be built with eakd.engine.config.section")
+    return TypeAdapter(schema)
+
+
+def _known_keys(schema: type, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (a path of field names) in ``schema``."""
+    cls: Any = schema
+    for part in loc:
+        tp = typing.get_type_hints(cls)[part]
+        cls = next((t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)), None)
+        if cls is None:
+            return []
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _message(schema: type, err: ValidationError) -> str:
+    """One line for the first error, naming the dotted key (and the nearest known key when unknown)."""
+    first = err.errors()[0]
+    loc = first["loc"]
+    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    if first["type"] == "unexpected_keyword_argument":
+        names = _known_keys(schema, loc[:-1])
+        prefix = ".".join(str(p) for p in loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" (did you mean {(prefix + '.' if prefix else '') + close[0]!r}?)" if close else ""
+        return f"unknown config key {key!r}{hint}; known keys here: {', '.join(names)}"
+    value = first.get("input")
+    msg = first["msg"][0].lower() + first["msg"][1:]
+    return f"config key {key!r}: {msg}, got {type(value).__name__} ({value!r})"
+
+
 def from_dict(data: dict[str, Any], schema: type[S] = Config) -> S:  # type: ignore[assignment]
-    """Validate a raw mapping into ``schema`` (unknown keys and wrong types raise ConfigError)."""
-    return _build(schema, data, "")
+    """Validate a raw mapping into ``schema`` (unknown keys, wrong types, bad values raise ConfigError)."""
+    try:
+        return _adapter(schema).validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(_message(schema, err)) from None
 
 
 def load_config(
