@@ -40,8 +40,8 @@ bench-llm: $(STAMP)
 
 demo-llm: $(STAMP)
 	$(PY) scripts/fetch.py smollm2 chatterbot
-	$(PY) -m eakd demo llm
+	$(PY) -m eakd llm demo
 
 demo-det: $(STAMP)
 	$(PY) scripts/fetch.py deepforest mobilenet-weights
-	$(PY) -m eakd demo det
+	$(PY) -m eakd det demo

@@ -1,6 +1,5 @@
 """Image-classification data: loaders read tiny files written here in the real on-disk formats."""
 
-import gzip
 import pickle
 import struct
 from pathlib import Path
@@ -12,42 +11,44 @@ import torch
 import torchvision
 from PIL import Image
 
-from eakd.vision import data
-from eakd.vision.data import (
-    FASHION_MNIST_FILES,
-    PadCropFlip,
+from eakd.vision import DATASETS, Recipe
+from eakd.vision.datasets import (
+    CIFAR100,
+    IMAGENET,
+    TensorImageDataset,
     build_dataset,
     build_datasets,
     build_loaders,
-    build_transform,
-    fetch_fashion_mnist,
     find_fashion_mnist,
-    read_idx,
 )
+from eakd.vision.transforms import PadCropFlip, build_transform
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """An idx-ubyte file (gzip-compressed for a .gz name) as in the MNIST/Fashion-MNIST distributions."""
+    """An (uncompressed) idx-ubyte file as in the MNIST/Fashion-MNIST distributions."""
     header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_fashion_mnist(folder: Path, n_train: int = 6, n_test: int = 4, gz: bool = True) -> dict:
+def write_fashion_mnist(root: Path, n_train: int = 6, n_test: int = 4) -> dict:
+    """root/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte, torchvision's layout."""
+    folder = root / "FashionMNIST" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     arrays = {}
     for train, n in ((True, n_train), (False, n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = np.arange(n, dtype=np.uint8) % 10
-        for stem, array in zip(FASHION_MNIST_FILES[train], (images, labels), strict=True):
-            write_idx(folder / (f"{stem}.gz" if gz else stem), array)
+        split = "train" if train else "t10k"
+        write_idx(folder / f"{split}-images-idx3-ubyte", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
         arrays[train] = (images, labels)
     return arrays
 
 
 def write_cifar100(root: Path, n_train: int = 6, n_test: int = 4) -> dict[bool, tuple]:
-    """cifar-100-python/{train,test,meta} pickles with the keys of the official archive."""
+    """cifar-100-python/{train,test,meta} pickles with the keys of the official archive (their md5s differ
+    from the real files': the loader checks that they exist, not their checksums)."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -77,19 +78,8 @@ def write_image(path: Path, size: tuple[int, int] = (40, 30), value: int = 0) ->
     Image.new("RGB", size, (value, 255 - value, 128)).save(path, format=fmt)
 
 
-def test_read_idx_plain_and_gz(tmp_path: Path) -> None:
-    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
-        write_idx(tmp_path / name, array)
-        assert torch.equal(read_idx(tmp_path / name), torch.from_numpy(array))
-    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01" + bytes(8))
-    with pytest.raises(ValueError, match="not an unsigned-byte idx"):
-        read_idx(tmp_path / "bad")
-
-
-@pytest.mark.parametrize("gz", [True, False])
-def test_fashion_mnist_from_folder(tmp_path: Path, gz: bool) -> None:
-    arrays = write_fashion_mnist(tmp_path / "fm", gz=gz)
+def test_fashion_mnist_from_folder(tmp_path: Path) -> None:
+    arrays = write_fashion_mnist(tmp_path / "fm")
     for train in (True, False):
         ds = build_dataset("fashion_mnist", tmp_path / "fm", train=train, augment=False)
         images, labels = arrays[train]
@@ -101,10 +91,30 @@ def test_fashion_mnist_from_folder(tmp_path: Path, gz: bool) -> None:
         torch.testing.assert_close(x[0], expected)
 
 
-def test_fashion_mnist_torchvision_layout(tmp_path: Path) -> None:
-    write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", gz=False)
+def test_fashion_mnist_torchvision_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_fashion_mnist(tmp_path)
     assert find_fashion_mnist(tmp_path) == tmp_path / "FashionMNIST" / "raw"
+    assert find_fashion_mnist(tmp_path / "elsewhere") is None
     assert len(build_dataset("fashion_mnist", tmp_path, train=False)) == 4
+    # the default root is $EAKD_CACHE/data
+    monkeypatch.setenv("EAKD_CACHE", str(tmp_path / "cache"))
+    write_fashion_mnist(tmp_path / "cache" / "data")
+    assert len(build_dataset("fashion_mnist", train=True)) == 6
+
+
+def test_fashion_mnist_download_goes_through_torchvision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """download=True: torchvision's own download (faked here: it writes the files) fills the root."""
+    calls = []
+
+    def fake_download(self: torchvision.datasets.FashionMNIST) -> None:
+        calls.append(self.raw_folder)
+        write_fashion_mnist(Path(self.root))
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", fake_download)
+    ds = build_dataset("fashion_mnist", tmp_path, train=False, download=True)
+    assert len(ds) == 4 and calls == [str(tmp_path / "FashionMNIST" / "raw")]
 
 
 def test_cifar100_pickles(tmp_path: Path) -> None:
@@ -224,9 +234,9 @@ def test_two_views_weak_and_strong(tmp_path: Path) -> None:
 
 def test_strong_view_policies_run_on_tensors_and_pil() -> None:
     tensor_image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    assert build_transform("cifar100", True, strong="autoaugment")(tensor_image).shape == (3, 32, 32)
+    assert build_transform(CIFAR100, True, strong="autoaugment")(tensor_image).shape == (3, 32, 32)
     pil_image = Image.new("RGB", (80, 70), (10, 200, 30))
-    out = build_transform("imagenet", True, image_size=48, strong="autoaugment")(pil_image)
+    out = build_transform(IMAGENET, True, image_size=48, strong="autoaugment")(pil_image)
     assert out.shape == (3, 48, 48) and type(out) is torch.Tensor
 
 
@@ -260,14 +270,16 @@ def test_build_datasets_and_loaders(tmp_path: Path) -> None:
 
 
 def test_missing_data_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as err:
+    with pytest.raises(FileNotFoundError, match="make fetch") as err:
         build_dataset("fashion_mnist", tmp_path / "nothing")
-    assert str(tmp_path / "nothing") in str(err.value) and "eakd fetch fashion-mnist" in str(err.value)
+    assert str(tmp_path / "nothing" / "FashionMNIST" / "raw") in str(err.value)
+    assert "data.download=true" in str(err.value)
     monkeypatch.setenv("EAKD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "no-system-copy")
-    with pytest.raises(FileNotFoundError, match="no-system-copy"):
+    with pytest.raises(FileNotFoundError, match="make fetch") as err:
         build_dataset("fashion_mnist")
-    with pytest.raises(FileNotFoundError, match=r"cifar-100-python.*download=True"):
+    assert str(tmp_path / "cache" / "data" / "FashionMNIST" / "raw") in str(err.value)
+    assert not (tmp_path / "cache").exists()  # looking creates nothing
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python.*data\.download=true"):
         build_dataset("cifar100", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"imagenet not found: looked for .*train"):
         build_dataset("imagenet", tmp_path)
@@ -279,40 +291,28 @@ def test_missing_data_says_where_and_how(tmp_path: Path, monkeypatch: pytest.Mon
         build_dataset("cifar100", tmp_path, num_samples=3)
 
 
-def test_fetch_fashion_mnist_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    system = tmp_path / "system"
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", system)
-    monkeypatch.setenv("EAKD_CACHE", str(tmp_path / "cache"))
+def test_user_registered_data_set(tmp_path: Path) -> None:
+    """A data set added with DATASETS.register is built from a config by name, with its own recipe."""
+    seen = []
 
-    # 1. as root with apt-get: the Debian package fills the system folder
-    calls: list[list[str]] = []
+    @DATASETS.register("test_user_images")
+    def user_images(root: str | None, train: bool, download: bool, n: int = 8) -> tuple:
+        seen.append((root, train, download))
+        images = torch.full((n, 3, 12, 12), 255 if train else 0, dtype=torch.uint8)
+        recipe = Recipe(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=12, pad=1)
+        return TensorImageDataset(images, torch.arange(n) % 2, ["even", "odd"]), recipe
 
-    def fake_run(cmd: list[str], check: bool) -> None:
-        calls.append(cmd)
-        if cmd[:2] == ["apt-get", "install"]:
-            write_fashion_mnist(system)
-
-    monkeypatch.setattr(data.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(data.shutil, "which", lambda name: "/usr/bin/apt-get")
-    monkeypatch.setattr(data.subprocess, "run", fake_run)
-    assert fetch_fashion_mnist() == system
-    assert calls == [["apt-get", "update"], ["apt-get", "install", "-y", "dataset-fashion-mnist"]]
-    # 2. already there: nothing runs
-    calls.clear()
-    assert fetch_fashion_mnist() == system and calls == []
-
-    # 3. no apt-get: torchvision's download into the cache
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
-
-    def fake_download(root: str, train: bool, download: bool) -> None:
-        assert download
-        write_fashion_mnist(Path(root) / "FashionMNIST" / "raw", gz=False)
-
-    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
-    expected = tmp_path / "cache" / "fashion-mnist" / "FashionMNIST" / "raw"
-    assert fetch_fashion_mnist() == expected and calls == []
-    assert len(build_dataset("fashion_mnist", train=False)) == 4
+    cfg = SimpleNamespace(name="test_user_images", root=str(tmp_path), download=False, augment=False,
+                          two_views=False, train_subset=None, eval_subset=3, options={"n": 6})  # fmt: skip
+    train, evaluation, info = build_datasets(cfg)
+    assert seen == [(str(tmp_path), True, False), (str(tmp_path), False, False)]
+    assert info == {"num_classes": 2, "in_channels": 3, "classes": ["even", "odd"]}
+    assert len(train) == 6 and len(evaluation) == 3
+    x, y = train[1]
+    assert x.shape == (3, 12, 12) and torch.equal(x, torch.ones(3, 12, 12)) and y == 1
+    assert torch.equal(evaluation[0][0], -torch.ones(3, 12, 12))
+    with pytest.raises(ValueError, match="did you mean 'test_user_images'"):
+        build_datasets(SimpleNamespace(name="test_user_image"))
 
 
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST is not installed here")

@@ -169,8 +169,8 @@ class ClassificationTask:
 
 @register_task("classification")
 def build_classification(cfg: Config) -> ClassificationTask:
-    """Student and teacher from the model zoo, data from ``eakd.vision.data``, loss from ``distill``."""
-    from eakd.vision.data import build_datasets
+    """Student and teacher from the model zoo, data from ``eakd.vision.datasets``, loss from ``distill``."""
+    from eakd.vision.datasets import build_datasets
     from eakd.vision.models import create_model, load_checkpoint
 
     train_set, eval_set, info = build_datasets(cfg.data)

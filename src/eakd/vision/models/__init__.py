@@ -7,6 +7,6 @@
 
 from eakd.vision.models import mobilenet, resnet, shufflenet, small, vgg, wrn  # noqa: F401  (registration)
 from eakd.vision.models.checkpoint import load_checkpoint
-from eakd.vision.models.registry import create_model, list_models, register_model
+from eakd.vision.models.registry import MODELS, create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "load_checkpoint", "register_model"]
+__all__ = ["MODELS", "create_model", "list_models", "load_checkpoint", "register_model"]

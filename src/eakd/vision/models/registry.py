@@ -1,36 +1,28 @@
-"""Model registry: names -> builders, plus the ``tv:`` (torchvision) and ``timm:`` prefixes."""
+"""Model registry: names -> builders (``MODELS``), plus the ``tv:`` (torchvision) and ``timm:`` prefixes."""
 
 from collections.abc import Callable
 
 from torch import nn
 
+from eakd.registry import Registry
+
 ModelBuilder = Callable[..., nn.Module]
 
-_MODELS: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register ``fn(num_classes=..., **kw) -> nn.Module`` under ``name``."""
-
-    def add(fn: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return add
+MODELS: Registry[ModelBuilder] = Registry("model")
+register_model = MODELS.register
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted (``tv:<name>`` and ``timm:<name>`` are accepted on top)."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, num_classes: int = 100, **kw: object) -> nn.Module:
     """Build a model by name; its forward returns ``(logits, feats)`` (see ``eakd.vision.models.common``).
 
     ``tv:resnet18`` builds a torchvision model, ``timm:<name>`` a timm one (``pretrained=True`` loads their
-    default weights, which downloads); any other name must be registered.
+    default weights, which downloads); any other name must be registered (``@register_model``) or be a
+    ``"package.module:function"``.
     """
     if name.startswith("tv:"):
         from eakd.vision.models.external import torchvision_model
@@ -40,7 +32,4 @@ def create_model(name: str, num_classes: int = 100, **kw: object) -> nn.Module:
         from eakd.vision.models.external import timm_model
 
         return timm_model(name.removeprefix("timm:"), num_classes=num_classes, **kw)  # type: ignore[arg-type]
-    if name not in _MODELS:
-        known = ", ".join(list_models())
-        raise ValueError(f"unknown model {name!r}; known models: {known} (or tv:<name>, timm:<name>)")
-    return _MODELS[name](num_classes=num_classes, **kw)
+    return MODELS.get(name)(num_classes=num_classes, **kw)

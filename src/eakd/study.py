@@ -1,0 +1,138 @@
+"""One study runner for the demos and benchmarks: arms (methods) x seeds, paired differences, one table.
+
+    result = run_study(train_one, ["kd", "ea-kd"], [0, 1, 2], Path("runs/study"), protocol)
+    print(study_table(result, {"best_top1": "best top-1 (%)"}, reference="kd"))
+
+``train_one(arm, seed) -> {metric: float}`` trains and evaluates one run. Runs go seed-major (every arm of
+seed 0, then seed 1, ...), so a study stopped early still compares all arms on its first seeds, and the
+result is saved to ``out/study.json`` after every run: ``{"protocol", "arms", "seeds", "runs": {arm: {seed:
+metrics}}, "wall_s"}``. Differences to a reference arm are paired by seed with a 95 % t-interval.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eakd.stats import paired_interval
+
+TrainOne = Callable[[str, int], dict[str, float]]
+
+
+def _save(out: Path, result: dict[str, Any]) -> None:
+    tmp = out / "study.json.partial"
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    tmp.replace(out / "study.json")
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_study(
+    train_one: TrainOne,
+    arms: list[str],
+    seeds: list[int],
+    out: Path,
+    protocol: dict[str, Any] | None = None,
+    jobs: int = 1,
+    threads: int = 1,
+    reuse: bool = False,
+) -> dict[str, Any]:
+    """Run every (arm, seed), seed-major, saving ``out/study.json`` after each; returns the result.
+
+    jobs > 1: runs in that many spawned processes of ``threads`` torch threads (``train_one`` must then
+    be picklable: a module-level function or a functools.partial of one), submitted seed-major.
+    reuse: keep the runs of an existing study.json written under the same protocol.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, dict[str, dict[str, float]]] = {arm: {} for arm in arms}
+    old = out / "study.json"
+    if reuse and old.is_file():
+        before = json.loads(old.read_text())
+        if before.get("protocol") == (protocol or {}):
+            for arm in arms:
+                runs[arm].update(before["runs"].get(arm, {}))
+    result: dict[str, Any] = {"protocol": protocol or {}, "arms": arms, "seeds": seeds, "runs": runs}
+    todo = [(arm, seed) for seed in seeds for arm in arms if str(seed) not in runs[arm]]
+    start = time.perf_counter()
+
+    def done(arm: str, seed: int, metrics: dict[str, float]) -> None:
+        runs[arm][str(seed)] = metrics
+        result["wall_s"] = time.perf_counter() - start
+        _save(out, result)
+        text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        print(f"  {arm} seed {seed}: {text}", flush=True)
+
+    if jobs <= 1:
+        for arm, seed in todo:
+            done(arm, seed, train_one(arm, seed))
+        return result
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = [(arm, seed, pool.submit(train_one, arm, seed)) for arm, seed in todo]
+        for arm, seed, future in futures:
+            try:
+                metrics = future.result()
+            except Exception as err:
+                raise RuntimeError(f"run {arm} seed {seed} failed: {err}") from err
+            done(arm, seed, metrics)
+    return result
+
+
+def values(result: dict[str, Any], arm: str, metric: str) -> dict[int, float]:
+    """seed -> the metric of ``arm``'s finished runs."""
+    return {int(s): float(m[metric]) for s, m in result["runs"].get(arm, {}).items() if metric in m}
+
+
+def paired_gain(result: dict[str, Any], arm: str, reference: str, metric: str) -> tuple[float, float, int]:
+    """(mean of arm - reference over the seeds both finished, 95 % half-width (nan for one), pairs)."""
+    own, ref = values(result, arm, metric), values(result, reference, metric)
+    seeds = sorted(set(own) & set(ref))
+    if not seeds:
+        return float("nan"), float("nan"), 0
+    mean, half = paired_interval([own[s] for s in seeds], [ref[s] for s in seeds])
+    return mean, half, len(seeds)
+
+
+def _mean_std(xs: list[float]) -> str:
+    spread = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):.2f} ± {spread:.2f}"
+
+
+def study_table(result: dict[str, Any], metrics: dict[str, str], reference: str | None = None) -> str:
+    """Markdown: mean ± std over seeds per arm for each metric (key -> column label), the per-seed values
+    of the first metric, and each arm minus ``reference`` paired by seed with its 95 % interval."""
+    head = f"| arm | seeds | {' | '.join(metrics.values())} |"
+    lines = [head, "|" + "---|" * (2 + len(metrics))]
+    first = next(iter(metrics))
+    for arm in result["arms"]:
+        cells = [values(result, arm, m) for m in metrics]
+        if not cells[0]:
+            continue
+        stats = " | ".join(_mean_std(list(c.values())) if c else "-" for c in cells)
+        lines.append(f"| {arm} | {len(cells[0])} | {stats} |")
+    per_seed = "; ".join(
+        f"{arm} " + ", ".join(f"{v:.2f}" for _, v in sorted(values(result, arm, first).items()))
+        for arm in result["arms"]
+        if values(result, arm, first)
+    )
+    lines += ["", f"per seed ({metrics[first]}): {per_seed}"]
+    if reference is not None:
+        for arm in result["arms"]:
+            if arm == reference:
+                continue
+            gains = {label: paired_gain(result, arm, reference, key) for key, label in metrics.items()}
+            parts = [f"{lb} {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]" for lb, (m, h, n) in gains.items() if n]
+            pairs = max(n for _, _, n in gains.values())
+            if parts:
+                lines.append(f"{arm} - {reference} (95 % CI, {pairs} paired seeds): " + "; ".join(parts))
+    return "\n".join(lines)
