@@ -1,5 +1,6 @@
 """The shipped configs: every file loads and validates, the recipes match the published ones, the models
-exist, and every CIFAR-100 pair x method (plus one ImageNet pair) takes a real training step on tiny synthetic data."""
+exist, and every CIFAR-100 pair x method (plus one ImageNet pair) takes a real training step on tiny
+synthetic data."""
 
 from pathlib import Path
 
