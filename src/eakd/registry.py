@@ -5,7 +5,8 @@ A registry maps names to objects. Users add their own from any module::
     from eakd.vision import DATASETS
 
     @DATASETS.register("my_images")
-    def my_images(root, train, download): ...
+    def my_images(root, train, download):  # -> (data set of raw images, eakd.vision.Recipe)
+        ...
 
 and name them in a config. A name of the form ``"package.module:attr"`` is imported on lookup, and a
 registry with an entry-point group also finds what installed packages declare there (eakd's own tasks
