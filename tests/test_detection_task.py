@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eakd.engine.config import load_config
+from eakd.detection import DATASETS, DetectionData, build_datasets
+from eakd.engine.config import DataConfig, load_config
 from eakd.engine.loop import evaluate_run, train
 
 DETECTOR = (
@@ -67,15 +68,37 @@ train: {{epochs: 1, batch_size: 2, num_workers: 0, cpu: true, log_every: 1, diag
     assert again["AP"] == pytest.approx(metrics["AP"])
 
 
+@DATASETS.register("test_user_boxes")
+def user_boxes(data: DataConfig) -> DetectionData:
+    """A user's data set: three 24x32 images with one box each, in any format the sources allow."""
+    image = torch.zeros(3, 24, 32, dtype=torch.uint8)
+    items = [(image, {"boxes": [[4.0, 2.0, 20.0, 12.0]], "labels": [k % 2 + 1]}) for k in range(3)]
+    return DetectionData(items, items[:1] if data.options.get("with_eval") else None, ["cat", "dog"])
+
+
+def test_build_datasets_uses_a_user_registered_data_set() -> None:
+    data = DataConfig(name="test_user_boxes", augment=False, train_subset=2, options={"size": [12, 16]})
+    train_set, eval_set, names = build_datasets(data)
+    assert names == ["cat", "dog"] and eval_set is None and len(train_set) == 2
+    image, target = train_set[1]
+    assert image.shape == (3, 12, 16) and image.dtype == torch.float32
+    assert target["boxes"].tolist() == [[2.0, 1.0, 10.0, 6.0]] and target["labels"].tolist() == [2]
+    data = DataConfig(name="test_user_boxes", options={"with_eval": True})
+    assert len(build_datasets(data)[1]) == 1  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown detection data set 'test_user_box'.*test_user_boxes"):
+        build_datasets(DataConfig(name="test_user_box"))
+
+
 def test_demo_table_reports_mean_and_spread() -> None:
     from eakd.detection.demo import format_table
 
     def run(ap: float) -> dict:
-        metrics = {"AP": ap, "AP50": 2 * ap, "AP75": ap / 2}
-        return {"last": {"metrics": metrics}, "best": {"value": ap + 1}, "train_time_s": 10.0}
+        return {"AP": ap, "AP50": 2 * ap, "AP75": ap / 2, "best_AP": ap + 1, "train_s": 10.0}
 
-    result = {"teacher": run(9.0), "runs": {"student": [run(1.0), run(3.0)]}, "wall_s": {"a": 5.0, "b": 7.0}}
+    runs = {"student": {"0": run(1.0), "1": run(3.0)}, "kd": {"0": run(2.0), "1": run(5.0)}}
+    teacher = {"last": {"metrics": {"AP": 9.0, "AP50": 18.0, "AP75": 4.5}}}
+    result = {"teacher": teacher, "arms": ["student", "kd"], "seeds": [0, 1], "runs": runs}
     table = format_table(result)
     assert "teacher (last epoch): AP 9.00" in table
-    assert "student       2    2.00 ± 1.41" in table and "student 1.00, 3.00" in table
-    assert "wall time: 12 s" in table
+    assert "| student | 2 | 2.00 ± 1.41 | 4.00 ± 2.83 |" in table and "student 1.00, 3.00" in table
+    assert "student - kd (95 % CI, 2 paired seeds): AP (last) -1.50 [" in table

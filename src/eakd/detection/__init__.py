@@ -6,29 +6,35 @@
     distiller = DetectionDistiller(student, eakd.DistillLoss("kd", "ea", tau=4.0, temperature=1.0))
     losses = distiller(images, targets, teacher)                   # detector losses + loss_roi_kd
 
+Data sets a config can name are in ``DATASETS`` (coco, voc, csv, trees; register your own).
 Importing this package registers the engine task "detection".
 """
 
-from eakd.detection.data import DetectionDataset, Record, collate, load_coco, load_csv, load_voc, tree_records
+from eakd.detection.data import CsvBoxes, DetectionDataset, VOCFiles, coco, collate, detection_transform
+from eakd.detection.datasets import DATASETS, DetectionData
 from eakd.detection.distill import DetectionDistiller, student_forward, teacher_roi_logits
 from eakd.detection.eval import box_ap, evaluate_detector
 from eakd.detection.models import build_detector
 from eakd.detection.task import DetectionTask, build_datasets
+from eakd.detection.trees import Tiles, tree_sets
 
 __all__ = [
+    "DATASETS",
+    "CsvBoxes",
+    "DetectionData",
     "DetectionDataset",
     "DetectionDistiller",
     "DetectionTask",
-    "Record",
+    "Tiles",
+    "VOCFiles",
     "box_ap",
     "build_datasets",
     "build_detector",
+    "coco",
     "collate",
+    "detection_transform",
     "evaluate_detector",
-    "load_coco",
-    "load_csv",
-    "load_voc",
     "student_forward",
     "teacher_roi_logits",
-    "tree_records",
+    "tree_sets",
 ]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from eakd.study import run_study, study_table
 
 SETTINGS: dict[str, list[str]] = {
     "student": ["distill.method=none", "distill.weighting=none"],
@@ -30,14 +32,51 @@ def config_dir() -> Path:
     return here if here.is_dir() else Path("configs") / "det"
 
 
+METRICS = {
+    "AP": "AP (last)",
+    "AP50": "AP50 (last)",
+    "AP75": "AP75 (last)",
+    "best_AP": "AP (best ep.)",
+    "train_s": "train s/run",
+}
+
+
 def _train(config: Path, overrides: list[str]) -> dict[str, Any]:
-    from eakd.engine.config import load_config
-    from eakd.engine.loop import train
+    from eakd.engine import load_config, train
 
     return train(load_config(config, overrides))
 
 
-def run_study(
+def teacher_run(out: Path, common: list[str], teacher_epochs: int | None) -> dict[str, Any]:
+    """The teacher in ``out/teacher``: reused when it finished earlier, else trained."""
+    if (out / "teacher" / "best.pt").is_file():
+        print(f"reusing the teacher in {out / 'teacher'}", flush=True)
+        return json.loads((out / "teacher" / "summary.json").read_text())
+    epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
+    return _train(config_dir() / "trees_teacher.yaml", [*common, "experiment.name=teacher", *epochs])
+
+
+def train_student(setting: str, seed: int, common: list[str], teacher: Path) -> dict[str, float]:
+    """One student run (``setting`` of SETTINGS): box AP / AP50 / AP75 (%) at the last epoch, best AP."""
+    overrides = [
+        *common,
+        f"experiment.name={setting}-seed{seed}",
+        f"experiment.seed={seed}",
+        f"model.teacher_checkpoint={teacher}",
+        *SETTINGS[setting],
+    ]
+    summary = _train(config_dir() / "trees_student.yaml", overrides)
+    last = summary["last"]["metrics"]
+    return {
+        "AP": last["AP"],
+        "AP50": last["AP50"],
+        "AP75": last["AP75"],
+        "best_AP": float(summary["best"]["value"]),
+        "train_s": float(summary["train_time_s"]),
+    }
+
+
+def demo_study(
     out: Path,
     seeds: list[int],
     settings: list[str],
@@ -45,81 +84,30 @@ def run_study(
     student_epochs: int | None = None,
     extra: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the teacher, then every setting x seed; finished runs found in ``out`` are reused.
-
-    Returns {"teacher": summary, "runs": {setting: [summary per seed]}, "wall_s": {...}}; AP in percent.
-    """
-    cdir = config_dir()
+    """The teacher, then every setting x seed through ``eakd.study.run_study`` (finished runs of the same
+    protocol are reused, so a stopped study resumes). The result has the teacher's summary under "teacher"."""
     common = [f"experiment.output_dir={out}", *(extra or [])]
-    walls: dict[str, float] = {}
-    teacher_ckpt = out / "teacher" / "best.pt"
-    t0 = time.perf_counter()
-    if teacher_ckpt.is_file():
-        summary = json.loads((out / "teacher" / "summary.json").read_text())
-        print(f"reusing the teacher in {teacher_ckpt.parent}")
-    else:
-        epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
-        summary = _train(cdir / "trees_teacher.yaml", [*common, "experiment.name=teacher", *epochs])
-    walls["teacher"] = time.perf_counter() - t0
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for name in settings:
-        runs[name] = []
-        for seed in seeds:
-            done = out / f"{name}-seed{seed}" / "summary.json"
-            if done.is_file():  # finished earlier: resume a study where it stopped
-                runs[name].append(json.loads(done.read_text()))
-                print(f"reusing {done.parent}")
-                continue
-            t0 = time.perf_counter()
-            overrides = [
-                *common,
-                f"experiment.name={name}-seed{seed}",
-                f"experiment.seed={seed}",
-                f"model.teacher_checkpoint={teacher_ckpt}",
-                *SETTINGS[name],
-                *([] if student_epochs is None else [f"train.epochs={student_epochs}"]),
-            ]
-            runs[name].append(_train(cdir / "trees_student.yaml", overrides))
-            walls[f"{name}-seed{seed}"] = time.perf_counter() - t0
-    result = {"teacher": summary, "runs": runs, "wall_s": walls}
-    (out / "study.json").write_text(json.dumps(result, indent=2, default=float))
+    teacher = teacher_run(out, common, teacher_epochs)
+    students = [*common, *([] if student_epochs is None else [f"train.epochs={student_epochs}"])]
+    protocol = {"overrides": students, "teacher_epochs": teacher_epochs}
+    train_one = partial(train_student, common=students, teacher=out / "teacher" / "best.pt")
+    result = run_study(train_one, settings, seeds, out, protocol, reuse=True)
+    result["teacher"] = teacher
+    (out / "study.json").write_text(json.dumps(result, indent=1, default=float))
     return result
 
 
-def _stats(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:6.2f} ± {spread:4.2f}"
-
-
 def format_table(result: dict[str, Any]) -> str:
-    """A text table: AP / AP50 / AP75 (%) at the last epoch, mean ± std over seeds, best-epoch AP, time."""
+    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%) against KD."""
     t = result["teacher"]["last"]["metrics"]
-    lines = [
-        f"teacher (last epoch): AP {t['AP']:.2f}  AP50 {t['AP50']:.2f}  AP75 {t['AP75']:.2f}",
-        "",
-        f"{'setting':<9} {'seeds':>5}  {'AP (last)':>13}  {'AP50 (last)':>13}  {'AP75 (last)':>13}"
-        f"  {'AP (best ep.)':>13}  {'train s/run':>11}",
-    ]
-    for name, runs in result["runs"].items():
-        last = [r["last"]["metrics"] for r in runs]
-        best = [r["best"]["value"] for r in runs]
-        secs = statistics.fmean(r["train_time_s"] for r in runs)
-        lines.append(
-            f"{name:<9} {len(runs):>5}  {_stats([m['AP'] for m in last]):>13}  "
-            f"{_stats([m['AP50'] for m in last]):>13}  {_stats([m['AP75'] for m in last]):>13}  "
-            f"{_stats(best):>13}  {secs:>11.0f}"
-        )
-    lines.append("")
-    lines.append(
-        "per seed (AP, last epoch): "
-        + "; ".join(
-            f"{name} " + ", ".join(f"{r['last']['metrics']['AP']:.2f}" for r in runs)
-            for name, runs in result["runs"].items()
-        )
+    reference = "kd" if "kd" in result["arms"] else None
+    return "\n".join(
+        [
+            f"teacher (last epoch): AP {t['AP']:.2f}  AP50 {t['AP50']:.2f}  AP75 {t['AP75']:.2f}",
+            "",
+            study_table(result, METRICS, reference),
+        ]
     )
-    lines.append(f"wall time: {sum(result['wall_s'].values()):.0f} s in all")
-    return "\n".join(lines)
 
 
 def demo(argv: list[str]) -> int:
@@ -146,7 +134,7 @@ def demo(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = run_study(
+    result = demo_study(
         args.out, args.seeds, args.settings, args.teacher_epochs, args.student_epochs, args.overrides
     )
     table = format_table(result)

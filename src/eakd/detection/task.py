@@ -1,9 +1,9 @@
 """Detection as an engine task (``task: detection``): data, detectors and the RoI distiller from a config.
 
-Config use (see docs/detection.md): ``data.name`` is "coco", "voc", "csv" or "trees"; ``model.student`` /
-``model.teacher`` are backbone names with ``build_detector`` keyword arguments in ``*_options``;
-``distill`` is the RoI-logit loss (``distill.ce_weight`` is ignored: the detector keeps its own losses;
-``distill.hparams.feature_weight`` > 0 adds the per-image FPN feature MSE).
+Config use (see docs/detection.md): ``data.name`` names a ``DATASETS`` builder ("coco", "voc", "csv",
+"trees" or your own); ``model.student`` / ``model.teacher`` are backbone names with ``build_detector``
+keyword arguments in ``*_options``; ``distill`` is the RoI-logit loss (``distill.ce_weight`` is ignored:
+the detector keeps its own losses; ``distill.hparams.feature_weight`` > 0 adds the per-image FPN feature MSE).
 """
 
 from __future__ import annotations
@@ -15,20 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.models.detection import FasterRCNN
 
-from eakd.detection.data import (
-    DetectionDataset,
-    Record,
-    collate,
-    load_coco,
-    load_csv,
-    load_voc,
-    tile_records,
-    train_augment,
-    tree_records,
-)
+from eakd.detection.data import DetectionDataset, collate, detection_transform
+from eakd.detection.datasets import DATASETS
 from eakd.detection.distill import DetectionDistiller, check_compatible
 from eakd.detection.eval import box_ap
 from eakd.detection.models import build_detector
@@ -101,55 +92,30 @@ class DetectionTask:
         return {k: 100.0 * v for k, v in box_ap(preds, gts).items()}
 
 
-def _subset(records: list[Record], n: int | None) -> list[Record]:
-    return records if n is None else records[:n]
+def _subset(source: Dataset[Any], n: int | None) -> Dataset[Any]:
+    return source if n is None else Subset(source, range(min(n, len(source))))  # type: ignore[arg-type]
 
 
 def build_datasets(data: DataConfig) -> tuple[Dataset[Any], Dataset[Any] | None, list[str]]:
     """(train set, eval set, class names) of a detection ``data`` section.
 
-    name "coco": options train_ann, train_images, eval_ann, eval_images (paths relative to data.root).
-    name "voc": root/Annotations/<id>.xml and root/JPEGImages, ids from root/ImageSets/Main/<split>.txt,
-    options train_split ("train"), eval_split ("val"), classes (list; None = in order of appearance).
-    name "csv": options train_csv, eval_csv, image_root (default: each CSV's folder), classes.
-    name "trees": the deepforest tree images (root: its data folder, None = the PyPI package); options
-    tile (400 px), overlap (0.0), min_visible (0.5).
-    All: options size ([height, width] every image is resized to, None = as stored), vflip (probability,
-    0.0; for aerial images), jitter (colour jitter strength, 0.0), preload (keep decoded images in
-    memory). data.augment: switches the random left-right flips (and vflip, jitter) on.
+    ``data.name`` picks a builder of ``eakd.detection.DATASETS`` (coco, voc, csv, trees or your own), which
+    reads its own options. Here, for all: options size ([height, width] every image is resized to, None = as
+    stored), vflip (probability, 0.0; for aerial images), jitter (colour jitter strength, 0.0), preload
+    (keep decoded images in memory); data.augment switches the random left-right flips (and vflip, jitter)
+    on; data.train_subset / eval_subset keep the first n items.
     """
-    opt = dict(data.options)
-    root = Path(data.root) if data.root else Path(".")
-    classes: list[str] | None = opt.get("classes")
-    if data.name == "coco":
-        train, names = load_coco(root / opt["train_ann"], root / opt["train_images"])
-        evals = load_coco(root / opt["eval_ann"], root / opt["eval_images"])[0] if "eval_ann" in opt else None
-    elif data.name == "voc":
-
-        def split(name: str) -> list[Path]:
-            ids = (root / "ImageSets" / "Main" / f"{name}.txt").read_text().split()
-            return [root / "Annotations" / f"{i}.xml" for i in ids]
-
-        train, names = load_voc(split(opt.get("train_split", "train")), root / "JPEGImages", classes)
-        evals = load_voc(split(opt.get("eval_split", "val")), root / "JPEGImages", names)[0]
-    elif data.name == "csv":
-        image_root = opt.get("image_root")
-        train, names = load_csv(root / opt["train_csv"], image_root, classes)
-        evals = load_csv(root / opt["eval_csv"], image_root, names)[0] if "eval_csv" in opt else None
-    elif data.name == "trees":
-        big, evals = tree_records(data.root)
-        train = tile_records(big, opt.get("tile", 400), opt.get("overlap", 0.0), opt.get("min_visible", 0.5))
-        names = ["Tree"]
-    else:
-        raise ValueError(f"unknown detection data set {data.name!r}; known: coco, voc, csv, trees")
-    size = tuple(opt["size"]) if opt.get("size") else None
-    augment = train_augment(0.5, opt.get("vflip", 0.0), opt.get("jitter", 0.0)) if data.augment else None
-    preload = bool(opt.get("preload", False))
-    train_set = DetectionDataset(_subset(train, data.train_subset), size, augment, preload)
-    eval_set = (
-        None if evals is None else DetectionDataset(_subset(evals, data.eval_subset), size, None, preload)
+    train, evals, names = DATASETS.get(data.name)(data)
+    opt = data.options
+    size, preload = opt.get("size") or None, bool(opt.get("preload", False))
+    plain = detection_transform(size)
+    augment = detection_transform(size, 0.5, opt.get("vflip", 0.0), opt.get("jitter", 0.0))
+    train_set = DetectionDataset(
+        _subset(train, data.train_subset), augment if data.augment else plain, preload
     )
-    return train_set, eval_set, names
+    if evals is None:
+        return train_set, None, names
+    return train_set, DetectionDataset(_subset(evals, data.eval_subset), plain, preload), names
 
 
 def load_detector_weights(model: FasterRCNN, path: str | Path) -> None:
