@@ -18,9 +18,10 @@ from tempfile import TemporaryDirectory
 import torch
 
 from eakd.llm.cache import build_cache
+from eakd.llm.cli import read_run_config
 from eakd.llm.data import collate
 from eakd.llm.models import load_teacher, make_student
-from eakd.llm.run import load_run_config, split_rows, training_args
+from eakd.llm.run import split_rows, training_args
 from eakd.llm.trainer import EAKDTrainer
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=64)
     a = p.parse_args()
     with TemporaryDirectory() as tmp:
-        cfg = load_run_config(None, [f"train.output_dir={tmp}"])
+        cfg = read_run_config(None, [f"train.output_dir={tmp}"])
         args = training_args(cfg)
         teacher, tokenizer = load_teacher(cfg.model.teacher)
         student = make_student(teacher, cfg.model.student_layers, init="layers")

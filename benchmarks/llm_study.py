@@ -1,6 +1,6 @@
 """The LLM study: SmolLM2-135M-Instruct teacher -> 2-layer student (~35M) on chatterbot-corpus, with SFT
 only, KD (forward KL), reverse KL and EA-KD (forward KL + EA weights, tau 2), same budget, ROUGE-L and
-perplexity on 100 held-out prompts. It is ``eakd demo llm`` with a larger default budget and the teacher
+perplexity on 100 held-out prompts. It is ``eakd llm demo`` with a larger default budget and the teacher
 run once into a top-64 cache shared by all twelve runs (``--teacher-cache``); every option of the demo is
 accepted and overrides these defaults.
 

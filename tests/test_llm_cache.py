@@ -11,7 +11,7 @@ import torch
 
 import eakd
 from eakd.llm import TeacherTopK, TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
-from eakd.llm.loss import topk_log_probs
+from eakd.llm.cache import topk_log_probs
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
 
@@ -107,19 +107,17 @@ def test_cached_teacher_chunked_equals_reference(divergence: str, weighting: str
 def test_cached_teacher_dense_path_and_temperature(weight_level: str) -> None:
     hidden, weight, _, labels, topk = _case(seed=2, temperature=2.0)
     s = TokenLossSettings(divergence="jsd", temperature=2.0, tau=2.0, weight_level=weight_level)
-    fused = fused_linear_distill_loss(
-        hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=4, with_entropies=True
-    )
-    dense = distill_loss_from_logits(
-        hidden @ weight.t(), None, labels, s, teacher_topk=topk, with_entropies=True
-    )
+    fused = fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=4)
+    dense = distill_loss_from_logits(hidden @ weight.t(), None, labels, s, teacher_topk=topk)
     ref = reference(hidden, weight, labels, topk, s)
     torch.testing.assert_close(fused.loss, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dense.loss, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused.weights, dense.weights)
-    torch.testing.assert_close(fused.entropies, dense.entropies)
+    torch.testing.assert_close(fused.h_t, dense.h_t)
+    torch.testing.assert_close(fused.h_s, dense.h_s)
     mask = token_mask(labels).reshape(-1)
-    torch.testing.assert_close(fused.entropies[0][mask], topk.entropy)
+    torch.testing.assert_close(fused.h_t[mask], topk.entropy)
+    torch.testing.assert_close(fused.h_s, eakd.entropy(hidden @ weight.t(), 2.0).flatten() * mask)
 
 
 def test_full_cache_equals_the_online_teacher() -> None:
@@ -176,6 +174,7 @@ transformers = pytest.importorskip("transformers")
 from test_llm_pipeline import _config, teacher, tokenizer  # noqa: E402, F401
 from tiny_llm import PAIRS  # noqa: E402
 
+from eakd.engine.logs import read_csv  # noqa: E402
 from eakd.llm.cache import TeacherCache, build_cache  # noqa: E402
 from eakd.llm.data import collate, encode_pairs  # noqa: E402
 from eakd.llm.models import make_student  # noqa: E402
@@ -235,7 +234,8 @@ def test_offline_trainer_trains(tokenizer, teacher, tmp_path: Path) -> None:  # 
     result = trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert math.isfinite(result.training_loss) and logs[-1]["loss"] < logs[0]["loss"]
-    assert 0 < logs[0]["weight_mean"] <= math.log(len(tokenizer))
+    diag = read_csv(tmp_path / "out" / "diagnostics.csv")
+    assert 0 < float(diag[0]["w_mean"]) <= math.log(len(tokenizer)) and float(diag[0]["h_t_q50"]) > 0
 
 
 @pytest.mark.slow
@@ -252,7 +252,8 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {{teacher: {tmp_path / 'teacher'}, student_layers: 2}}\n"
-        f"data: {{source: {data}, eval_size: 2, max_length: 32}}\n"
+        f"data: {{source: {data}, prompt_column: prompt, context_column: null, eval_size: 2,"
+        " max_length: 32}\n"
         "eval: {max_new_tokens: 4}\n"
         f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 2, per_device_train_batch_size: 4,"
         " use_cpu: true, warmup_steps: 0, logging_steps: 1, tau: 2.0}\n"

@@ -9,11 +9,16 @@ import pytest
 pytest.importorskip("transformers")
 
 from eakd.cli import main as eakd_main
+from eakd.engine.config import ConfigError, load_config
 from eakd.llm.cli import main
-from eakd.llm.run import load_run_config, training_args
+from eakd.llm.run import LLMRunConfig, training_args
 from eakd.llm.study import METHODS, table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "llm"
+
+
+def load_run_config(path: Path | None, overrides: list[str]) -> LLMRunConfig:
+    return load_config(path, overrides, schema=LLMRunConfig)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
@@ -30,27 +35,61 @@ def test_overrides_and_unknown_keys(tmp_path: Path) -> None:
     )
     assert cfg.train["tau"] == 3.0 and cfg.model.student_layers == 4 and cfg.data.eval_size == 7
     assert cfg.train["weighting"] == "ea" and cfg.train["divergence"] == "fkl"  # from the file, base merged
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.layers'"):
         load_run_config(None, ["model.layers=3"])
-    with pytest.raises(ValueError, match="unknown section"):
+    with pytest.raises(ConfigError, match="unknown config key 'optim'"):
         load_run_config(None, ["optim.lr=3"])
-    with pytest.raises(ValueError, match="unknown token divergence"):
+    with pytest.raises(ConfigError, match=r"'model\.student_layers': input should be a valid integer"):
+        load_run_config(None, ["model.student_layers=two"])
+    with pytest.raises(ConfigError, match="unknown token divergence"):
         training_args(load_run_config(None, ["train.divergence=kl", f"train.output_dir={tmp_path}"]))
+    cfg = load_run_config(None, ["imports=[json]"])
+    assert cfg.imports == ["json"]
+
+
+def test_unknown_train_and_data_keys_are_config_errors() -> None:
+    """The train section is a mapping of EAKDConfig fields, checked when the config is loaded."""
+    with pytest.raises(ConfigError, match=r"'train\.lerning_rate.*did you mean 'train\.learning_rate'"):
+        load_run_config(CONFIGS / "ea_kd.yaml", ["train.lerning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"'data\.prompt_col' \(did you mean 'data\.prompt_column'"):
+        load_run_config(CONFIGS / "ea_kd.yaml", ["data.prompt_col=question"])
+    cfg = load_run_config(None, ["train.learning_rate=0.1", "train.tau=null", "data.context_column=null"])
+    assert cfg.train == {"learning_rate": 0.1, "tau": None} and cfg.data.context_column is None
+
+
+@pytest.mark.parametrize(
+    ("cmd", "override", "message"),
+    [
+        ("train", "train.lerning_rate=0.1", "'train.lerning_rate"),
+        ("cache", "data.sourse=x.jsonl", "unknown config key 'data.sourse'"),
+        ("demo", "train.weighting=entropy", "unknown weight policy"),
+        ("train", "train.lr_scheduler_type=sometimes", "config section 'train'"),
+    ],
+)
+def test_cli_user_errors_print_one_line_and_exit_2(
+    cmd: str, override: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = (
+        [cmd, "--config", str(CONFIGS / "base.yaml")] if cmd == "demo" else [cmd, str(CONFIGS / "base.yaml")]
+    )
+    assert eakd_main(["llm", *argv, override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eakd llm {cmd}: ") and message in err and err.count("\n") == 1
+    assert "Traceback" not in err
 
 
 def test_study_methods_and_table() -> None:
     assert list(METHODS) == ["sft", "kd", "rkl", "ea-kd"]
-    rows = [
-        {"method": "kd", "seed": 0, "rougeL": 10.0, "perplexity": 5.0, "train_seconds": 3.0},
-        {"method": "kd", "seed": 1, "rougeL": 12.0, "perplexity": 7.0, "train_seconds": 5.0},
-    ]
-    assert "| kd | 2 | 11.00 | 10.00..12.00 | 6.00 | 4 |" in table(rows)
-    rows += [
-        {"method": "ea-kd", "seed": 0, "rougeL": 11.0, "perplexity": 5.0},
-        {"method": "ea-kd", "seed": 1, "rougeL": 14.0, "perplexity": 5.0},
-    ]
+    kd = {"0": {"rougeL": 10.0, "perplexity": 5.0, "train_s": 3.0}, "1": {"rougeL": 12.0, "perplexity": 7.0}}
+    result = {"arms": ["kd"], "seeds": [0, 1], "runs": {"kd": kd}}
+    assert "| kd | 2 | 11.00 ± 1.41 | 6.00 ± 1.41 | 3.00 ± 0.00 |" in table(result)
+    result["arms"].append("ea-kd")
+    result["runs"]["ea-kd"] = {
+        "0": {"rougeL": 11.0, "perplexity": 5.0},
+        "1": {"rougeL": 14.0, "perplexity": 5.0},
+    }
     # paired differences 1 and 2: mean 1.5, half-width t(0.975, 1) * 0.7071 / sqrt(2) = 12.706 * 0.5
-    assert "ea-kd - kd: ROUGE-L +1.50 [-4.85, +7.85] (95 % CI, 2 paired seeds)" in table(rows)
+    assert "ea-kd - kd (95 % CI, 2 paired seeds): ROUGE-L +1.50 [-4.85, +7.85]" in table(result)
 
 
 def test_command_line_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -159,11 +159,12 @@ def test_ignored_tokens_get_no_gradient_and_stats_are_reported() -> None:
     assert out.weights.shape == (B * T,) and out.per_token.shape == (B * T,)
     assert 0 <= out.weights.max() <= math.log(V)
     torch.testing.assert_close(out.kd, out.loss.detach())
-    ent = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, with_entropies=True).entropies
+    fused = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight)
     zs, zt = hidden @ weight.t(), t_hidden @ t_weight.t()
-    dense = distill_loss_from_logits(zs, zt, labels, with_entropies=True)
-    torch.testing.assert_close(ent, dense.entropies)
-    torch.testing.assert_close(ent[0], (eakd.entropy(zt, tau=2.0) * mask).flatten())
+    dense = distill_loss_from_logits(zs, zt, labels)
+    torch.testing.assert_close(fused.h_t, dense.h_t)
+    torch.testing.assert_close(fused.h_s, dense.h_s)
+    torch.testing.assert_close(fused.h_t, (eakd.entropy(zt, tau=2.0) * mask).flatten())
     all_ignored = torch.full_like(labels, -100)
     empty = fused_linear_distill_loss(hidden, weight, all_ignored, t_hidden, t_weight)
     assert empty.loss.item() == 0.0
@@ -181,6 +182,34 @@ def test_bad_inputs() -> None:
         TokenLossSettings(weighting="entropy")
     with pytest.raises(ValueError, match="weight_level"):
         TokenLossSettings(weight_level="batch")
+
+
+@pytest.mark.parametrize("chunk_size", [4, 512])
+@pytest.mark.parametrize("weight_level", ["token", "sequence"])
+def test_entropies_are_the_policys_at_its_default_tau(chunk_size: int, weight_level: str) -> None:
+    """tau None: the weights and the entropies are at the policy's default tau (EA: 3), not at 1."""
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=8)
+    s = TokenLossSettings(tau=None, weight_level=weight_level)
+    policy = s.policy()
+    assert policy is not None and policy.tau == 3.0
+    mask = token_mask(labels).flatten()
+    zs, zt = hidden @ weight.t(), t_hidden @ t_weight.t()
+    fused = fused_linear_distill_loss(
+        hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
+    )
+    dense = distill_loss_from_logits(zs, zt, labels, s)
+    for out in (fused, dense):
+        torch.testing.assert_close(out.h_t, eakd.entropy(zt, policy.tau).flatten() * mask)
+        torch.testing.assert_close(out.h_s, eakd.entropy(zs, policy.tau).flatten() * mask)
+    if weight_level == "token":
+        torch.testing.assert_close(fused.weights, eakd.ea_weights(zs, zt, tau=3.0).flatten() * mask)
+    unweighted = TokenLossSettings(weighting=None)
+    for w in ("uniform", None):
+        out = fused_linear_distill_loss(
+            hidden, weight, labels, t_hidden, t_weight, settings=TokenLossSettings(weighting=w)
+        )
+        assert out.h_t is None and out.h_s is None
+    assert distill_loss_from_logits(zs, zt, labels, unweighted).h_t is None
 
 
 @pytest.mark.slow  # importing trl takes 5-20 s

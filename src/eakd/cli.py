@@ -14,7 +14,10 @@ from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("eakd.cli:info", "print the version, weight policies and registered losses"),
-    "demo": ("eakd.vision.demo:main", "Fashion-MNIST no KD / KD / EA-KD table and plots; demo llm|det"),
+    "demo": (
+        "eakd.vision.demo:main",
+        "Fashion-MNIST: no KD / KD / EA-KD table and plots (also: llm demo, det demo)",
+    ),
     "llm": ("eakd.llm.cli:main", "LLM distillation: train CONFIG, eval MODEL, demo (needs the llm extra)"),
     "train": ("eakd.cli:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
     "eval": ("eakd.cli:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),

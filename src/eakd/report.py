@@ -1,7 +1,8 @@
 """``eakd report RUN_DIR [RUN_DIR ...]``: PNG plots and a markdown summary (report.md) for training runs.
 
 Reads what the engine writes in a run folder (metrics.csv, diagnostics.csv, diagnostics/samples-*.npz,
-summary.json, config.yaml) and writes, into the same folder:
+summary.json, config.yaml), or an LLM run's folder (``eakd llm train``'s train.output_dir: the same CSV
+and sample files, and results.json), and writes, into the same folder:
 
 - curves.png: training loss terms, evaluation metrics and learning rate per epoch,
 - weights.png: weight quantiles, effective sample size and corr(w, loss) over optimiser steps,
@@ -65,9 +66,10 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     axes[0].set(title="training loss", xlabel="epoch")
     axes[1].set(title="evaluation", xlabel="epoch")
     axes[2].plot(epoch, _column(rows, "lr"))
-    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch")
+    axes[2].set(title="learning rate", xlabel="epoch")
     for ax in axes[:2]:
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -145,8 +147,27 @@ def _num(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _llm_results(run_dir: Path) -> dict[str, Any]:
+    """An LLM run's results.json (``eakd.llm.run``), or {} for other runs."""
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def summary_row(run_dir: Path) -> dict[str, Any]:
-    """One run's headline numbers: name, method, weighting, best (epoch), last, steps, time, throughput."""
+    """One run's headline numbers: name, method, weighting, best (epoch), last, steps, time, throughput;
+    for an LLM run: name, divergence, weighting, the student's ROUGE-L and perplexity, steps, time."""
+    llm = _llm_results(run_dir)
+    if llm:
+        train = llm["config"]["train"]
+        return {
+            "run": run_dir.name,
+            "method": train.get("divergence", "fkl"),
+            "weighting": train.get("weighting", "ea"),
+            "rougeL": llm["student"]["rougeL"],
+            "perplexity": llm["student"]["perplexity"],
+            "steps": max((h.get("step", 0) for h in llm.get("log_history", [])), default="?"),
+            "train time (s)": llm["train_seconds"],
+        }
     summary = (
         json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     )
@@ -165,6 +186,31 @@ def summary_row(run_dir: Path) -> dict[str, Any]:
         "train time (s)": summary.get("train_time_s", float("nan")),
         "samples/s": summary.get("samples_per_s", float("nan")),
     }
+
+
+def setting_lines(run_dir: Path) -> list[str]:
+    """The report's "Setting" section: the config's sections, one line each ([] without a config)."""
+    llm = _llm_results(run_dir)
+    if llm:
+        cfg, sections = llm["config"], ("model", "data", "eval", "train")
+    elif (run_dir / "config.yaml").is_file():
+        cfg, sections = (
+            yaml.safe_load((run_dir / "config.yaml").read_text()),
+            ("model", "distill", "optim", "schedule"),
+        )
+    else:
+        return []
+    lines = ["## Setting", ""]
+    for section in sections:
+        items = ", ".join(f"{k}={v}" for k, v in cfg.get(section, {}).items() if v not in (None, {}, []))
+        lines.append(f"- **{section}**: {items}")
+    if not llm:
+        t = cfg.get("train", {})
+        lines.append(
+            f"- **train**: epochs={t.get('epochs')}, batch_size={t.get('batch_size')}, "
+            f"grad_accum={t.get('grad_accum')}, mixed_precision={t.get('mixed_precision')}"
+        )
+    return [*lines, ""]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -196,19 +242,7 @@ def write_report(run_dir: str | Path) -> Path:
         made.append(("Teacher vs student entropy, coloured by weight", "entropy_scatter.png"))
 
     lines = [f"# Run report: {run_dir.name}", "", markdown_table([summary_row(run_dir)]), ""]
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        cfg = yaml.safe_load(cfg_path.read_text())
-        lines += ["## Setting", ""]
-        for section in ("model", "distill", "optim", "schedule"):
-            items = ", ".join(f"{k}={v}" for k, v in cfg.get(section, {}).items() if v not in (None, {}, []))
-            lines.append(f"- **{section}**: {items}")
-        t = cfg.get("train", {})
-        lines += [
-            f"- **train**: epochs={t.get('epochs')}, batch_size={t.get('batch_size')}, "
-            f"grad_accum={t.get('grad_accum')}, mixed_precision={t.get('mixed_precision')}",
-            "",
-        ]
+    lines += setting_lines(run_dir)
     if diag:
         last = diag[-1]
         keys = [

@@ -108,9 +108,15 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.2f} ± {spread:.2f}"
 
 
-def study_table(result: dict[str, Any], metrics: dict[str, str], reference: str | None = None) -> str:
+def study_table(
+    result: dict[str, Any],
+    metrics: dict[str, str],
+    reference: str | None = None,
+    compare: list[str] | None = None,
+) -> str:
     """Markdown: mean ± std over seeds per arm for each metric (key -> column label), the per-seed values
-    of the first metric, and each arm minus ``reference`` paired by seed with its 95 % interval."""
+    of the first metric, and each arm minus ``reference`` paired by seed with its 95 % interval, for the
+    metrics in ``compare`` (default: all)."""
     head = f"| arm | seeds | {' | '.join(metrics.values())} |"
     lines = [head, "|" + "---|" * (2 + len(metrics))]
     first = next(iter(metrics))
@@ -130,7 +136,8 @@ def study_table(result: dict[str, Any], metrics: dict[str, str], reference: str 
         for arm in result["arms"]:
             if arm == reference:
                 continue
-            gains = {label: paired_gain(result, arm, reference, key) for key, label in metrics.items()}
+            keys = compare if compare is not None else list(metrics)
+            gains = {metrics[k]: paired_gain(result, arm, reference, k) for k in keys}
             parts = [f"{lb} {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]" for lb, (m, h, n) in gains.items() if n]
             pairs = max(n for _, _, n in gains.values())
             if parts:

@@ -105,7 +105,7 @@ def format_table(result: dict[str, Any]) -> str:
         [
             f"teacher (last epoch): AP {t['AP']:.2f}  AP50 {t['AP50']:.2f}  AP75 {t['AP75']:.2f}",
             "",
-            study_table(result, METRICS, reference),
+            study_table(result, METRICS, reference, compare=["AP", "AP50", "AP75", "best_AP"]),
         ]
     )
 

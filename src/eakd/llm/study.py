@@ -1,17 +1,16 @@
-"""The LLM study behind ``eakd demo llm`` and benchmarks/llm_study.py: SFT, KD (forward KL), reverse KL and
-EA-KD, same teacher, student, data and budget, compared by ROUGE-L and perplexity on held-out prompts."""
+"""The LLM study behind ``eakd llm demo`` and benchmarks/llm_study.py: SFT, KD (forward KL), reverse KL and
+EA-KD, same teacher, student, data and budget, compared by ROUGE-L and perplexity on held-out prompts,
+through the shared study runner (``eakd.study``: seed-major, saved after every run, paired intervals)."""
 
 from __future__ import annotations
 
 import copy
-import json
-import statistics
-import time
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from eakd.llm.run import LLMRunConfig, run
-from eakd.stats import paired_interval
+from eakd.study import run_study, study_table
 
 # train-section overrides per method; everything else is shared
 METHODS: dict[str, dict[str, Any]] = {
@@ -20,89 +19,56 @@ METHODS: dict[str, dict[str, Any]] = {
     "rkl": {"divergence": "rkl", "weighting": "none"},
     "ea-kd": {"divergence": "fkl", "weighting": "ea"},
 }
+METRICS = {"rougeL": "ROUGE-L", "perplexity": "perplexity", "train_s": "train s/run"}
 
 
-def run_study(
-    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, eval_teacher: bool = True
-) -> list[dict[str, Any]]:
-    """One run per (method, seed) under ``out_dir/<method>/seed<k>``; rows of the summary table (with a
-    "teacher" row first when ``eval_teacher``: its generation is the slowest part on a CPU)."""
+def method_config(base: LLMRunConfig, method: str, seed: int, out_dir: str | Path) -> LLMRunConfig:
+    """``base`` with ``method``'s train settings, the student seed and its output folder
+    ``out_dir/<method>/seed<k>``; the held-out prompts stay those of data seed 0 for every run."""
+    cfg = copy.deepcopy(base)
+    cfg.data.seed = 0
+    cfg.train = {
+        **cfg.train,
+        **METHODS[method],
+        "seed": seed,
+        "output_dir": str(Path(out_dir) / method / f"seed{seed}"),
+    }
+    return cfg
+
+
+def run_metrics(res: dict[str, Any]) -> dict[str, float]:
+    """A run's study metrics: the student's ROUGE-L and perplexity on the held-out prompts, train seconds."""
+    student = res["student"]
+    return {"rougeL": student["rougeL"], "perplexity": student["perplexity"], "train_s": res["train_seconds"]}
+
+
+def llm_study(
+    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, eval_teacher: bool = False
+) -> dict[str, Any]:
+    """Every method x seed (``eakd.study.run_study``); with ``eval_teacher`` the teacher's own ROUGE-L and
+    perplexity come from the first run (its generation is the slowest part on a CPU) under "teacher"."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
-    rows = []
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    teacher_done = not eval_teacher
-    for seed in seeds:  # seed-major: a study stopped early still compares every method on its first seeds
-        for method in methods:
-            cfg = copy.deepcopy(base)
-            cfg.data.seed = 0  # same held-out prompts for every run; the seed varies the student only
-            cfg.train = {
-                **cfg.train,
-                **METHODS[method],
-                "seed": seed,
-                "output_dir": str(Path(out_dir) / method / f"seed{seed}"),
-            }
-            start = time.perf_counter()
-            res = run(cfg, eval_teacher=not teacher_done)
-            if not teacher_done:
-                rows.append(
-                    {
-                        "method": "teacher",
-                        "seed": "-",
-                        "rougeL": res["teacher"]["rougeL"],
-                        "perplexity": res["teacher"]["perplexity"],
-                        "seconds": 0.0,
-                    }
-                )
-                teacher_done = True
-            rows.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "rougeL": res["student"]["rougeL"],
-                    "perplexity": res["student"]["perplexity"],
-                    "seconds": time.perf_counter() - start,
-                    "train_seconds": res["train_seconds"],
-                }
-            )
-            (Path(out_dir) / "study.json").write_text(json.dumps(rows, indent=1))  # after every run
-    return rows
+    teacher: dict[str, Any] = {}
+
+    def train_one(method: str, seed: int) -> dict[str, float]:
+        res = run(method_config(base, method, seed, out_dir), eval_teacher=eval_teacher and not teacher)
+        teacher.update(res.get("teacher", {}))
+        return run_metrics(res)
+
+    protocol = {"base": dataclasses.asdict(base), "methods": methods}
+    result = run_study(train_one, methods, seeds, Path(out_dir), protocol)
+    if teacher:
+        result["teacher"] = {k: teacher[k] for k in ("rougeL", "perplexity")}
+    return result
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean and spread over seeds per method."""
-    lines = [
-        "| method | seeds | ROUGE-L mean | ROUGE-L min..max | perplexity mean | train s/run |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == method]
-        rouge = [r["rougeL"] for r in rs]
-        ppl = statistics.mean(r["perplexity"] for r in rs)
-        secs = statistics.mean(r.get("train_seconds", 0.0) for r in rs)
-        lines.append(
-            f"| {method} | {len(rs)} | {statistics.mean(rouge):.2f} | {min(rouge):.2f}..{max(rouge):.2f}"
-            f" | {ppl:.2f} | {secs:.0f} |"
-        )
-    return "\n".join([*lines, *gains(rows)])
-
-
-def gains(rows: list[dict[str, Any]], reference: str = "kd") -> list[str]:
-    """Lines: each method's ROUGE-L minus the reference's, paired by seed, with a 95 % t-interval."""
-    by_seed = {(r["method"], r["seed"]): r["rougeL"] for r in rows}
+def table(result: dict[str, Any]) -> str:
+    """Markdown: the teacher (if evaluated), then ``eakd.study.study_table`` against KD."""
     lines = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        if method in (reference, "teacher"):
-            continue
-        seeds = [s for (m, s) in by_seed if m == method and (reference, s) in by_seed]
-        if not seeds:
-            continue
-        mean, half = paired_interval(
-            [by_seed[method, s] for s in seeds], [by_seed[reference, s] for s in seeds]
-        )
-        lines.append(
-            f"{method} - {reference}: ROUGE-L {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] "
-            f"(95 % CI, {len(seeds)} paired seeds)"
-        )
-    return lines
+    if "teacher" in result:
+        t = result["teacher"]
+        lines += [f"teacher: ROUGE-L {t['rougeL']:.2f}, perplexity {t['perplexity']:.2f}", ""]
+    reference = "kd" if "kd" in result["arms"] else None
+    return "\n".join([*lines, study_table(result, METRICS, reference, compare=["rougeL", "perplexity"])])

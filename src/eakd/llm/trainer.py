@@ -3,7 +3,8 @@ token-level EA-KD loss (chunked fused-linear by default), plus its config datacl
 
 Works wherever Trainer does (``accelerate launch`` / torchrun for DDP and FSDP2, tested with 2 CPU
 processes): the student is wrapped as usual, the teacher is frozen, in eval mode, on each process's device,
-or replaced by an offline teacher cache. See docs/llm.md for FSDP1 and DeepSpeed.
+or replaced by an offline teacher cache. See docs/llm.md for FSDP1 and DeepSpeed. The run's logs go
+through ``eakd.llm.callbacks.RunLogCallback`` (metrics.csv, the engine's weight diagnostics).
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from eakd.llm.cache import TeacherCache
-from eakd.llm.loss import (
-    TeacherTopK,
-    TokenLossOutput,
-    TokenLossSettings,
-    distill_loss_from_logits,
-    fused_linear_distill_loss,
-)
+from eakd.llm.cache import TeacherCache, TeacherTopK
+from eakd.llm.callbacks import RunLogCallback
+from eakd.llm.chunked import fused_linear_distill_loss
+from eakd.llm.dense import distill_loss_from_logits
+from eakd.llm.settings import TokenLossOutput, TokenLossSettings
 
 
 @dataclass
@@ -34,8 +32,8 @@ class EAKDConfig(TrainingArguments):
     (never materialises the logits; works under DDP and FSDP2); False computes full logits (use it when
     the lm_head stays sharded outside the forward, e.g. FSDP1, DeepSpeed ZeRO-3). chunk_size: rows per
     chunk. vocab_size: the real vocabulary when the two lm_heads differ only by padding rows.
-    log_entropies: also log teacher/student entropy quantiles (the loss terms, weight and per-token
-    divergence quantiles are always logged, from the micro-batches of each logging step).
+    diag_samples: raw token samples kept per logging step for the diagnostics' histograms (the weight and
+    entropy quantiles are over all valid tokens of each logging step's micro-batches).
     """
 
     divergence: str = field(default="fkl", metadata={"help": "fkl, rkl, jsd, skl, srkl or tvd"})
@@ -51,7 +49,7 @@ class EAKDConfig(TrainingArguments):
     fused_loss: bool = True
     chunk_size: int = 512
     vocab_size: int | None = None
-    log_entropies: bool = True
+    diag_samples: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,28 +71,11 @@ class EAKDConfig(TrainingArguments):
         )
 
 
-def _quantile_logs(prefix: str, x: torch.Tensor) -> dict[str, float]:
-    if x.numel() == 0:
-        return {}
-    q = torch.quantile(x.float(), torch.tensor([0.1, 0.5, 0.9], device=x.device))
-    return {
-        f"{prefix}_mean": x.mean().item(),
-        f"{prefix}_p10": q[0].item(),
-        f"{prefix}_p50": q[1].item(),
-        f"{prefix}_p90": q[2].item(),
-    }
-
-
-def diagnostics(out: TokenLossOutput, mask: torch.Tensor) -> dict[str, float]:
-    """Loss terms and weight/entropy/divergence statistics over the valid tokens, as floats for logging."""
-    logs = {"kd": out.kd.item(), "ce": out.ce.item()}
-    logs |= _quantile_logs("kd_token", out.per_token[mask])
-    if out.weights is not None:
-        logs |= _quantile_logs("weight", out.weights[mask])
-    if out.entropies is not None:
-        logs |= _quantile_logs("entropy_teacher", out.entropies[0][mask])
-        logs |= _quantile_logs("entropy_student", out.entropies[1][mask])
-    return logs
+def token_payload(out: TokenLossOutput, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The diagnostics payload of one micro-batch: weights, h_t, h_s (when computed) and per_sample (the
+    unweighted per-token divergence), each (M,) over the M valid tokens of ``mask`` (N,)."""
+    named = {"weights": out.weights, "h_t": out.h_t, "h_s": out.h_s, "per_sample": out.per_token}
+    return {k: v[mask] for k, v in named.items() if v is not None}
 
 
 class EAKDTrainer(Trainer):
@@ -123,7 +104,10 @@ class EAKDTrainer(Trainer):
         self.loss_settings = args.loss_settings()
         self.teacher = None if teacher is None else teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_cache = teacher_cache
-        self._pending: dict[str, list[float]] = {}
+        self.run_log = RunLogCallback(args.diag_samples)
+        self.add_callback(self.run_log)
+        self._terms = torch.zeros(2, device=self.args.device)  # kd, ce summed since the last training log
+        self._terms_from: int | None = None  # the global step they were first added at
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keeps the rows' ``cache_index`` through Trainer's removal of columns the model does not take."""
@@ -138,7 +122,7 @@ class EAKDTrainer(Trainer):
         return self.teacher_cache.batch(inputs["cache_index"], inputs["labels"].device)
 
     def _distill(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items: Any, with_entropies: bool
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items: Any
     ) -> tuple[TokenLossOutput, Any]:
         args: EAKDConfig = self.args  # type: ignore[assignment]
         feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
@@ -157,7 +141,6 @@ class EAKDTrainer(Trainer):
                 self.loss_settings,
                 num_items,
                 args.vocab_size,
-                with_entropies,
                 teacher_topk=topk,
             )
             return out, outputs
@@ -183,7 +166,6 @@ class EAKDTrainer(Trainer):
             num_items_in_batch=num_items,
             vocab_size=args.vocab_size,
             chunk_size=args.chunk_size,
-            with_entropies=with_entropies,
         )
         return out, outputs
 
@@ -197,24 +179,39 @@ class EAKDTrainer(Trainer):
         """The distillation loss of one micro-batch, normalised by ``num_items_in_batch`` when the Trainer
         gives it (valid tokens over all accumulated micro-batches), else by this batch's valid tokens."""
         args: EAKDConfig = self.args  # type: ignore[assignment]
-        logging = model.training and (self.state.global_step + 1) % max(int(args.logging_steps), 1) == 0
-        out, outputs = self._distill(model, inputs, num_items_in_batch, logging and args.log_entropies)
-        loss = out.loss
+        out, outputs = self._distill(model, inputs, num_items_in_batch)
+        scale = 1.0
         if (
             num_items_in_batch is not None
             and args.average_tokens_across_devices
             and self.accelerator.num_processes > 1
         ):
-            loss = loss * self.accelerator.num_processes  # the count was summed over processes; DDP averages
-        if logging:  # diagnostics only on the micro-batches of logging steps (they sync with the device)
-            mask = inputs["labels"][:, 1:].reshape(-1) != self.loss_settings.ignore_index
-            for k, v in diagnostics(out, mask).items():
-                self._pending.setdefault(k, []).append(v)
+            scale = float(self.accelerator.num_processes)  # the count was summed over processes; DDP averages
+        if model.training:
+            # kd, ce scaled as the Trainer reports the loss: the sum over a step's micro-batches is the step's
+            # term (each micro-batch divided by the accumulation steps when it was normalised on its own)
+            ga = (
+                1
+                if num_items_in_batch is not None
+                else getattr(self, "current_gradient_accumulation_steps", 1)
+            )
+            self._terms += torch.stack([out.kd, out.ce]).to(self._terms.device) * (scale / ga)
+            if self._terms_from is None:
+                self._terms_from = self.state.global_step
+            logging = (self.state.global_step + 1) % max(int(args.logging_steps), 1) == 0
+            if logging and self.run_log.diag is not None:  # main process only
+                mask = inputs["labels"][:, 1:].reshape(-1) != self.loss_settings.ignore_index
+                self.run_log.add(token_payload(out, mask))  # logging steps only: it syncs with the device
+        loss = out.loss * scale
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Adds the means of the distillation diagnostics gathered since the last training log."""
-        if "loss" in logs and self._pending:
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._pending.items()}}
-            self._pending = {}
+        """Adds ``loss_kd`` and ``loss_ce`` to training logs: the mean per optimiser step since the last
+        training log, over all processes, on the scale of the Trainer's ``loss``."""
+        if "loss" in logs:
+            steps = max(self.state.global_step - (self._terms_from or 0), 1)
+            kd, ce = (self.accelerator.gather(self._terms[None]).mean(0) / steps).tolist()
+            logs = {**logs, "loss_kd": kd, "loss_ce": ce}
+            self._terms.zero_()
+            self._terms_from = None
         super().log(logs, *args, **kwargs)

@@ -155,7 +155,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{int(some['steps'])} optimiser steps, "
             f"{len(result['seeds'])} seeds",
             "",
-            study_table(result, METRICS, reference),
+            study_table(result, METRICS, reference, compare=["best_top1", "last_top1"]),
         ]
     )
 

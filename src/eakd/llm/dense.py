@@ -1,0 +1,154 @@
+"""The token-level EA-KD loss from materialised logits (B, T, V): the dense path and the reference of the
+chunked one (``eakd.llm.chunked``), with the per-row math both share (see ``eakd.llm.settings`` for the
+formula). Weights and entropies come from the settings' bound policy, computed once."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from eakd.checks import check_finite
+from eakd.llm.cache import TeacherTopK
+from eakd.llm.settings import TokenLossOutput, TokenLossSettings
+from eakd.losses.reduce import weighted_mean
+from eakd.losses.token import token_mask
+from eakd.weighting import Policy, Weighted
+
+
+def denominator(mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+    """The loss's 0-dim float denominator: ``num_items_in_batch``, else the valid tokens of ``mask``."""
+    if num_items_in_batch is None:
+        return mask.sum().clamp_min(1).float()
+    return torch.as_tensor(num_items_in_batch, device=mask.device).float().clamp_min(1)
+
+
+def sequence_mean(weights: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
+    """Weights of valid tokens (M,) -> the mean weight of each token's sequence (M,); seq_ids (M,) int64."""
+    n_seq = int(seq_ids.max()) + 1 if seq_ids.numel() else 0
+    sums = torch.zeros(n_seq, device=weights.device).index_add_(0, seq_ids, weights)
+    counts = torch.zeros(n_seq, device=weights.device).index_add_(0, seq_ids, torch.ones_like(weights))
+    return (sums / counts.clamp_min(1))[seq_ids]
+
+
+def log_softmax_at(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 log_softmax(z / T) over the last dim, without the division's copy at T = 1."""
+    z = z.float()
+    return torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+
+
+def cached_weights(
+    policy: Policy, zs: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor | None
+) -> Weighted:
+    """The built-in ``policy`` on student rows zs (..., V) against a cached teacher entropy h_t (...) in
+    nats at the policy's tau: weights (...), and the student entropy at that tau (None for "uniform")."""
+    if policy.tau is None:  # uniform: no entropies
+        return Weighted(policy.from_entropies(None, h_t, zs.shape[-1], mask), None, None)
+    _, h_s = policy.entropies(None, zs)  # the policy's entropy of zs (tau, standardisation)
+    return Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1], mask), h_s, h_t.float())
+
+
+def loss_terms(
+    zs: torch.Tensor,
+    log_p: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+    s: TokenLossSettings,
+    denom: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss of student rows (..., V) against teacher log-probs at T (..., V), with given detached weights
+    (...): (total, kd, ce, per_token), float32."""
+    mask = token_mask(labels, s.ignore_index)
+    log_q = log_softmax_at(zs, s.temperature)
+    per_token = s.divergence_fn()(log_q, log_p)
+    kd = weighted_mean(per_token, weights, mask, denominator=denom)
+    total = s.kd_weight * kd
+    ce = torch.zeros((), device=zs.device)
+    if s.ce_weight > 0:
+        log_q1 = log_q if s.temperature == 1.0 else log_softmax_at(zs, 1.0)  # CE is at T = 1
+        ce_tok = -log_q1.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        ce = weighted_mean(ce_tok, mask=mask, denominator=denom)
+        total = total + s.ce_weight * ce
+    return total, kd, ce, torch.where(mask, per_token.detach(), 0.0)
+
+
+def align_vocab(v_student: int, v_teacher: int, vocab_size: int | None) -> int:
+    """The common vocabulary size: rows beyond it are padding and are dropped from both sides."""
+    if vocab_size is None:
+        if v_student != v_teacher:
+            raise ValueError(
+                f"student and teacher vocabularies differ: student has {v_student}, teacher has "
+                f"{v_teacher}; if they differ only by padding rows, pass vocab_size=len(tokenizer)"
+            )
+        return v_student
+    if vocab_size > min(v_student, v_teacher):
+        raise ValueError(
+            f"vocab_size {vocab_size} exceeds the student ({v_student}) or teacher ({v_teacher}) vocabulary"
+        )
+    return vocab_size
+
+
+def check_labels(labels: torch.Tensor, rows: int, vocab: int, ignore_index: int) -> None:
+    """Labels must have one entry per row, each in [0, vocab) or ``ignore_index``."""
+    if labels.numel() != rows:
+        raise ValueError(f"labels have {labels.numel()} positions, hidden states/logits have {rows} rows")
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab):
+        raise ValueError(f"labels must be in [0, {vocab}) or ignore_index={ignore_index}")
+
+
+def distill_loss_from_logits(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    settings: TokenLossSettings | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    teacher_topk: TeacherTopK | None = None,
+) -> TokenLossOutput:
+    """The loss from materialised logits (B, T, V) (dense path; the reference of the chunked one).
+
+    labels (B, T), already aligned with the logits (shifted for next-token prediction). The teacher is
+    teacher_logits (B, T, V_t), or (teacher_logits None) an offline ``teacher_topk`` of the valid tokens.
+    """
+    s = settings or TokenLossSettings()
+    if (teacher_logits is None) == (teacher_topk is None):
+        raise ValueError("give either teacher_logits or teacher_topk (not both)")
+    v_t = teacher_logits.shape[-1] if teacher_logits is not None else teacher_topk.vocab_size  # type: ignore[union-attr]
+    v = align_vocab(student_logits.shape[-1], v_t, vocab_size)
+    zs = student_logits[..., :v]
+    check_finite("student logits", zs)
+    check_labels(labels, zs.shape[:-1].numel(), v, s.ignore_index)
+    mask = token_mask(labels, s.ignore_index)
+    policy = s.policy()
+    valid = mask.reshape(-1).nonzero().squeeze(1)
+    weighted = None
+    if teacher_topk is not None:
+        teacher_topk.check(s, valid.numel(), v)
+        lp_valid = teacher_topk.log_probs(v)
+        log_p = torch.full((mask.numel(), v), -math.log(v), device=zs.device).index_copy_(0, valid, lp_valid)
+        log_p = log_p.view(*mask.shape, v)
+        h_t = torch.zeros(mask.numel(), device=zs.device).index_copy_(0, valid, teacher_topk.entropy.float())
+        if policy is not None:
+            weighted = cached_weights(policy, zs, h_t.view(mask.shape), mask)
+    else:
+        assert teacher_logits is not None
+        zt = teacher_logits[..., :v].detach()
+        check_finite("teacher logits", zt)
+        log_p = log_softmax_at(zt, s.temperature)
+        if policy is not None:
+            weighted = policy.compute(zs.detach(), zt, mask)
+    weights = None if weighted is None else weighted.weights
+    if weights is not None and s.weight_level == "sequence":
+        per_seq = sequence_mean(weights.reshape(-1)[valid], valid // labels.shape[-1])
+        weights = (
+            torch.zeros(mask.numel(), device=weights.device).index_copy_(0, valid, per_seq).view(mask.shape)
+        )
+    total, kd, ce, per_token = loss_terms(
+        zs, log_p, labels, weights, s, denominator(mask, num_items_in_batch)
+    )
+    h_t = h_s = None
+    if weighted is not None and weighted.h_t is not None and weighted.h_s is not None:
+        h_t, h_s = (torch.where(mask, h, 0.0).reshape(-1) for h in (weighted.h_t, weighted.h_s))
+    w = None if weights is None else weights.reshape(-1)
+    return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1), h_t, h_s)

@@ -1,0 +1,89 @@
+"""What the token-level EA-KD loss computes (``TokenLossSettings``) and what it returns (``TokenLossOutput``).
+
+Both loss paths (``eakd.llm.dense``, ``eakd.llm.chunked``) compute, per valid token n (labels !=
+ignore_index),
+
+    loss = kd_weight * sum_n w_n * D(p_n || q_n) / denom + ce_weight * sum_n CE_n / denom
+
+with D a token divergence of ``eakd.losses.token`` at temperature T (p teacher, q student), w_n the
+detached weight of a policy of ``eakd.weighting`` (EA by default, H_ub = ln V; per token, or per sequence
+= the mean over the sequence's valid tokens), CE the hard-label cross-entropy of the student at T = 1,
+and denom = ``num_items_in_batch`` when given (valid tokens over all gradient-accumulation micro-batches)
+else the valid tokens of this call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from eakd.checks import check_positive
+from eakd.losses.token import TOKEN_DIVERGENCES
+from eakd.weighting import Policy, get_policy
+
+WEIGHT_LEVELS = ("token", "sequence")
+
+
+@dataclass(frozen=True)
+class TokenLossSettings:
+    """What to compute per token. divergence: fkl, rkl, jsd, skl, srkl, tvd. beta: JSD's beta; alpha: the
+    skew of skl/srkl. temperature: of the divergence. weighting: a policy name of ``eakd.weighting`` ("ea",
+    "er", "base", "interact", "inverse", "uniform") or None for the unweighted baseline; tau, h_ub: its
+    settings (tau None = the policy's default entropy temperature; h_ub None = ln V). weight_level: "token"
+    or "sequence". kd_weight, ce_weight: outer weights of the distillation and hard-label terms."""
+
+    divergence: str = "fkl"
+    beta: float = 0.5
+    alpha: float = 0.1
+    temperature: float = 1.0
+    weighting: str | None = "ea"
+    tau: float | None = 2.0
+    h_ub: float | None = None
+    weight_level: str = "token"
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    ignore_index: int = -100
+
+    def __post_init__(self) -> None:
+        if self.divergence not in TOKEN_DIVERGENCES:
+            known = ", ".join(sorted(TOKEN_DIVERGENCES))
+            raise ValueError(f"unknown token divergence {self.divergence!r}; known: {known}")
+        if self.weight_level not in WEIGHT_LEVELS:
+            raise ValueError(f"weight_level must be one of {WEIGHT_LEVELS}, got {self.weight_level!r}")
+        check_positive("temperature", self.temperature)
+        self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+
+    def policy(self) -> Policy | None:
+        """The bound weight policy (its ``tau``: the entropy temperature in use); None when unweighted."""
+        kw = {k: v for k, v in (("tau", self.tau), ("h_ub", self.h_ub)) if v is not None}
+        if self.weighting in ("uniform", None, "none"):
+            kw = {}
+        return get_policy(self.weighting, **kw)
+
+    def divergence_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(log_q, log_p) -> (...) per-token divergence with beta/alpha bound."""
+        fn = TOKEN_DIVERGENCES[self.divergence]
+        if self.divergence == "jsd":
+            return lambda lq, lp: fn(lq, lp, beta=self.beta)
+        if self.divergence in ("skl", "srkl"):
+            return lambda lq, lp: fn(lq, lp, alpha=self.alpha)
+        return fn
+
+
+class TokenLossOutput(NamedTuple):
+    """loss: 0-dim, differentiable. kd, ce: 0-dim detached normalised terms before kd_weight/ce_weight.
+    weights: (N,) detached per-token weights (0 at ignored tokens) or None when unweighted.
+    per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
+    h_t, h_s: (N,) teacher and student entropies in nats at the policy's tau, the ones the weights were
+    computed from (0 at ignored tokens), or None when the policy uses none (unweighted, uniform, custom)."""
+
+    loss: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor
+    weights: torch.Tensor | None
+    per_token: torch.Tensor
+    h_t: torch.Tensor | None = None
+    h_s: torch.Tensor | None = None
