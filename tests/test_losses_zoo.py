@@ -1,4 +1,4 @@
-"""MLKD, CTKD, FitNet, ReviewKD and vanilla against plain references written here: values and gradients."""
+"""MLKD, CTKD, FitNet and ReviewKD against plain references written here: values and gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import eakd
 from eakd.losses.feature import FitNet, ReviewKD, hcl_loss
@@ -401,11 +400,3 @@ def test_feature_losses_through_distill_loss() -> None:
     out = dl(zs, zt, student_feats=fs, teacher_feats=ft)
     close(out["loss_kd"], dl.module(fs, ft).mean())
     assert dl.last["weights"] is None
-
-
-def test_vanilla_is_cross_entropy_only() -> None:
-    zs, zt = logits(0), logits(1).detach()
-    target = torch.tensor([0, 1, 2, 3, 4])
-    out = eakd.DistillLoss("vanilla", weighting="none", ce_weight=1.0)(zs, zt, target)
-    assert set(out) == {"loss_ce"}
-    close(out["loss_ce"], F.cross_entropy(zs, target))

@@ -1,6 +1,6 @@
 """Per-sample distillation losses (never reduced inside), their registry and the weighted reduction."""
 
-from eakd.losses import feature as feature  # registers fitnet, reviewkd, vanilla
+from eakd.losses import feature as feature  # registers fitnet, reviewkd
 from eakd.losses import mlkd as mlkd  # registers mlkd
 from eakd.losses import temperature as temperature  # registers ctkd
 from eakd.losses import token as token  # registers fkl, rkl, jsd, skl, srkl, tvd

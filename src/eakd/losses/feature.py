@@ -1,4 +1,4 @@
-"""Per-sample feature distillation losses: FitNet and ReviewKD (with its HCL), plus the "vanilla" no-op.
+"""Per-sample feature distillation losses: FitNet and ReviewKD (with its HCL).
 
 Features come as the model zoo's dicts (``eakd.vision.models.common``): ``feats["feats"]`` is the list of
 maps (N, C_i, H_i, W_i), stem first; ``feats["pooled"]`` the (N, D) pooled vector; ``feats["preact_feats"]``
@@ -185,10 +185,3 @@ class ReviewKD(nn.Module):
             out, residual = abf(x, residual, t.shape[-2:])
             outs.append(out)
         return hcl_loss(outs[::-1], ts)
-
-
-@register_loss("vanilla")
-def vanilla_loss() -> dict[str, torch.Tensor]:
-    """No distillation: no terms at all, so ``DistillLoss("vanilla", weighting="none", ce_weight=1.0)``
-    returns only ``loss_ce``, the plain cross-entropy baseline (the teacher logits it needs are unused)."""
-    return {}

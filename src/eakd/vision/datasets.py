@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torchvision
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import default_loader, find_classes
 
 from eakd.paths import cache_dir
@@ -271,18 +271,3 @@ def build_datasets(cfg: Any) -> tuple[Dataset, Dataset, dict[str, Any]]:
     train = _subset(train, getattr(cfg, "train_subset", None))
     evaluation = _subset(evaluation, getattr(cfg, "eval_subset", None))
     return train, evaluation, info
-
-
-def build_loaders(
-    cfg: Any, batch_size: int = 64, eval_batch_size: int | None = None, num_workers: int = 2
-) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
-    """Shuffled train and ordered eval DataLoaders over ``build_datasets(cfg)``, plus its info dict."""
-    train, evaluation, info = build_datasets(cfg)
-    common: dict[str, Any] = {
-        "num_workers": num_workers,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": num_workers > 0,
-    }
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, **common)
-    eval_loader = DataLoader(evaluation, batch_size=eval_batch_size or batch_size, shuffle=False, **common)
-    return train_loader, eval_loader, info
