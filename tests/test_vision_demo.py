@@ -7,7 +7,9 @@ import pytest
 
 from eakd.cli import main
 from eakd.vision import demo
-from eakd.vision.datasets import find_fashion_mnist
+from eakd.vision.datasets import data_root, find_fashion_mnist
+
+DATA_ROOT = data_root(None)  # the fetched data, read before the fixture moves $EAKD_CACHE
 
 TINY = [
     "data.name=synthetic",
@@ -76,7 +78,8 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 def test_demo_on_fashion_mnist(tmp_path):
     """The real data, teacher and students with two processes; one seed, the students for one epoch."""
     out = tmp_path / "runs"
-    assert main(["demo", "--out", str(out), "--seeds", "0", "--student-epochs", "1"]) == 0
+    argv = ["demo", "--out", str(out), "--seeds", "0", "--student-epochs", "1", "--", f"data.root={DATA_ROOT}"]
+    assert main(argv) == 0
     study = json.loads((out / "study.json").read_text())
     assert study["teacher"]["best"]["value"] > 85
     for runs in study["runs"].values():
