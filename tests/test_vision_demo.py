@@ -78,7 +78,17 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 def test_demo_on_fashion_mnist(tmp_path):
     """The real data, teacher and students with two processes; one seed, the students for one epoch."""
     out = tmp_path / "runs"
-    argv = ["demo", "--out", str(out), "--seeds", "0", "--student-epochs", "1", "--", f"data.root={DATA_ROOT}"]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--seeds",
+        "0",
+        "--student-epochs",
+        "1",
+        "--",
+        f"data.root={DATA_ROOT}",
+    ]
     assert main(argv) == 0
     study = json.loads((out / "study.json").read_text())
     assert study["teacher"]["best"]["value"] > 85
