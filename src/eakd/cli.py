@@ -1,16 +1,26 @@
 """The ``eakd`` command line: ``eakd COMMAND [args]``; each command lives in its own module.
 
 A command is ``"module:function"``, imported only when used, where the function takes the remaining
-arguments (list[str]) and returns an exit code.
+arguments (list[str]) and returns an exit code. A user error (a bad config, name, value or file: the
+``USER_ERRORS`` a command raises, or a bad command line) ends as one line on stderr, ``eakd COMMAND:
+message``, and exit status 2; ``--debug`` anywhere on the command line (or ``EAKD_DEBUG=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
+
+import yaml
+
+from eakd.args import ArgumentParser, one_line
+
+# what a command raises for a mistake of the user's (bad config, name, value, file, missing extra)
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError, yaml.YAMLError)
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("eakd.cli:info", "print the version, weight policies and registered losses"),
@@ -38,7 +48,7 @@ def info(argv: list[str]) -> int:
 
 def train_command(argv: list[str]) -> int:
     """``eakd train CONFIG [key=value ...] [--deterministic]``."""
-    parser = argparse.ArgumentParser(prog="eakd train", description="Train (or resume) an experiment.")
+    parser = ArgumentParser(prog="eakd train", description="Train (or resume) an experiment.")
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 train.resume=auto")
     parser.add_argument(
@@ -46,34 +56,25 @@ def train_command(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     overrides = [*args.overrides, *(["train.deterministic=true"] if args.deterministic else [])]
-    from eakd.engine import ConfigError, load_config, train
+    from eakd.engine import load_config, train
 
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"eakd train: {err}", file=sys.stderr)
-        return 2
-    train(cfg)
+    train(load_config(args.config, overrides))
     return 0
 
 
 def eval_command(argv: list[str]) -> int:
     """``eakd eval CONFIG|RUN_DIR [key=value ...] [--weights PATH]``: print the metrics as JSON."""
-    parser = argparse.ArgumentParser(prog="eakd eval", description="Evaluate a trained run or a config.")
+    parser = ArgumentParser(prog="eakd eval", description="Evaluate a trained run or a config.")
     parser.add_argument("target", help="a run folder (uses its config.yaml) or a YAML config file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data")
     parser.add_argument(
         "--weights", help="weights file (default: the run's best.pt, else its latest checkpoint)"
     )
     args = parser.parse_args(argv)
-    from eakd.engine import ConfigError, evaluate_run, latest_checkpoint, load_config
+    from eakd.engine import evaluate_run, latest_checkpoint, load_config
 
     target = Path(args.target)
-    try:
-        cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
-    except ConfigError as err:
-        print(f"eakd eval: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(target / "config.yaml" if target.is_dir() else target, args.overrides)
     run_dir = target if target.is_dir() else cfg.run_dir
     weights = args.weights
     if weights is None:
@@ -95,18 +96,29 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``argv`` (default sys.argv[1:]) to a command; returns the exit code."""
+    """Dispatch ``argv`` (default sys.argv[1:]) to a command; returns the exit code (2: a user error)."""
     args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("EAKD_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if args[0] in ("-V", "--version"):
         return info([])
     if args[0] not in COMMANDS:
-        print(f"eakd: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"eakd: unknown command {args[0]!r} (`eakd --help` lists the commands)", file=sys.stderr)
         return 2
     module, _, func = COMMANDS[args[0]][0].partition(":")
-    return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(args[1:]) or 0)
+    except USER_ERRORS as err:
+        if debug or (isinstance(err, ImportError) and (err.name or "").split(".")[0] == "eakd"):
+            raise  # an import error inside eakd is a bug, not a missing extra
+        print(f"eakd {args[0]}: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"eakd {args[0]}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

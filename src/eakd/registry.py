@@ -8,10 +8,11 @@ A registry maps names to objects. Users add their own from any module::
     def my_images(root, train, download):  # -> (data set of raw images, eakd.vision.Recipe)
         ...
 
-and name them in a config. A name of the form ``"package.module:attr"`` is imported on lookup, and a
-registry with an entry-point group also finds what installed packages declare there (eakd's own tasks
-are declared that way in pyproject.toml, so the engine never names a task). ``import_plugins`` imports the
-modules a config lists under ``imports`` before anything is built.
+and name them in a config. A registry with an entry-point group also finds what installed packages declare
+there (eakd's own tasks are declared that way in pyproject.toml, so the engine never names a task).
+``import_plugins`` imports the modules a config lists under ``imports`` before anything is built: that
+list is the one place where a config runs code, so a name ``"package.module:attr"`` resolves only in a
+module listed there (``PLUGINS``), never by importing it on lookup.
 """
 
 from __future__ import annotations
@@ -58,13 +59,18 @@ class Registry(Generic[T]):
         return False
 
     def get(self, name: str) -> T:
-        """The object called ``name`` (or imported from ``"module:attr"``); ValueError naming the known."""
+        """The object called ``name``, or ``"module:attr"`` of a module the config lists under ``imports:``
+        (``PLUGINS``; never imported here); ValueError naming the known names otherwise."""
         if ":" in name:
             module, _, attr = name.partition(":")
-            try:
-                return getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as err:
-                raise ValueError(f"{self.kind} {name!r} cannot be imported: {err}") from err
+            if module not in PLUGINS:
+                raise ValueError(
+                    f"{self.kind} {name!r}: module {module!r} is not one of the config's `imports:`; list it "
+                    "there (importing a module runs its code, so eakd uses only the modules you list)"
+                )
+            if not hasattr(sys.modules[module], attr):
+                raise ValueError(f"{self.kind} {name!r}: module {module!r} has no attribute {attr!r}")
+            return getattr(sys.modules[module], attr)
         if name in self._items or self._entry_point(name):
             return self._items[name]
         known = self.names()
@@ -92,6 +98,9 @@ class Registry(Generic[T]):
         return self.get(name)
 
 
+PLUGINS: set[str] = set()  # the modules import_plugins imported: the only ones "module:attr" names reach
+
+
 def import_plugins(modules: list[str]) -> None:
     """Import the user modules (dotted names) that register losses, policies, tasks, models or data sets.
 
@@ -106,3 +115,4 @@ def import_plugins(modules: list[str]) -> None:
             importlib.import_module(module)
         except ImportError as err:
             raise ValueError(f"cannot import plugin module {module!r}: {err}") from err
+        PLUGINS.add(module)

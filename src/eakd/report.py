@@ -15,7 +15,6 @@ With several runs it also prints one markdown table comparing them.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from eakd.args import ArgumentParser
 from eakd.engine.logs import read_csv
 
 PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png")
@@ -226,6 +226,11 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    if not any((run_dir / name).is_file() for name in ("metrics.csv", "summary.json", "results.json")):
+        raise FileNotFoundError(
+            f"{run_dir} holds no run (no metrics.csv, summary.json or results.json): give the folder of one "
+            "run, experiment.output_dir/experiment.name (eakd train) or train.output_dir (eakd llm train)"
+        )
     metrics = read_csv(run_dir / "metrics.csv")
     diag = read_csv(run_dir / "diagnostics.csv")
     files = sample_files(run_dir)
@@ -259,7 +264,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 def report_command(argv: list[str]) -> int:
     """``eakd report RUN_DIR [RUN_DIR ...]``: write each run's report; compare them when several."""
-    parser = argparse.ArgumentParser(prog="eakd report", description="Plots and report.md for training runs.")
+    parser = ArgumentParser(prog="eakd report", description="Plots and report.md for training runs.")
     parser.add_argument("runs", nargs="+", help="run folders (experiment.output_dir/experiment.name)")
     args = parser.parse_args(argv)
     for run in args.runs:

@@ -8,7 +8,6 @@ settings are the YAML files configs/det/trees_{teacher,student}.yaml; the runs g
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from functools import partial
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from eakd.args import ArgumentParser
 from eakd.study import run_study, study_table
 
 SETTINGS: dict[str, list[str]] = {
@@ -112,7 +112,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def demo(argv: list[str]) -> int:
     """``eakd det demo [--seeds 0 1 2] [--out DIR] [--threads N] [key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="eakd det demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="eakd det demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default: 0)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument(
@@ -152,6 +152,5 @@ def main(argv: list[str]) -> int:
         )
         return 0
     if argv[0] != "demo":
-        print(f"eakd det: unknown subcommand {argv[0]!r}; known: demo")
-        return 2
+        raise ValueError(f"unknown subcommand {argv[0]!r}; known: demo (eakd det --help)")
     return demo(argv[1:])

@@ -9,12 +9,10 @@ demos are ``eakd llm demo`` and ``eakd det demo``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import replace
 from functools import partial
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from eakd.args import ArgumentParser
 from eakd.engine.config import Config, load_config, to_dict
 from eakd.engine.loop import train
 from eakd.paths import cache_dir
@@ -164,7 +163,7 @@ def main(argv: list[str]) -> int:
     """``eakd demo [--seeds 0 1 2] [--out DIR] [--jobs N] [-- key=value ...]``.
 
     The overrides (after ``--`` when they follow a list option) apply to every run, teacher included."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="eakd demo",
         description="Fashion-MNIST: a small student alone, with KD and with EA-KD (configs/demo). "
         "`eakd llm demo` and `eakd det demo` run the LLM and detection demos.",
@@ -189,14 +188,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    try:
-        epochs = [] if args.student_epochs is None else [f"train.epochs={args.student_epochs}"]
-        result = demo_study(
-            args.out, args.seeds, args.settings, args.overrides, epochs, args.jobs, args.threads
-        )
-    except FileNotFoundError as err:
-        print(f"eakd demo: {err}", file=sys.stderr)
-        return 2
+    epochs = [] if args.student_epochs is None else [f"train.epochs={args.student_epochs}"]
+    result = demo_study(args.out, args.seeds, args.settings, args.overrides, epochs, args.jobs, args.threads)
     dirs = [str(args.out / f"{s}-seed{seed}") for s in args.settings for seed in args.seeds]
     report_command(dirs)
     table = format_table(result)

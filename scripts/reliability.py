@@ -1,0 +1,290 @@
+"""The reliability table of docs/reliability.md: bad inputs tried against the command line, and what came of
+each (a clear error, a traceback, a silent wrong result, lost data), produced by running them.
+
+    python scripts/reliability.py            # runs every case, rewrites the table in docs/reliability.md
+    python scripts/reliability.py --check    # exits 1 when the table differs from a fresh run
+
+tests/test_reliability.py runs the same cases and fails on any outcome other than a clear error (or a
+refusal that kept the data), and when the table in the docs differs from what the cases give.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
+
+# a tiny, fast classification run: synthetic images, one epoch
+TINY = """\
+experiment: {name: tiny, output_dir: runs}
+data: {name: synthetic, options: {num_samples: 32, num_classes: 4, channels: 1, size: 8}}
+model: {student: fmnist_tiny, teacher: null}
+distill: {method: none, weighting: none}
+train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}
+"""
+LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
+
+
+@dataclass
+class Case:
+    """One bad input: ``argv`` for ``eakd`` run in a folder holding ``files``; ``before``: eakd commands run
+    first (a finished run to protect); ``keep``: files of that run that must survive unchanged."""
+
+    area: str
+    what: str
+    argv: list[str]
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    before: list[list[str]] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+
+
+CASES = [
+    Case("command line", "unknown command", ["nosuch"]),
+    Case("command line", "missing argument", ["train"]),
+    Case("command line", "unknown option", ["train", "tiny.yaml", "--nosuch"], {"tiny.yaml": TINY}),
+    Case("config", "file does not exist", ["train", "missing.yaml"]),
+    Case("config", "a directory given as the config file", ["train", "adir"], {"adir/x": ""}),
+    Case("config", "YAML syntax error in the file", ["train", "bad.yaml"], {"bad.yaml": "train: [1, 2\n"}),
+    Case(
+        "config",
+        "YAML syntax error in an override",
+        ["train", "tiny.yaml", "optim.lr=[1"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "config",
+        "YAML python tag (code execution)",
+        ["train", "tag.yaml"],
+        {"tag.yaml": '!!python/object/apply:os.system ["echo pwned"]\n'},
+    ),
+    Case("config", "unknown key", ["train", "tiny.yaml", "train.epoch=3"], {"tiny.yaml": TINY}),
+    Case("config", "wrong type", ["train", "tiny.yaml", "train.epochs=abc"], {"tiny.yaml": TINY}),
+    Case("config", "value out of range", ["train", "tiny.yaml", "train.batch_size=0"], {"tiny.yaml": TINY}),
+    Case("config", "NaN learning rate", ["train", "tiny.yaml", "optim.lr=.nan"], {"tiny.yaml": TINY}),
+    Case(
+        "config",
+        "plugin module that does not exist",
+        ["train", "tiny.yaml", "imports=[nosuchmod]"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "config",
+        "task from a module not listed under imports",
+        ["train", "tiny.yaml", "task=os:system"],
+        {"tiny.yaml": TINY},
+    ),
+    Case("names", "unknown task", ["train", "tiny.yaml", "task=segmentation"], {"tiny.yaml": TINY}),
+    Case(
+        "names",
+        "unknown loss",
+        ["train", "tiny.yaml", "distill.method=kdd", "model.teacher=fmnist_cnn"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "names",
+        "unknown weight policy",
+        ["train", "tiny.yaml", "distill.method=kd", "distill.weighting=eaa", "model.teacher=fmnist_cnn"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "names",
+        "policy setting it does not take",
+        [
+            "train",
+            "tiny.yaml",
+            "distill.method=kd",
+            "distill.weighting=er",
+            "distill.h_ub=2",
+            "model.teacher=fmnist_cnn",
+        ],
+        {"tiny.yaml": TINY},
+    ),
+    Case("names", "unknown model", ["train", "tiny.yaml", "model.student=resnet9000"], {"tiny.yaml": TINY}),
+    Case("names", "unknown data set", ["train", "tiny.yaml", "data.name=imagenett"], {"tiny.yaml": TINY}),
+    Case(
+        "data",
+        "data set not on disk",
+        ["train", "tiny.yaml", "data.name=fashion_mnist", "data.root=nodata"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "runs",
+        "second run into a finished run's folder",
+        ["train", "tiny.yaml", "optim.lr=0.1"],
+        {"tiny.yaml": TINY},
+        [["train", "tiny.yaml"]],
+        ["runs/tiny/summary.json", "runs/tiny/metrics.csv"],
+    ),
+    Case(
+        "runs",
+        "resume=auto with another config",
+        ["train", "tiny.yaml", "train.resume=auto", "optim.lr=0.1"],
+        {"tiny.yaml": TINY},
+        [["train", "tiny.yaml"]],
+        ["runs/tiny/summary.json"],
+    ),
+    Case(
+        "runs",
+        "experiment.name escaping output_dir",
+        ["train", "tiny.yaml", "experiment.name=../escaped"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "checkpoints",
+        "empty weights file",
+        ["eval", "tiny.yaml", "--weights", "empty.pt"],
+        {"tiny.yaml": TINY, "empty.pt": b""},
+    ),
+    Case(
+        "checkpoints",
+        "truncated checkpoint",
+        ["eval", "tiny.yaml", "--weights", "cut.pt"],
+        {"tiny.yaml": TINY, "cut.pt": b"PK\x03\x04" + b"\x00" * 40},
+    ),
+    Case(
+        "checkpoints",
+        "foreign file as weights",
+        ["eval", "tiny.yaml", "--weights", "tiny.yaml"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
+        "checkpoints",
+        "directory as weights",
+        ["eval", "tiny.yaml", "--weights", "adir"],
+        {"tiny.yaml": TINY, "adir/x": ""},
+    ),
+    Case("report", "folder with no runs", ["report", "adir"], {"adir/x": ""}),
+    Case("report", "folder that does not exist", ["report", "nowhere"]),
+    Case("demo", "Fashion-MNIST not on disk", ["demo", "--", "data.root=nodata"]),
+    Case("det", "unknown subcommand", ["det", "nosuch"]),
+    Case(
+        "llm",
+        "wrong type in an override",
+        ["llm", "train", "llm.yaml", "train.max_steps=abc"],
+        {"llm.yaml": LLM},
+    ),
+    Case(
+        "llm", "unknown train key", ["llm", "train", "llm.yaml", "train.lerning_rate=0.1"], {"llm.yaml": LLM}
+    ),
+    Case("llm", "config file does not exist", ["llm", "train", "missing.yaml"]),
+    Case(
+        "llm",
+        "cache with --top-k 0",
+        ["llm", "cache", "llm.yaml", "--top-k", "0", "--out", "c.safetensors"],
+        {"llm.yaml": LLM},
+    ),
+    Case(
+        "llm",
+        "cache --out naming a directory",
+        ["llm", "cache", "llm.yaml", "--out", "adir"],
+        {"llm.yaml": LLM, "adir/x": ""},
+    ),
+    Case("llm", "model that is not available offline", ["llm", "eval", "nosuch-org/nosuch-model"]),
+]
+
+
+@dataclass
+class Outcome:
+    """What a case gave: ``kind`` is "clear error" (exit 2, one stderr line, no traceback), "refused, data
+    kept", "traceback", "unclear error" (several lines), "silent" (exit 0) or "data lost"."""
+
+    kind: str
+    message: str
+
+
+def eakd(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m eakd ARGV`` in ``cwd`` (offline, no hub access)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "EAKD_CACHE": str(cwd / "cache")}
+    env.pop("EAKD_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "eakd", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def run_case(case: Case, folder: Path) -> Outcome:
+    """Run ``case`` in the empty folder ``folder``."""
+    for name, content in case.files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    for argv in case.before:
+        done = eakd(argv, folder)
+        if done.returncode != 0:
+            return Outcome("setup failed", done.stderr.strip().splitlines()[-1:][0] if done.stderr else "")
+    kept = {name: (folder / name).read_bytes() for name in case.keep}
+    done = eakd(case.argv, folder)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    message = lines[-1] if lines else done.stdout.strip()[-200:]
+    for where in (str(folder.resolve()), str(folder)):  # the temporary folder reads as "."
+        message = message.replace(where, ".")
+    if any((folder / n).read_bytes() != data if (folder / n).is_file() else True for n, data in kept.items()):
+        return Outcome("data lost", message)
+    if "Traceback" in done.stderr:
+        return Outcome("traceback", message)
+    if done.returncode == 0:
+        return Outcome("silent", message)
+    if done.returncode != 2 or len(lines) != 1:
+        return Outcome("unclear error", message)
+    return Outcome("refused, data kept" if case.keep else "clear error", message)
+
+
+def run_all(cases: list[Case] = CASES, progress: Callable[[str], None] = print) -> list[Outcome]:
+    """Every case in its own temporary folder."""
+    outcomes = []
+    for case in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            outcomes.append(run_case(case, Path(tmp)))
+        progress(f"{case.area}: {case.what}: {outcomes[-1].kind}")
+    return outcomes
+
+
+def table(cases: list[Case], outcomes: list[Outcome]) -> str:
+    """Markdown: a summary per area (inputs tried, clear errors, silent wrong, data lost, tracebacks), then
+    every case with the line the user saw."""
+    areas = list(dict.fromkeys(c.area for c in cases))
+    lines = [
+        "| area | inputs tried | clear errors | silent wrong | data lost | tracebacks / unclear |",
+        "|---|---|---|---|---|---|",
+    ]
+    for area in [*areas, "all"]:
+        kinds = [o.kind for c, o in zip(cases, outcomes, strict=True) if area in ("all", c.area)]
+        good = sum(k in ("clear error", "refused, data kept") for k in kinds)
+        bad = sum(k in ("traceback", "unclear error", "setup failed") for k in kinds)
+        silent, lost = kinds.count("silent"), kinds.count("data lost")
+        lines.append(f"| {area} | {len(kinds)} | {good} | {silent} | {lost} | {bad} |")
+    lines += ["", "| area | input | outcome | what the user reads (stderr) |", "|---|---|---|---|"]
+    for case, outcome in zip(cases, outcomes, strict=True):
+        command = " ".join(["eakd", *case.argv])
+        shown = outcome.message.replace("|", "\\|")
+        lines.append(f"| {case.area} | {case.what}: `{command}` | {outcome.kind} | {shown} |")
+    return "\n".join(lines)
+
+
+def with_table(doc: str, text: str) -> str:
+    """``doc`` with the part between the table markers replaced by ``text``."""
+    head, rest = doc.split(START)
+    _, tail = rest.split(END)
+    return f"{head}{START}\n{text}\n{END}{tail}"
+
+
+def main() -> int:
+    outcomes = run_all()
+    doc = DOC.read_text()
+    new = with_table(doc, table(CASES, outcomes))
+    if "--check" in sys.argv[1:]:
+        return int(new != doc)
+    DOC.write_text(new)
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
