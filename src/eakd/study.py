@@ -11,9 +11,13 @@ metrics}}, "wall_s"}``. Differences to a reference arm are paired by seed with a
 
 from __future__ import annotations
 
+import datetime
 import json
 import multiprocessing
+import os
+import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -27,10 +31,40 @@ from eakd.stats import paired_interval
 TrainOne = Callable[[str, int], dict[str, float]]
 
 
-def _save(out: Path, result: dict[str, Any]) -> None:
-    tmp = out / "study.json.partial"
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    tmp.replace(out / "study.json")
+def _save(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    tmp.replace(path)
+
+
+def provenance() -> dict[str, Any]:
+    """Where a result comes from: the code version (git commit, "+dirty" with uncommitted changes; else the
+    package version), the date (UTC) and the machine (platform, CPUs, Python, torch, CUDA device if any)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        code = rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        from eakd import __version__
+
+        code = f"eakd {__version__}"
+    return {
+        "code": code,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        },
+    }
 
 
 def _init_worker(threads: int) -> None:
@@ -46,12 +80,17 @@ def run_study(
     jobs: int = 1,
     threads: int = 1,
     reuse: bool = False,
+    results: Path | None = None,
+    info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every (arm, seed), seed-major, saving ``out/study.json`` after each; returns the result.
 
     jobs > 1: runs in that many spawned processes of ``threads`` torch threads (``train_one`` must then
     be picklable: a module-level function or a functools.partial of one), submitted seed-major.
     reuse: keep the runs of an existing study.json written under the same protocol.
+    results: also save there (a ``results/<study>.json`` that the docs' tables are generated from).
+    info: more entries of the result (e.g. the teacher's summary).
+    Every save holds ``provenance()``: the code version, the date and the machine.
     """
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, dict[str, float]]] = {arm: {} for arm in arms}
@@ -61,14 +100,23 @@ def run_study(
         if before.get("protocol") == (protocol or {}):
             for arm in arms:
                 runs[arm].update(before["runs"].get(arm, {}))
-    result: dict[str, Any] = {"protocol": protocol or {}, "arms": arms, "seeds": seeds, "runs": runs}
+    result: dict[str, Any] = {
+        "protocol": protocol or {},
+        "arms": arms,
+        "seeds": seeds,
+        "runs": runs,
+        "provenance": provenance(),
+        **(info or {}),
+    }
     todo = [(arm, seed) for seed in seeds for arm in arms if str(seed) not in runs[arm]]
     start = time.perf_counter()
 
     def done(arm: str, seed: int, metrics: dict[str, float]) -> None:
         runs[arm][str(seed)] = metrics
         result["wall_s"] = time.perf_counter() - start
-        _save(out, result)
+        for path in (out / "study.json", results):
+            if path is not None:
+                _save(path, result)
         text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"  {arm} seed {seed}: {text}", flush=True)
 
@@ -111,12 +159,13 @@ def _mean_std(xs: list[float]) -> str:
 def study_table(
     result: dict[str, Any],
     metrics: dict[str, str],
-    reference: str | None = None,
+    reference: str | dict[str, str] | None = None,
     compare: list[str] | None = None,
 ) -> str:
     """Markdown: mean ± std over seeds per arm for each metric (key -> column label), the per-seed values
-    of the first metric, and each arm minus ``reference`` paired by seed with its 95 % interval, for the
-    metrics in ``compare`` (default: all)."""
+    of the first metric, and each arm minus its reference paired by seed with its 95 % interval, for the
+    metrics in ``compare`` (default: all). reference: one arm for all, or arm -> its own reference (arms
+    not in the mapping are not compared)."""
     head = f"| arm | seeds | {' | '.join(metrics.values())} |"
     lines = [head, "|" + "---|" * (2 + len(metrics))]
     first = next(iter(metrics))
@@ -133,13 +182,14 @@ def study_table(
     )
     lines += ["", f"per seed ({metrics[first]}): {per_seed}"]
     if reference is not None:
-        for arm in result["arms"]:
-            if arm == reference:
+        refs = reference if isinstance(reference, dict) else {a: reference for a in result["arms"]}
+        for arm, ref in refs.items():
+            if arm == ref or arm not in result["arms"] or ref not in result["arms"]:
                 continue
             keys = compare if compare is not None else list(metrics)
-            gains = {metrics[k]: paired_gain(result, arm, reference, k) for k in keys}
+            gains = {metrics[k]: paired_gain(result, arm, ref, k) for k in keys}
             parts = [f"{lb} {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]" for lb, (m, h, n) in gains.items() if n]
             pairs = max(n for _, _, n in gains.values())
             if parts:
-                lines.append(f"{arm} - {reference} (95 % CI, {pairs} paired seeds): " + "; ".join(parts))
+                lines.append(f"{arm} - {ref} (95 % CI, {pairs} paired seeds): " + "; ".join(parts))
     return "\n".join(lines)

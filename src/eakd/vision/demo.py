@@ -30,15 +30,38 @@ from eakd.report import report_command
 from eakd.study import run_study, study_table
 
 # student settings: overrides of configs/demo/kd.yaml (which is EA-KD as it stands)
+# DKD (alpha 1, beta 8, T 4, CE 1) with its warm-up scaled to the short budget (1 of 5 epochs); MLKD
+# (weak + strong views, KD terms at T 2..6 with class and batch correlation) as configured on CIFAR
+DKD = [
+    "distill.method=dkd",
+    "distill.ce_weight=1.0",
+    "distill.kd_weight=1.0",
+    "distill.warmup_epochs=1.0",
+    "distill.hparams={alpha: 1.0, beta: 8.0, temperature: 4.0}",
+]
+MLKD = ["data.two_views=true", "distill.method=mlkd", "distill.hparams={temperature: 4.0}"]
 SETTINGS: dict[str, list[str]] = {
     "no-kd": ["distill.method=none", "distill.weighting=none", "distill.ce_weight=1.0"],
     "kd": ["distill.weighting=none"],
     "ea-kd": ["distill.weighting=ea"],
     "er-kd": ["distill.weighting=er", "distill.tau=4.0"],  # ER-KD as published: w = H_t at tau 4
     "inverse-kd": ["distill.weighting=inverse"],  # negative control: emphasises confident samples
+    "dkd": [*DKD, "distill.weighting=none"],
+    "ea-dkd": [*DKD, "distill.weighting=ea"],
+    "mlkd": [*MLKD, "distill.weighting=none"],
+    "ea-mlkd": [*MLKD, "distill.weighting=ea"],
 }
 DEMO_SETTINGS = ["no-kd", "kd", "ea-kd"]
-METRICS = {"best_top1": "best top-1 (%)", "last_top1": "last top-1 (%)", "train_s": "train s/run"}
+METRICS = {"last_top1": "last top-1 (%)", "best_top1": "best top-1 (%)", "train_s": "train s/run"}
+# what each arm is compared with, paired by seed: its method without the weights
+REFERENCE = {
+    "no-kd": "kd",
+    "ea-kd": "kd",
+    "er-kd": "kd",
+    "inverse-kd": "kd",
+    "ea-dkd": "dkd",
+    "ea-mlkd": "mlkd",
+}
 
 
 def config_dir() -> Path:
@@ -78,6 +101,7 @@ def train_student(setting: str, seed: int, out: Path, common: list[str], teacher
         f"experiment.name={name}",
         f"experiment.seed={seed}",
         f"model.teacher_checkpoint={teacher}",
+        "train.overwrite=true",  # a demo's runs are rebuilt, not resumed (a study reuses finished ones)
         *SETTINGS[setting],
     ]
     summary = train_logged(config_dir() / "kd.yaml", overrides, out / "logs" / f"{name}.log")
@@ -100,7 +124,11 @@ def teacher_run(common: list[str]) -> dict[str, Any]:
         summary = json.loads((t_dir / "summary.json").read_text())
     else:
         print(f"training the teacher into {t_dir}", flush=True)
-        where = [f"experiment.output_dir={t_dir.parent}", f"experiment.name={t_dir.name}"]
+        where = [
+            f"experiment.output_dir={t_dir.parent}",
+            f"experiment.name={t_dir.name}",
+            "train.resume=auto",
+        ]
         summary = train_logged(config_dir() / "teacher.yaml", [*common, *where], t_dir / "train.log")
     return {**summary, "checkpoint": str(t_dir / "best.pt")}
 
@@ -113,12 +141,15 @@ def demo_study(
     student_overrides: list[str] | None = None,
     jobs: int = 1,
     threads: int = 1,
+    results: Path | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """The teacher, then each student setting x seed through ``eakd.study.run_study``.
 
     overrides: for every run, teacher included (e.g. ``data.root=DIR``); student_overrides: for the
-    students only (e.g. ``train.epochs=3``). Returns the study result (``out/study.json``) with the
-    teacher's summary under "teacher".
+    students only (e.g. ``train.epochs=3``). results: also save the study there (``results/``). reuse:
+    keep the finished runs of an earlier study.json of the same protocol (a stopped study resumes). Returns
+    the study result (``out/study.json``) with the teacher's summary under "teacher".
     """
     common = list(overrides or [])
     teacher = teacher_run(common)
@@ -136,17 +167,14 @@ def demo_study(
     print(
         f"{len(settings) * len(seeds)} student runs in {jobs} process(es); logs in {out / 'logs'}", flush=True
     )
-    result = run_study(train_one, settings, seeds, out, protocol, jobs=jobs, threads=threads)
-    result["teacher"] = teacher
-    (out / "study.json").write_text(json.dumps(result, indent=1, default=float))
-    return result
+    info = {"teacher": teacher}
+    return run_study(train_one, settings, seeds, out, protocol, jobs, threads, reuse, results, info)
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The teacher and student sizes, then ``eakd.study.study_table`` of best and last top-1 against KD."""
     teacher = result["teacher"]
     some = next(m for runs in result["runs"].values() for m in runs.values())
-    reference = "kd" if "kd" in result["arms"] else None
     return "\n".join(
         [
             f"teacher: top-1 {teacher['last']['metrics']['top1']:.2f} % ({teacher['trainable_params']:,} "
@@ -154,7 +182,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{int(some['steps'])} optimiser steps, "
             f"{len(result['seeds'])} seeds",
             "",
-            study_table(result, METRICS, reference, compare=["best_top1", "last_top1"]),
+            study_table(result, METRICS, REFERENCE, compare=["last_top1", "best_top1"]),
         ]
     )
 
@@ -180,6 +208,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--student-epochs", type=int, help="students' epochs (default: configs/demo/kd.yaml's)"
     )
+    parser.add_argument("--results", type=Path, help="also save the study there (e.g. results/NAME.json)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep finished runs of an earlier study of the same protocol"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -189,7 +221,17 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     epochs = [] if args.student_epochs is None else [f"train.epochs={args.student_epochs}"]
-    result = demo_study(args.out, args.seeds, args.settings, args.overrides, epochs, args.jobs, args.threads)
+    result = demo_study(
+        args.out,
+        args.seeds,
+        args.settings,
+        args.overrides,
+        epochs,
+        args.jobs,
+        args.threads,
+        args.results,
+        args.reuse,
+    )
     dirs = [str(args.out / f"{s}-seed{seed}") for s in args.settings for seed in args.seeds]
     report_command(dirs)
     table = format_table(result)
