@@ -1,11 +1,14 @@
-"""KD, DKD, weighted_mean and DistillLoss against plain references (values and gradients)."""
+"""KD, DKD, weighted_mean and DistillLoss against plain references (values and gradients); their errors."""
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import eakd
-from eakd.losses import dkd_loss, kd_loss, linear_warmup, weighted_mean
+from eakd.checks import deferred_checks
+from eakd.losses import LOSSES, dkd_loss, kd_loss, linear_warmup, weighted_mean
 
 
 def ref_kd_mean(zs, zt, t):
@@ -117,6 +120,32 @@ def test_weighted_mean_mask_and_denominator():
         (lambda: kd_loss(torch.randn(2, 5), torch.randn(2, 7)), "student has 5, teacher has 7"),
         (lambda: dkd_loss(torch.randn(2, 5), torch.randn(2, 5), torch.zeros(3).long()), "target shape"),
         (lambda: eakd.DistillLoss("kd", entropy_on="soft"), "entropy_on"),
+        # settings are refused when the loss is built, not at its first step
+        (lambda: eakd.DistillLoss("kd", "uniform", tau=2.0), r"'uniform' takes no setting\(s\) \['tau'\]"),
+        (lambda: eakd.DistillLoss("kd", "ea", h_ub=math.inf), "h_ub must be > 0 and finite"),
+        (lambda: eakd.DistillLoss("kd", temperature=0.0), "'temperature' must be > 0"),
+        (lambda: eakd.DistillLoss("mlkd", extra_temperatures=(2.0, math.nan)), "'extra_temperatures'"),
+        (lambda: eakd.DistillLoss("kd", target=1), r"takes no setting\(s\) \['target'\]"),
+        (lambda: eakd.DistillLoss("fitnet", "ea", hint=2), r"takes no setting\(s\) \['hint'\]"),
+        (lambda: eakd.DistillLoss("fitnet", "ea"), r"needs the setting\(s\) \['student_channels'"),
+        (lambda: eakd.DistillLoss("kd", ce_weight=math.nan), "ce_weight must be finite and >= 0"),
+        (lambda: eakd.DistillLoss("kd", kd_weight=-1.0), "kd_weight must be finite and >= 0"),
+        # denominators <= 0, as a number or a tensor
+        (lambda: weighted_mean(torch.ones(3), denominator=0), "denominator must be > 0"),
+        (lambda: weighted_mean(torch.ones(3), denominator=-2.0), "denominator must be > 0"),
+        (lambda: weighted_mean(torch.ones(3), denominator=math.nan), "denominator must be > 0"),
+        (lambda: weighted_mean(torch.ones(3), denominator=torch.tensor(0)), "denominator must be > 0"),
+        (lambda: weighted_mean(torch.ones(3), denominator=torch.tensor([-1.0])), "denominator must be > 0"),
+        (lambda: weighted_mean(torch.ones(3), denominator=torch.ones(2)), "one value"),
+        # zero classes
+        (lambda: kd_loss(torch.randn(2, 0), torch.randn(2, 0)), r"\(2, 0\) have 0 classes"),
+        (lambda: dkd_loss(torch.randn(2, 0), torch.randn(2, 0), torch.zeros(2).long()), "0 classes"),
+        (lambda: eakd.DistillLoss("kd")(torch.randn(3, 0), torch.randn(3, 0)), "0 classes"),
+        (lambda: eakd.DistillLoss("mlkd")(torch.randn(3, 0), torch.randn(3, 0)), "0 classes"),
+        (
+            lambda: eakd.DistillLoss("ctkd")(torch.randn(3, 0), torch.randn(3, 0), torch.zeros(3).long()),
+            "0 classes",
+        ),
     ],
 )
 def test_errors(call, message):
@@ -140,3 +169,100 @@ def test_distill_loss_advances_ctkd_curriculum():
     fn(zs, zt, target, epoch=10.0)
     assert fn.module.lam == pytest.approx(1.0)
     assert any(p.requires_grad for p in fn.parameters())  # the temperature trains with the student
+
+
+def test_weighted_mean_tensor_denominator_and_empty_mask():
+    v = torch.tensor([1.0, 2.0, 3.0])
+    assert weighted_mean(v, denominator=torch.tensor(4)).item() == pytest.approx(1.5)
+    assert weighted_mean(v, mask=torch.zeros(3, dtype=torch.bool)).item() == 0.0  # nothing valid: 0
+    with deferred_checks():  # no host read: a bad count turns the result NaN for the caller's device check
+        assert math.isnan(weighted_mean(v, denominator=torch.tensor(0)).item())
+
+
+def test_bad_tensor_temperature_deferred_gives_nan_not_error():
+    """Inside deferred checks a learned temperature <= 0 or NaN is not read back: its rows become NaN, which
+    the caller's device-side finiteness flag reports."""
+    t = torch.tensor([1.0, 2.0, 0.0, math.nan, 1.0])
+    with deferred_checks():
+        out = kd_loss(torch.randn(5, 4), torch.randn(5, 4), t)
+    assert torch.isfinite(out).tolist() == [True, True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("call", "devices"),
+    [
+        (lambda z, m: kd_loss(z, m), "cpu.*meta"),
+        (lambda z, m: dkd_loss(z, z, torch.zeros(4, dtype=torch.long, device="meta")), "cpu.*meta"),
+        (lambda z, m: weighted_mean(z[:, 0], torch.ones(4, device="meta")), "cpu.*meta"),
+        (
+            lambda z, m: weighted_mean(z[:, 0], mask=torch.ones(4, dtype=torch.bool, device="meta")),
+            "cpu.*meta",
+        ),
+        (lambda z, m: eakd.DistillLoss("kd", "ea")(z, m), "cpu.*meta"),
+        (lambda z, m: eakd.DistillLoss("kd", "ea")(m, z), "meta.*cpu"),
+        (lambda z, m: eakd.DistillLoss("kd", "er")(z, z, mask=torch.ones(4, device="meta")), "cpu.*meta"),
+        (lambda z, m: eakd.DistillLoss("kd", None)(z, z, mask=torch.ones(4, device="meta")), "cpu.*meta"),
+    ],
+)
+def test_mixed_devices_name_both(call, devices):
+    z, on_meta = torch.randn(4, 5), torch.randn(4, 5, device="meta")
+    with pytest.raises(ValueError, match=f"{devices}.*one device"):
+        call(z, on_meta)
+
+
+def _nan_policy(student_logits, teacher_logits, mask=None):
+    return torch.full(teacher_logits.shape[:-1], float("nan"))
+
+
+def _plain_l2(student_logits, teacher_logits):  # a user's loss without its own finiteness check
+    return (student_logits - teacher_logits).pow(2).mean(dim=-1)
+
+
+def test_distill_loss_refuses_nonfinite(monkeypatch):
+    monkeypatch.setitem(LOSSES._items, "plain_l2", _plain_l2)
+    zs, zt, _ = logits()
+    bad = zs.detach().clone()
+    bad[3, 2] = float("nan")
+    for weighting in (None, "ea", "uniform"):
+        with pytest.raises(ValueError, match="non-finite"):
+            eakd.DistillLoss("kd", weighting)(bad, zt)
+    with pytest.raises(ValueError, match="plain_l2 loss: loss_kd non-finite"):
+        eakd.DistillLoss("plain_l2", None)(bad, zt)
+    with pytest.raises(ValueError, match=r"kd loss: weights and loss_kd non-finite"):
+        eakd.DistillLoss("kd", _nan_policy)(zs, zt)
+    masked = eakd.DistillLoss("plain_l2", None)(bad, zt, mask=torch.arange(12) != 3)  # NaN row masked out
+    assert torch.isfinite(masked["loss_kd"])
+
+
+def _no_host_reads(monkeypatch):
+    """Make every read of a tensor value back to the host an error (what a device sync would be)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read of a tensor value")
+
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+@pytest.mark.parametrize(
+    ("method", "weighting", "kw"),
+    [("kd", "ea", {"ce_weight": 0.5}), ("dkd", None, {}), ("mlkd", "er", {}), ("ctkd", _nan_policy, {})],
+)
+def test_deferred_checks_record_flags_without_host_reads(monkeypatch, method, weighting, kw):
+    zs, zt, target = logits()
+    bad = zs.detach().clone()
+    bad[0, 0] = float("inf")
+    fn = eakd.DistillLoss(method, weighting, sync_checks=False, **kw)
+    with monkeypatch.context() as m:
+        _no_host_reads(m)
+        for z in (zs, zs, bad, zs):  # call 3 is non-finite (call 1 too for the NaN policy)
+            out = fn(z, zt, target)
+    assert fn.calls == 4 and all(flag.dim() == 0 for flag in fn.nonfinite.values())
+    first = 1 if weighting is _nan_policy else 3
+    expected = {name: first for name in out}  # every term, batch-level ones (MLKD's cc, bc) included
+    if weighting in ("ea", _nan_policy):  # ER reads the teacher only: its weights stay finite
+        expected["weights"] = first
+    assert fn.pop_nonfinite() == expected
+    assert fn.pop_nonfinite() == {} and fn.calls == 0
+    fn(zs, zt, target)
+    assert fn.pop_nonfinite() == ({} if weighting is not _nan_policy else {"weights": 1, "loss_kd": 1})

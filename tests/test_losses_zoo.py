@@ -400,3 +400,24 @@ def test_feature_losses_through_distill_loss() -> None:
     out = dl(zs, zt, student_feats=fs, teacher_feats=ft)
     close(out["loss_kd"], dl.module(fs, ft).mean())
     assert dl.last["weights"] is None
+
+
+@pytest.mark.parametrize(
+    ("teacher_n", "device", "message"),
+    [
+        (1, "cpu", f"differ in batch size: student has {N} samples, teacher has 1"),  # would broadcast
+        (N + 1, "cpu", f"differ in batch size: student has {N} samples, teacher has {N + 1}"),
+        (N, "meta", r"student .* are on cpu but teacher .* on meta"),
+    ],
+)
+def test_feature_losses_refuse_other_batches_and_devices(teacher_n: int, device: str, message: str) -> None:
+    fs = feats(0, [3, 4, 6], [8, 8, 4])
+    maps = [torch.randn(teacher_n, c, s, s, device=device) for c, s in zip([3, 5, 7], [8, 8, 4], strict=True)]
+    ft = {"feats": maps, "preact_feats": maps, "pooled": maps[-1].mean(dim=(2, 3))}
+    with pytest.raises(ValueError, match=message):
+        FitNet(4, 5, hint_layer=1)(fs, ft)
+    with pytest.raises(ValueError, match=message):
+        ReviewKD(in_channels=[4, 6, 6], out_channels=[5, 7, 7], mid_channel=4)(fs, ft)
+    if device == "meta":  # the same shapes, other devices
+        with pytest.raises(ValueError, match=message):
+            hcl_loss([torch.ones(m.shape) for m in maps], maps)

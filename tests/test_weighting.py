@@ -119,11 +119,45 @@ def test_callable_policy_and_register():
         (lambda: eakd.entropy(torch.randn(2, 5), tau=-2.0), "tau must be > 0"),
         (lambda: eakd.get_policy("entropy"), "known: base, ea, er"),
         (lambda: eakd.ea_weights(torch.randn(2, 5), torch.randn(2, 5), mask=torch.ones(5)), "mask shape"),
+        (lambda: eakd.entropy(torch.randn(2, 5), tau=math.nan), "tau must be > 0 and finite"),
+        (lambda: eakd.entropy(torch.randn(2, 5), tau=math.inf), "tau must be > 0 and finite"),
+        (lambda: eakd.entropy(torch.randn(2, 0)), r"\(2, 0\) have 0 classes"),
+        (lambda: eakd.ea_weights(torch.randn(2, 0), torch.randn(2, 0)), "0 classes"),
+        (lambda: eakd.er_weights(None, torch.randn(3, 0)), "0 classes"),
+        (lambda: eakd.get_policy("uniform", tau=2.0), r"'uniform' takes no setting\(s\) \['tau'\]"),
+        (lambda: eakd.get_policy("er", h_ub=2.0), r"'er' takes no setting\(s\) \['h_ub'\]"),
+        (lambda: eakd.get_policy("ea", h_ub=math.nan), "h_ub must be > 0 and finite"),
+        (lambda: eakd.get_policy(lambda student_logits, teacher_logits, mask=None: None, x=1), "no setting"),
+        (
+            lambda: eakd.ea_weights(torch.randn(2, 5), torch.randn(2, 5, device="meta")),
+            "student logits are on cpu but teacher logits on meta",
+        ),
+        (
+            lambda: eakd.er_weights(None, torch.randn(2, 5), mask=torch.ones(2, device="meta")),
+            "cpu but mask on meta",
+        ),
     ],
 )
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_tau_must_be_a_number():
+    with pytest.raises(TypeError, match="tau must be a number, got str"):
+        eakd.get_policy("ea", tau="3")
+
+
+def test_custom_policy_output_is_checked():
+    """Type and shape here; finiteness where the loss reduces it (see test_core_losses)."""
+    zs, zt = torch.randn(4, 6), torch.randn(4, 6)
+    cases = [
+        (lambda student_logits, teacher_logits, mask=None: torch.ones(4, 1), ValueError, r"shape \(4, 1\)"),
+        (lambda student_logits, teacher_logits, mask=None: [1.0] * 4, TypeError, "returned list"),
+    ]
+    for fn, error, message in cases:
+        with pytest.raises(error, match=message):
+            eakd.get_policy(fn)(zs, zt)
 
 
 @settings(max_examples=60, deadline=None)

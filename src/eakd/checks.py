@@ -1,38 +1,93 @@
-"""Input checks shared by weights and losses: clear errors instead of silent broadcasts."""
+"""Input checks shared by weights and losses: clear errors instead of silent broadcasts or silent NaNs.
+
+Shape, device and setting checks look at metadata only. Value checks (``check_finite``,
+``check_positive_values``) read one value back to the host: eager by default, so a direct call fails at
+once. Inside ``deferred_checks()`` they do no host sync and raise nothing; the caller then checks its
+results on the device (``DistillLoss(sync_checks=False)`` records flags a training loop reads).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from numbers import Real
 
 import torch
 
+_DEFERRED: ContextVar[bool] = ContextVar("eakd_deferred_checks", default=False)
+
+
+@contextmanager
+def deferred_checks() -> Iterator[None]:
+    """Within this context the value checks do no host sync and raise nothing (see the module docstring)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def nonfinite(x: torch.Tensor) -> torch.Tensor:
+    """0-dim bool tensor on x's device: True if ``x`` holds a NaN or inf. One O(numel) pass, no sync."""
+    return ~torch.isfinite(x.detach()).all()
+
 
 def check_positive(name: str, value: float) -> None:
-    """Raise ValueError unless ``value`` > 0 (temperatures, tau, h_ub)."""
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    """Raise unless ``value`` is a finite real number > 0 (temperatures, tau, h_ub, denominators)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")
+
+
+def check_positive_values(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A float tensor setting (a learned temperature, a token count) that must be finite and > 0 everywhere;
+    returns it. Eager: ValueError otherwise. Deferred: no sync; bad values become NaN, so whatever is
+    computed from them is non-finite and the caller's device-side check reports it.
+    """
+    ok = (x > 0) & torch.isfinite(x)
+    if _DEFERRED.get():
+        return torch.where(ok, x, torch.full_like(x, math.nan))
+    if not bool(ok.all()):
+        raise ValueError(f"{name} must be > 0 and finite everywhere; {int((~ok).sum())} value(s) are not")
+    return x
 
 
 def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Raise ValueError if ``x`` holds NaN or inf, saying how many; returns ``x`` otherwise.
+    """Raise ValueError if ``x`` holds NaN or inf, saying how many; returns ``x`` (unchecked when deferred).
 
     Losses and weights call it on their per-sample results (N,), not on the (N, K) logits: a NaN or inf
     logit makes its row's result non-finite, so the check costs O(N), not another pass over the logits.
     """
-    # one reduction and one read-back: a NaN or inf anywhere makes the (float32-accumulated) sum non-finite
-    if not math.isfinite(float(x.detach().sum(dtype=torch.float32))):
+    if not _DEFERRED.get() and bool(nonfinite(x)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf) of {x.numel()}")
     return x
 
 
-def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
-    """Student and teacher logits must have the same shape (..., K); names the sizes otherwise.
+def check_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Both tensors on one device; the error names both devices."""
+    if a.device != b.device:
+        raise ValueError(f"{name_a} are on {a.device} but {name_b} on {b.device}: move them to one device")
 
-    Shapes only: finiteness is checked on the results (see ``check_finite``).
+
+def check_logits(name: str, logits: torch.Tensor) -> None:
+    """Logits (..., K) need a class dimension with K >= 1 (an (N, 0) tensor has no distribution)."""
+    if logits.dim() < 1:
+        raise ValueError(f"{name} must have a class dimension, got a scalar")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"{name} {tuple(logits.shape)} have 0 classes: the last dimension must be >= 1")
+
+
+def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    """Student and teacher logits: the same shape (..., K), K >= 1, one device; names the sizes otherwise.
+
+    Metadata only: finiteness is checked on the results (see ``check_finite``).
     """
-    if student_logits.dim() < 1:
-        raise ValueError("logits must have a class dimension, got a scalar")
+    check_logits("student logits", student_logits)
+    check_logits("teacher logits", teacher_logits)
     ks, kt = student_logits.shape[-1], teacher_logits.shape[-1]
     if ks != kt:
         raise ValueError(
@@ -44,12 +99,14 @@ def check_logit_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape"
         )
+    check_same_device("student logits", student_logits, "teacher logits", teacher_logits)
 
 
 def check_same_leading(name: str, x: torch.Tensor, values: torch.Tensor) -> None:
-    """``x`` (weights or mask) must have exactly the shape of the per-sample ``values``."""
+    """``x`` (weights or mask) must have exactly the shape of the per-sample ``values``, on their device."""
     if x.shape != values.shape:
         raise ValueError(
-            f"{name} shape {tuple(x.shape)} does not match the per-sample loss shape {tuple(values.shape)}; "
+            f"{name} shape {tuple(x.shape)} does not match the per-sample shape {tuple(values.shape)}; "
             f"a per-sample {name} must meet a per-sample loss (no broadcasting)"
         )
+    check_same_device("per-sample values", values, name, x)

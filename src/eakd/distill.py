@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import math
+from contextlib import nullcontext
+from numbers import Real
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eakd.checks import check_finite
+from eakd.checks import check_positive, deferred_checks, nonfinite
 from eakd.losses.logit import linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
@@ -23,6 +26,33 @@ def _accepted(fn: Any) -> set[str]:
     return {n for n in INPUTS if n in params}
 
 
+def _check_settings(method: str, loss: Any, hparams: dict[str, Any]) -> None:
+    """The loss's settings (a function's non-input parameters, a module's constructor arguments) against
+    ``hparams``: unknown or missing names, and temperatures that are not finite and > 0."""
+    params = inspect.signature(loss).parameters
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    settings = {n: p for n, p in params.items() if n not in INPUTS and p.kind not in variadic}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in hparams if k in INPUTS or (k not in settings and not takes_any))
+    if unknown:
+        raise ValueError(f"loss {method!r} takes no setting(s) {unknown}; it takes {sorted(settings)}")
+    missing = sorted(n for n, p in settings.items() if p.default is p.empty and n not in hparams)
+    if missing:
+        raise ValueError(f"loss {method!r} needs the setting(s) {missing}")
+    if not isinstance(hparams.get("temperature"), torch.Tensor | None):
+        check_positive(f"loss {method!r} setting 'temperature'", hparams["temperature"])
+    for t in hparams.get("extra_temperatures", ()):
+        check_positive(f"loss {method!r} setting 'extra_temperatures'", t)
+
+
+def _check_outer(name: str, value: float) -> None:
+    """Outer weights and warm-up length: finite numbers >= 0."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
 class DistillLoss(nn.Module):
     """Weighted distillation loss for a training loop; returns a dict of named, reduced terms.
 
@@ -33,7 +63,7 @@ class DistillLoss(nn.Module):
     standardisation (LS) to both logits before a logit loss. kd_weight, ce_weight: outer loss weights
     (ce_weight > 0 adds the hard-label cross-entropy, never reweighted). warmup_epochs: linear warm-up of
     the distillation terms (DKD, ReviewKD). Remaining keyword arguments go to the loss (its temperature,
-    alpha, beta, ...) or, for a loss with learnable parts, to its constructor.
+    alpha, beta, ...) or, for a loss with learnable parts, to its constructor. sync_checks: see below.
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
     teacher_feats, epoch where needed (a loss module with ``set_epoch``, such as CTKD's curriculum, is
@@ -41,6 +71,21 @@ class DistillLoss(nn.Module):
     (N,) or None: ``weights``; ``h_t`` and ``h_s``, the entropies in nats the policy computed (at its tau,
     on standardised logits with ``entropy_on="standardized"``); ``per_sample``, the unweighted per-sample
     distillation loss. ``self.policy`` is the bound policy (its ``tau``, ``h_ub``, ``standardized``).
+
+    Every setting is checked here, at construction (ValueError / TypeError naming it): the policy's
+    (``get_policy``), the loss's (unknown or missing names, temperatures finite and > 0), the outer
+    weights. Inputs are checked on each call: shapes, devices, K >= 1 classes, and finiteness.
+
+    Finiteness contract. Checked are the weights (N,) and every returned (0-dim) term: a NaN or inf in an
+    input that reaches the loss is caught at O(N) cost, never with another pass over the (N, K) logits.
+    ``sync_checks=True`` (default): a non-finite value raises ValueError in the call, naming the term;
+    the checks read values back to the host (device syncs). ``sync_checks=False`` (for training loops):
+    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); instead
+    ``self.nonfinite`` maps "weights" and each returned term ("loss_kd", "loss_ce", ...) to a 0-dim int64
+    tensor on the inputs' device: the call number (1-based, counted since the last ``pop_nonfinite``) of
+    the first call in which that value was NaN or inf, 0 while it stayed finite; ``self.calls`` counts the
+    calls. A loop reads them at its logging steps with ``pop_nonfinite()`` (one sync; it resets both) and
+    stops when it returns anything: the updates from that call on used a non-finite loss.
     """
 
     def __init__(
@@ -55,13 +100,18 @@ class DistillLoss(nn.Module):
         kd_weight: float = 1.0,
         ce_weight: float = 0.0,
         warmup_epochs: float = 0.0,
+        sync_checks: bool = True,
         **hparams: Any,
     ) -> None:
         super().__init__()
         if entropy_on not in ("raw", "standardized"):
             raise ValueError(f"entropy_on must be 'raw' or 'standardized', got {entropy_on!r}")
+        outer = {"kd_weight": kd_weight, "ce_weight": ce_weight, "warmup_epochs": warmup_epochs}
+        for name, value in outer.items():
+            _check_outer(name, value)
         self.method = method
         loss = get_loss(method)
+        _check_settings(method, loss, hparams)
         if isinstance(loss, type) and issubclass(loss, nn.Module):
             self.module: nn.Module | None = loss(**hparams)
             self.fn: Any = self.module
@@ -72,9 +122,6 @@ class DistillLoss(nn.Module):
             self.fn = loss
             self.hparams = hparams
             self.inputs = _accepted(loss)
-            unknown = set(hparams) - set(inspect.signature(loss).parameters) - set(INPUTS)
-            if unknown:
-                raise ValueError(f"loss {method!r} takes no setting(s) {sorted(unknown)}")
         policy_kw: dict[str, Any] = {}
         if tau is not None:
             policy_kw["tau"] = tau
@@ -88,7 +135,10 @@ class DistillLoss(nn.Module):
         self.kd_weight = kd_weight
         self.ce_weight = ce_weight
         self.warmup_epochs = warmup_epochs
+        self.sync_checks = sync_checks
         self.last: dict[str, torch.Tensor | None] = {}
+        self.nonfinite: dict[str, torch.Tensor] = {}
+        self.calls = 0
 
     def forward(
         self,
@@ -100,6 +150,47 @@ class DistillLoss(nn.Module):
         epoch: float | None = None,
         mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        with nullcontext() if self.sync_checks else deferred_checks():
+            out = self._terms(
+                student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask
+            )
+        weights = self.last["weights"]
+        values = out if weights is None else {"weights": weights, **out}
+        flags = {name: nonfinite(v) for name, v in values.items()}
+        if self.sync_checks:
+            is_bad = torch.stack(list(flags.values())).tolist()  # one host read for all the checks
+            bad = [name for name, b in zip(flags, is_bad, strict=True) if b]
+            if bad:
+                raise ValueError(
+                    f"{self.method} loss: {' and '.join(bad)} non-finite (NaN or inf); check the student and "
+                    "teacher inputs and the weight policy"
+                )
+            return out
+        self.calls += 1
+        for name, flag in flags.items():
+            first = self.nonfinite.get(name, torch.zeros((), dtype=torch.int64, device=flag.device))
+            self.nonfinite[name] = torch.where(flag & (first == 0), self.calls, first)
+        return out
+
+    def pop_nonfinite(self) -> dict[str, int]:
+        """{term: call number of its first non-finite value} since the last pop ({} if all were finite);
+        one host sync; resets ``nonfinite`` and ``calls`` (see the class docstring)."""
+        names = list(self.nonfinite)
+        firsts = torch.stack([self.nonfinite[n] for n in names]).tolist() if names else []
+        self.nonfinite, self.calls = {}, 0
+        return {name: first for name, first in zip(names, firsts, strict=True) if first}
+
+    def _terms(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor | None,
+        student_feats: Any,
+        teacher_feats: Any,
+        epoch: float | None,
+        mask: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The reduced terms of one call (unchecked); sets ``self.last``."""
         teacher_logits = teacher_logits.detach()
         if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
             self.module.set_epoch(epoch)
@@ -124,7 +215,6 @@ class DistillLoss(nn.Module):
         out: dict[str, torch.Tensor] = {}
         per_sample = None
         for name, values in terms.items():
-            check_finite(f"{self.method} loss term {name!r} (from the student and teacher inputs)", values)
             if values.dim() == 0:  # batch-level term (e.g. MLKD class correlation): not reweighted
                 out[f"loss_{name}"] = scale * values
                 continue

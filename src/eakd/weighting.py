@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from eakd.checks import check_finite, check_logit_pair, check_positive
+from eakd.checks import check_finite, check_logit_pair, check_logits, check_positive, check_same_leading
 from eakd.registry import Registry
 
 Tensor = torch.Tensor
@@ -36,9 +36,10 @@ def entropy(logits: Tensor, tau: float = 1.0) -> Tensor:
 
     logits (..., K) in any float dtype -> (...) float32, from log_softmax (stable, no epsilon; measured
     faster on CPU than softmax + entr or the authors' log(p + 1e-10)). A NaN or inf logit raises
-    ValueError.
+    ValueError, as do K = 0 classes and a tau that is not finite and > 0.
     """
     check_positive("tau", tau)
+    check_logits("logits", logits)
     return check_finite("entropy of the logits", _entropy(logits, tau))
 
 
@@ -64,8 +65,7 @@ def _finish(w: Tensor, mask: Tensor | None) -> Tensor:
     check_finite("weights from the student and teacher logits", w)
     if mask is None:
         return w
-    if mask.shape != w.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the weight shape {tuple(w.shape)}")
+    check_same_leading("mask", mask, w)
     return w * mask.to(torch.bool)
 
 
@@ -132,9 +132,9 @@ class Policy:
         """Detached (H_s or None, H_t) in nats at this policy's tau (1 for a callable), float32 (...)."""
         tau = 1.0 if self.tau is None else self.tau
         prep = standardize if self.standardized else (lambda z: z)
-        with torch.no_grad():
-            h_t = _entropy(prep(teacher_logits.detach()), tau)
-            h_s = None if student_logits is None else _entropy(prep(student_logits.detach()), tau)
+        with torch.no_grad():  # standardised in float32, not in a bf16 input's precision
+            h_t = _entropy(prep(teacher_logits.detach().float()), tau)
+            h_s = None if student_logits is None else _entropy(prep(student_logits.detach().float()), tau)
         return h_s, h_t
 
     def from_entropies(
@@ -155,10 +155,18 @@ class Policy:
         """Weights (...) and the entropies behind them; student_logits may be None for teacher-only rules."""
         if student_logits is not None:
             check_logit_pair(student_logits, teacher_logits)
+        check_logits("teacher logits", teacher_logits)
         if self.rule is None:
             assert self.fn is not None
             w = self.fn(student_logits, teacher_logits, mask=mask, **self.settings)
-            return Weighted(w.detach(), None, None)
+            if not isinstance(w, Tensor):
+                raise TypeError(f"weight policy {self.name!r} returned {type(w).__name__}, not a tensor")
+            if w.shape != teacher_logits.shape[:-1]:
+                raise ValueError(
+                    f"weight policy {self.name!r} returned shape {tuple(w.shape)}, expected the logits' "
+                    f"leading shape {tuple(teacher_logits.shape[:-1])}"
+                )
+            return Weighted(w.detach(), None, None)  # finiteness: checked by the loss on its reduced terms
         if self.rule.tau is None:  # no entropies (uniform)
             ones = torch.ones(teacher_logits.shape[:-1], dtype=torch.float32, device=teacher_logits.device)
             return Weighted(_finish(ones, mask), None, None)
@@ -205,9 +213,9 @@ def get_policy(weighting: str | Callable[..., Tensor] | None, **settings: Any) -
     if unknown:
         raise ValueError(f"weight policy {name!r} takes no setting(s) {unknown}; it takes {sorted(allowed)}")
     tau = settings.get("tau")
-    tau = obj.tau if tau is None else float(tau)
     if tau is not None:
         check_positive("tau", tau)
+    tau = obj.tau if tau is None else float(tau)
     h_ub = settings.get("h_ub")
     if h_ub is not None:
         check_positive("h_ub", h_ub)

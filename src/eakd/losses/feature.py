@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eakd.checks import check_same_device
 from eakd.losses.registry import register_loss
 
 
@@ -31,6 +32,16 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared error over all but the first dim, in float32: (N, ...) -> (N,)."""
     return (a.float() - b.float()).square().flatten(1).mean(dim=1)
+
+
+def _check_batch(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
+    """Student and teacher ``what`` (N, ...) must hold the same N samples on one device."""
+    if student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"student and teacher {what} differ in batch size: student has {student.shape[0]} samples, "
+            f"teacher has {teacher.shape[0]}"
+        )
+    check_same_device(f"student {what}", student, f"teacher {what}", teacher)
 
 
 def _feature_map(feats: Any, key: str, index: int, channels: int, who: str) -> torch.Tensor:
@@ -66,6 +77,7 @@ class FitNet(nn.Module):
     def forward(self, student_feats: Any, teacher_feats: Any) -> torch.Tensor:
         fs = _feature_map(student_feats, "feats", self.hint_layer, self.student_channels, "student")
         ft = _feature_map(teacher_feats, "feats", self.hint_layer, self.teacher_channels, "teacher")
+        _check_batch(fs, ft, f"feats[{self.hint_layer}]")
         return _mse(_resize(self.connector(fs), ft.shape[-2:]), ft.detach())
 
 
@@ -82,6 +94,7 @@ def hcl_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.
     for fs, ft in zip(student_maps, teacher_maps, strict=True):
         if fs.shape != ft.shape:
             raise ValueError(f"hcl_loss level shapes differ: {tuple(fs.shape)} vs {tuple(ft.shape)}")
+        check_same_device("student maps", fs, "teacher maps", ft)
         loss, weight, norm = _mse(fs, ft), 1.0, 1.0
         for size in (4, 2, 1):
             if size >= fs.shape[-2]:
@@ -179,6 +192,8 @@ class ReviewKD(nn.Module):
     def forward(self, student_feats: Any, teacher_feats: Any) -> torch.Tensor:
         xs = self._levels(student_feats, self.student_key, self.in_channels, "student")
         ts = [t.detach() for t in self._levels(teacher_feats, self.teacher_key, self.out_channels, "teacher")]
+        for level, (x, t) in enumerate(zip(xs, ts, strict=True)):
+            _check_batch(x, t, f"level-{level} features")
         outs: list[torch.Tensor] = []
         residual = None
         for x, t, abf in zip(reversed(xs), reversed(ts), reversed(self.abfs), strict=True):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eakd.checks import check_finite, check_logit_pair, check_positive
+from eakd.checks import (
+    check_finite,
+    check_logit_pair,
+    check_positive,
+    check_positive_values,
+    check_same_device,
+)
 from eakd.losses.registry import register_loss
 
 
@@ -15,6 +21,7 @@ def _check_target(target: torch.Tensor, logits: torch.Tensor) -> None:
             f"target shape {tuple(target.shape)} does not match the logits' leading shape "
             f"{tuple(logits.shape[:-1])}"
         )
+    check_same_device("logits", logits, "target labels", target)
 
 
 def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float | torch.Tensor:
@@ -31,9 +38,8 @@ def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float |
             f"temperature shape {tuple(temperature.shape)} must be () or the logits' leading shape "
             f"{tuple(logits.shape[:-1])}"
         )
-    if not bool((temperature > 0).all()):
-        raise ValueError("temperature must be > 0 everywhere")
-    return temperature.float().unsqueeze(-1) if temperature.dim() else temperature.float()
+    t = check_positive_values("temperature", temperature.float())
+    return t.unsqueeze(-1) if t.dim() else t
 
 
 @register_loss("kd")

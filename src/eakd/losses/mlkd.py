@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from eakd.checks import check_logit_pair, check_positive
+from eakd.checks import check_logit_pair, check_logits, check_positive
 from eakd.losses.logit import kd_loss
 from eakd.losses.registry import register_loss
 
@@ -80,6 +80,7 @@ def confidence_mask(
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     if keep not in ("below", "above"):
         raise ValueError(f"keep must be 'below' or 'above', got {keep!r}")
+    check_logits("teacher logits", teacher_logits)
     with torch.no_grad():
         conf = F.softmax(teacher_logits.detach().float(), dim=-1).amax(dim=-1)
         thresh = torch.quantile(conf, percentile / 100.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eakd.checks import check_same_leading
+from eakd.checks import check_positive, check_positive_values, check_same_leading
 
 
 def weighted_mean(
@@ -18,7 +18,9 @@ def weighted_mean(
     values: per-sample (N,) / per-token (B, T) / per-RoI (R,) losses. weights, mask: exactly the shape
     of ``values`` (an error otherwise: no broadcasting). The weights are not normalised (EA-KD's rule):
     the result is sum(w * v * mask) / count, count = number of valid positions, or ``denominator`` when
-    given (e.g. the number of valid tokens over all gradient-accumulation micro-batches).
+    given (e.g. the number of valid tokens over all gradient-accumulation micro-batches): a finite number
+    > 0, or a tensor of one element > 0 (checked eagerly: one host read; see ``eakd.checks``). With no
+    valid position (an all-False mask) and no denominator the result is 0.
     """
     if weights is not None:
         check_same_leading("weights", weights, values)
@@ -31,8 +33,14 @@ def weighted_mean(
     else:
         total = values.sum()
         count = values.numel()
+    if isinstance(denominator, torch.Tensor):
+        if denominator.numel() != 1:
+            raise ValueError(f"denominator must hold one value, got shape {tuple(denominator.shape)}")
+        den = denominator.reshape(()).to(torch.promote_types(total.dtype, torch.float32))
+        return (total / check_positive_values("denominator", den)).to(total.dtype)
     if denominator is not None:
-        count = denominator
+        check_positive("denominator", denominator)
+        return total / denominator
     if isinstance(count, torch.Tensor):
         return total / count.clamp_min(1).to(total.dtype)
     return total / max(count, 1)
