@@ -59,6 +59,7 @@ def toy_config(tmp_path: Path, *overrides: str) -> Config:
     return load_config(
         None,
         [
+            "imports=[test_engine_trainer]",
             "task=test_engine_trainer:toy_task",
             f"experiment.output_dir={tmp_path}",
             "experiment.name=run",
@@ -223,7 +224,7 @@ def test_build_task_by_name_and_path(tmp_path):
     with pytest.raises(ValueError, match=r"unknown task 'segmentation'; known: .*classification"):
         build_task(toy_config(tmp_path, "task=segmentation"))
     with pytest.raises(TypeError, match="not a Task"):
-        build_task(toy_config(tmp_path, "task=builtins:str"))
+        build_task(toy_config(tmp_path, "imports=[builtins]", "task=builtins:str"))
 
 
 def test_deterministic_flag_is_set_and_cleared():

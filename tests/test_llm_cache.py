@@ -265,8 +265,10 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     assert main(["train", str(config), f"model.teacher_cache={out}"]) == 0
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["config"]["model"]["teacher_cache"] == str(out) and result["train_rows"] == len(PAIRS) - 2
-    with pytest.raises(ValueError, match=r"tau 3\.0"):
-        main(["train", str(config), f"model.teacher_cache={out}", "train.tau=3.0"])
+    capsys.readouterr()
+    assert main(["train", str(config), f"model.teacher_cache={out}", "train.tau=3.0"]) == 2
+    err = capsys.readouterr().err  # checked before any model is loaded
+    assert "entropies at tau 2.0, the loss's policy uses tau 3.0" in err and err.count("\n") == 1
     demo = ["demo", "--config", str(config), "--steps", "2", "--warmup-steps", "0", "--eval-size", "2"]
     demo += ["--methods", "sft", "ea-kd", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]
     assert main(demo) == 0
@@ -277,3 +279,73 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     assert "teacher cache (reused)" in capsys.readouterr().out
     assert main([*demo[:-7], "sft", "--teacher-cache", "--top-k", "3", "--out", str(tmp_path / "demo")]) == 0
     assert "teacher cache (written" in capsys.readouterr().out  # another top_k: not reused
+
+
+def test_nan_cached_log_probs_are_an_error() -> None:
+    hidden, weight, _, labels, topk = _case(seed=5)
+    bad = topk._replace(logprobs=topk.logprobs.clone().index_fill_(0, torch.tensor([2]), float("nan")))
+    s = TokenLossSettings(weighting=None)
+    with pytest.raises(ValueError, match="the loss's kd term contains 1 non-finite"):
+        fused_linear_distill_loss(hidden, weight, labels, teacher_topk=bad, settings=s)
+    with pytest.raises(ValueError, match="the loss's kd term contains 1 non-finite"):
+        distill_loss_from_logits(hidden @ weight.t(), None, labels, s, teacher_topk=bad)
+
+
+def _corrupt(tensors: dict, meta: dict, **changes: object) -> tuple[dict, dict]:
+    """A copy of a cache file's tensors and metadata with ``changes`` (tensor names or metadata keys)."""
+    tensors, meta = dict(tensors), dict(meta)
+    for key, value in changes.items():
+        if key in tensors:
+            tensors[key] = value
+        else:
+            meta[key] = value
+    return {k: v for k, v in tensors.items() if v is not None}, meta
+
+
+def test_cache_files_are_checked_for_consistency(tokenizer, teacher, tmp_path: Path) -> None:  # noqa: F811
+    """Hand-corrupted cache files (right format and fingerprint, wrong insides) are refused on loading."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    rows = encode_pairs(tokenizer, PAIRS[:4])
+    good = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=3, tau=2.0, progress=False).save(
+        tmp_path / "good.safetensors"
+    )
+    tensors = load_file(str(good))
+    with safe_open(str(good), framework="pt") as f:
+        meta = f.metadata()
+    m, v = tensors["ids"].shape[0], len(tokenizer)
+    off = tensors["offsets"]
+    cases = {
+        "offsets must rise from 0": {"offsets": off.flip(0)},
+        "offsets must rise from 0 to the token count": {"offsets": torch.cat([off[:-1], off[-1:] + 1])},
+        rf"ids span \[0, {v}\], not within \[0, {v}\)": {
+            "ids": tensors["ids"].index_fill(0, torch.tensor([0]), v)
+        },
+        r"ids span \[-1,": {"ids": tensors["ids"].index_fill(0, torch.tensor([1]), -1)},
+        r"top_k 0 is not in \[1,": {"top_k": "0"},
+        r"ids \(\d+, 3\) torch.int32 are not integer \(M, top_k=2\)": {"top_k": "2"},
+        r"logprobs \(\d+, 2\) do not match ids": {"logprobs": tensors["logprobs"][:, :2].contiguous()},
+        rf"entropy \({m - 1},\) is not \({m},\)": {"entropy": tensors["entropy"][1:].contiguous()},
+        "logprobs holds 1 NaN": {
+            "logprobs": tensors["logprobs"].index_fill(0, torch.tensor([0]), 0.0).clone()
+        },
+        "lacks 'tail_logmass'": {"tail_logmass": None},
+        "temperature must be > 0": {"temperature": "0.0"},
+    }
+    cases["logprobs holds 1 NaN"]["logprobs"][0, 0] = float("nan")
+    for message, changes in cases.items():
+        t, md = _corrupt(tensors, meta, **changes)
+        save_file(t, str(tmp_path / "bad.safetensors"), metadata=md)
+        with pytest.raises(ValueError, match=message):
+            TeacherCache.load(tmp_path / "bad.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        TeacherCache.load(tmp_path / "cut.safetensors")
+    with pytest.raises(FileNotFoundError, match="is a directory, not a file"):
+        TeacherCache.load(tmp_path)
+    with pytest.raises(ValueError, match="is a directory; give a file path"):
+        TeacherCache.load(good).save(tmp_path)
+    assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(ValueError, match="top_k and batch_size must be >= 1"):
+        build_cache(teacher, rows, tokenizer.pad_token_id, top_k=0, progress=False)

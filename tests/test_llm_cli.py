@@ -95,7 +95,8 @@ def test_study_methods_and_table() -> None:
 def test_command_line_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert eakd_main(["llm", "--help"]) == 0
     assert "train CONFIG" in capsys.readouterr().out
-    assert main(["nonsense"]) == 2
+    assert eakd_main(["llm", "nonsense"]) == 2
+    assert "unknown subcommand 'nonsense'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--help"])
 
@@ -107,3 +108,60 @@ def test_distributed_configs() -> None:
     assert fsdp.fsdp_config["version"] == 2 and fsdp.fused_loss and fsdp.weighting == "ea"
     zero2 = json.loads((CONFIGS / "deepspeed" / "zero2.json").read_text())
     assert zero2["zero_optimization"]["stage"] == 2
+
+
+def _cli_case(name: str, tmp_path: Path) -> tuple[list[str], str]:
+    """(argv after `eakd llm`, a piece of the expected message) of a user error, set up in tmp_path."""
+    from tiny_llm import write_run
+
+    config = write_run(tmp_path)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: {max_steps: [1\n")
+    (tmp_path / "outdir").mkdir()
+    return {
+        "yaml in file": (["train", str(bad_yaml)], f"invalid YAML in config file {bad_yaml}"),
+        "yaml in override": (["train", str(config), "train.max_steps=[1"], "invalid YAML"),
+        "unknown key": (["cache", str(config), "model.teacher_layers=2"], "unknown config key"),
+        "wrong type": (["train", str(config), "train.max_steps=abc"], "'train.max_steps': input should be"),
+        "missing file": (["train", str(tmp_path / "none.yaml")], "does not exist"),
+        "directory as config": (["demo", "--config", str(tmp_path)], "is a directory"),
+        "hub id offline": (["eval", "nobody/no-such-model-eakd"], "'nobody/no-such-model-eakd' is neither"),
+        "missing model path": (["train", str(config), f"model.teacher={tmp_path / 'no'}"], "is neither"),
+        "folder not a model": (["train", str(config), f"model.teacher={tmp_path}"], "is not a model folder"),
+        "missing cache": (["train", str(config), "model.teacher_cache=none.safetensors"], "does not exist"),
+        "cache is a directory": (["train", str(config), f"model.teacher_cache={tmp_path}"], "is a directory"),
+        "top-k 0": (["cache", str(config), "--top-k", "0"], "top_k (eakd llm cache --top-k) must be >= 1"),
+        "out is a directory": (["cache", str(config), "--out", str(tmp_path / "outdir")], "is a directory"),
+        "missing data": (["train", str(config), "data.source=none.jsonl"], "data file none.jsonl does not"),
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "yaml in file",
+        "yaml in override",
+        "unknown key",
+        "wrong type",
+        "missing file",
+        "directory as config",
+        "hub id offline",
+        "missing model path",
+        "folder not a model",
+        "missing cache",
+        "cache is a directory",
+        "top-k 0",
+        "out is a directory",
+        "missing data",
+    ],
+)
+def test_cli_error_table(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every user error of `eakd llm`: exit 2, one line on stderr naming the problem, no traceback."""
+    argv, message = _cli_case(name, tmp_path)
+    capsys.readouterr()
+    assert eakd_main(["llm", *argv]) == 2
+    err = capsys.readouterr().err  # after any progress bar of the models loaded before the error
+    line = err.split("\r")[-1].splitlines()[-1]
+    assert line.startswith(f"eakd llm {argv[0]}: ") and message in line, err
+    assert err.endswith(line + "\n") and err.count("\neakd llm ") <= 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "run" / "results.json").exists()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import eakd
+from eakd.checks import deferred_checks
 from eakd.llm import TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
@@ -225,3 +226,104 @@ def test_jsd_matches_trl() -> None:
         torch.testing.assert_close(out.loss, want)
         for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_shapes_are_checked_on_every_path() -> None:
+    """No broadcasting and no pairing with the wrong rows: every teacher form must match the student."""
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=9)
+    zs, zt = hidden @ weight.t(), t_hidden @ t_weight.t()
+    rows = "does not match the student's rows"
+    for bad in (zt.reshape(B * T, V), zt[:, :-1], zt[:1]):  # flattened, fewer tokens, fewer sequences
+        with pytest.raises(ValueError, match=rows):
+            fused_linear_distill_loss(hidden, weight, labels, teacher_logits=bad)
+    for bad in (zt[:, :1], zt[:1, :1]):  # (B, 1, V) and (1, 1, V) against (B, T, V)
+        with pytest.raises(ValueError, match="differ in shape"):
+            distill_loss_from_logits(zs, bad, labels)
+    with pytest.raises(ValueError, match=rows):
+        fused_linear_distill_loss(hidden, weight, labels, t_hidden[:, :1], t_weight)
+    with pytest.raises(ValueError, match=rf"teacher_weight \({V}, {HT + 1}\) is not \(V, {HT}\)"):
+        fused_linear_distill_loss(hidden, weight, labels, t_hidden, torch.randn(V, HT + 1))
+    with pytest.raises(ValueError, match=r"teacher_bias \(3,\) is not"):
+        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, teacher_bias=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"student_weight \(23, 9\) is not \(V, 8\)"):
+        fused_linear_distill_loss(hidden, torch.randn(V, H + 1), labels, t_hidden, t_weight)
+    with pytest.raises(ValueError, match=r"labels .* do not match"):
+        fused_linear_distill_loss(hidden, weight, labels.reshape(-1), t_hidden, t_weight)
+    with pytest.raises(ValueError, match=r"labels .* do not match"):
+        distill_loss_from_logits(zs, zt, labels[:, :-1])
+    sequence = TokenLossSettings(weight_level="sequence")
+    with pytest.raises(ValueError, match=r"weight_level='sequence' needs \(B, T\) labels"):
+        distill_loss_from_logits(zs.reshape(B * T, V), zt.reshape(B * T, V), labels.reshape(-1), sequence)
+
+
+@pytest.mark.parametrize("count", [0, -3, torch.tensor(0), torch.tensor(-1.0)])
+def test_num_items_in_batch_must_be_positive(count: int | torch.Tensor) -> None:
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=10)
+    with pytest.raises(ValueError, match="num_items_in_batch must be > 0"):
+        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count)
+    with pytest.raises(ValueError, match="num_items_in_batch must be > 0"):
+        distill_loss_from_logits(hidden @ weight.t(), t_hidden @ t_weight.t(), labels, None, count)
+    if isinstance(count, torch.Tensor):  # the trainer's form: not read back, the kd term turns NaN instead
+        with deferred_checks():
+            out = fused_linear_distill_loss(
+                hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count
+            )
+        assert out.nonfinite().tolist() == [False, True, False]
+
+
+def nan_policy(student_logits, teacher_logits, mask=None, **settings):
+    """A custom weight policy gone wrong."""
+    return torch.full(teacher_logits.shape[:-1], float("nan"))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
+    """NaN inputs with weighting=None or "ea", and a custom policy returning NaN: a ValueError naming the
+    term; inside deferred_checks (the trainer) the output's device-side flags say which term went bad."""
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=11)
+
+    def loss(s: TokenLossSettings, h: torch.Tensor = hidden, th: torch.Tensor = t_hidden):
+        if fused:
+            return fused_linear_distill_loss(h, weight, labels, th, t_weight, settings=s)
+        return distill_loss_from_logits(h @ weight.t(), th @ t_weight.t(), labels, s)
+
+    def deferred(s: TokenLossSettings, h: torch.Tensor = hidden) -> list[bool]:
+        with deferred_checks():
+            return loss(s, h).nonfinite().tolist()
+
+    unweighted = TokenLossSettings(weighting=None, ce_weight=0.5)
+    bad_student, bad_teacher = hidden.detach().clone(), t_hidden.clone()
+    bad_student[0, 3, 1] = float("nan")
+    bad_teacher[1, 0, 0] = float("inf")
+    nonfinite = r"contains 1 non-finite value\(s\) \(NaN or inf\)"
+    with pytest.raises(ValueError, match=f"the loss's kd term {nonfinite}"):
+        loss(unweighted, h=bad_student)
+    with pytest.raises(ValueError, match=f"the loss's kd term {nonfinite}"):
+        loss(unweighted, th=bad_teacher)
+    custom = TokenLossSettings(weighting=nan_policy)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the loss's weights contains"):
+        loss(custom)
+    assert deferred(custom) == [True, True, False]
+    assert deferred(unweighted, bad_student) == [False, True, True]
+    assert deferred(TokenLossSettings(ce_weight=0.5), bad_student) == [True, True, True]
+    assert not loss(unweighted).nonfinite().any()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"tau": 0.0}, "tau must be > 0"),
+        ({"tau": float("inf")}, "tau must be > 0"),
+        ({"tau": -1.0, "weighting": None}, "tau must be > 0"),
+        ({"tau": float("nan")}, "tau must be > 0"),
+        ({"h_ub": 0.0}, "h_ub must be > 0"),
+        ({"beta": 1.5}, r"beta must be in \[0, 1\]"),
+        ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
+        ({"kd_weight": -1.0}, "kd_weight must be a finite number >= 0"),
+        ({"ce_weight": float("nan")}, "ce_weight must be a finite number >= 0"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+    ],
+)
+def test_settings_are_checked_when_built(kw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TokenLossSettings(**kw)

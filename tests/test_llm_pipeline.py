@@ -228,3 +228,85 @@ def test_smollm2_teacher_from_gguf_and_student() -> None:
     out.loss.backward()
     assert math.isfinite(out.loss.item()) and student.lm_head.weight.grad is not None
     assert ppl_teacher < 100  # the dequantised instruct model knows these answers reasonably well
+
+
+def test_nonfinite_loss_stops_the_run_before_it_saves(tokenizer, teacher, tmp_path: Path) -> None:
+    """A NaN from step 3 on (weighting none: no policy check on the way): the run stops at step 3 naming
+    the step and the term, before it logs or saves; checkpoint-2 stays the latest and is finite."""
+    from functools import partial
+
+    from transformers import TrainerCallback
+
+    from eakd.llm.callbacks import NonFiniteLossError
+
+    class PoisonAtStep3(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.get_output_embeddings().weight.fill_(float("nan"))
+
+    student = make_student(teacher, num_layers=2, init="random")
+    args = _config(tmp_path, weighting="none", max_steps=6, save_strategy="steps", save_steps=2)
+    trainer = EAKDTrainer(
+        model=student,
+        teacher=teacher,
+        args=args,
+        train_dataset=encode_pairs(tokenizer, PAIRS),
+        data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
+        callbacks=[PoisonAtStep3()],
+    )
+    with pytest.raises(NonFiniteLossError, match=r"kd and ce term was non-finite \(NaN or inf\) at step 3"):
+        trainer.train()
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    saved = LlamaForCausalLM.from_pretrained(out / "checkpoint-2")
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+    assert [int(r["step"]) for r in read_csv(out / "metrics.csv")] == [1, 2]  # step 3 was never logged
+
+
+@pytest.mark.slow
+def test_llm_train_resumes_after_kill_9_to_the_uninterrupted_student(tmp_path: Path) -> None:
+    """`eakd llm train` killed (SIGKILL) after its first Trainer checkpoint, then run again with
+    train.resume_from_checkpoint=auto, ends with the student of an uninterrupted run (same data order)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+    from tiny_llm import write_run
+
+    steps = 200  # ~100 steps/s on one CPU thread: the kill lands long before the end
+    train = {"max_steps": steps, "save_strategy": "steps", "save_steps": 25, "save_total_limit": 2}
+    config = write_run(tmp_path, logging_steps=25, resume_from_checkpoint="auto", **train)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    def train_cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "eakd", "llm", "train", str(config), f"train.output_dir={out}"]
+
+    subprocess.run(train_cmd(tmp_path / "straight"), env=env, check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoint-25" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "it ended before its first checkpoint"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists() and not (killed / f"checkpoint-{steps}").exists()
+    for state_file in killed.glob("checkpoint-*/trainer_state.json"):  # a mark that only a resume carries on
+        try:
+            state = json.loads(state_file.read_text())
+        except ValueError:
+            continue  # killed while writing this checkpoint: resume=auto skips it
+        state["log_history"].append({"step": state["global_step"], "killed_here": True})
+        state_file.write_text(json.dumps(state))
+    subprocess.run(train_cmd(killed), env=env, check=True, capture_output=True, timeout=300)
+    resumed = json.loads((killed / "results.json").read_text())
+    assert any(h.get("killed_here") for h in resumed["log_history"])
+    want = load_file(tmp_path / "straight" / "student" / "model.safetensors")
+    got = load_file(killed / "student" / "model.safetensors")
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)

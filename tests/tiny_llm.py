@@ -1,7 +1,10 @@
 """A tiny word-level tokenizer with a chat template and a tiny Llama teacher, for the LLM tests (also
-used by the multi-process script, outside pytest)."""
+used by the multi-process script, outside pytest), and a whole ``eakd llm train`` run config on them."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -51,3 +54,36 @@ def make_teacher(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
         bos_token_id=None,
     )
     return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
+def write_run(folder: Path, **train: object) -> Path:
+    """A run of ``eakd llm train`` on the tiny teacher (folder/teacher) and PAIRS (folder/pairs.jsonl):
+    writes and returns folder/run.yaml, its train section the defaults below updated by ``train``."""
+    tokenizer = make_tokenizer()
+    make_teacher(tokenizer).save_pretrained(folder / "teacher")
+    tokenizer.save_pretrained(folder / "teacher")
+    (folder / "pairs.jsonl").write_text("\n".join(json.dumps(p) for p in PAIRS))
+    section = {
+        "output_dir": str(folder / "run"),
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "use_cpu": True,
+        "warmup_steps": 0,
+        "logging_steps": 1,
+        "tau": 2.0,
+        **train,
+    }
+    config = {
+        "model": {"teacher": str(folder / "teacher"), "student_layers": 2},
+        "data": {
+            "source": str(folder / "pairs.jsonl"),
+            "prompt_column": "prompt",
+            "context_column": None,
+            "eval_size": 2,
+            "max_length": 32,
+        },
+        "eval": {"max_new_tokens": 4},
+        "train": section,
+    }
+    (folder / "run.yaml").write_text(json.dumps(config))  # JSON is YAML
+    return folder / "run.yaml"

@@ -21,6 +21,7 @@ from eakd.args import ArgumentParser, one_line
 
 # what a command raises for a mistake of the user's (bad config, name, value, file, missing extra)
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError, yaml.YAMLError)
+NESTED = ("llm", "det")  # commands with subcommands: errors name both words
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("eakd.cli:info", "print the version, weight policies and registered losses"),
@@ -114,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if debug or (isinstance(err, ImportError) and (err.name or "").split(".")[0] == "eakd"):
             raise  # an import error inside eakd is a bug, not a missing extra
-        print(f"eakd {args[0]}: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        sub = args[1] if args[0] in NESTED and len(args) > 1 and not args[1].startswith("-") else ""
+        print(
+            f"eakd {args[0]}{' ' + sub if sub else ''}: {one_line(err)} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"eakd {args[0]}: interrupted", file=sys.stderr)

@@ -233,10 +233,11 @@ class DistillLoss(nn.Module):
         return out
 
     @classmethod
-    def from_config(cls, d: Any) -> DistillLoss | None:
+    def from_config(cls, d: Any, sync_checks: bool = True) -> DistillLoss | None:
         """The loss a config's ``distill`` section describes (fields as ``eakd.engine.config.DistillConfig``):
         None for method "none". Policies that use no entropies ("none", "uniform") ignore the section's
-        tau, h_ub and entropy_on, so one config gives the baseline by switching ``weighting``."""
+        tau, h_ub and entropy_on, so one config gives the baseline by switching ``weighting``.
+        sync_checks: as in the constructor (False in a training loop that reads the flags itself)."""
         if d.method == "none":
             return None
         off = d.weighting in ("none", "uniform")
@@ -250,5 +251,6 @@ class DistillLoss(nn.Module):
             kd_weight=d.kd_weight,
             ce_weight=d.ce_weight,
             warmup_epochs=d.warmup_epochs,
+            sync_checks=sync_checks,
             **d.hparams,
         )

@@ -138,7 +138,8 @@ def build_detection(cfg: Config) -> DetectionTask:
         load_detector_weights(student, cfg.model.student_checkpoint)
     hparams = dict(cfg.distill.hparams)
     feature_weight = float(hparams.pop("feature_weight", 0.0))
-    loss = DistillLoss.from_config(dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams))
+    distill = dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams)
+    loss = DistillLoss.from_config(distill, sync_checks=False)  # the engine reads the loss terms
     teacher = None
     if cfg.model.teacher is not None and (loss is not None or feature_weight > 0):
         teacher = build_detector(cfg.model.teacher, num_classes, **cfg.model.teacher_options)

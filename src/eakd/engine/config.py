@@ -17,7 +17,7 @@ import functools
 import re
 import typing
 from dataclasses import field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -30,9 +30,11 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    field_validator,
 )
 from pydantic.dataclasses import dataclass
 
+from eakd.engine.files import atomic_write_text
 from eakd.registry import import_plugins
 
 S = typing.TypeVar("S")
@@ -52,11 +54,24 @@ class ConfigError(ValueError):
 
 @section
 class ExperimentConfig:
-    """name: run folder name; the run lives in ``output_dir/name``. seed: seeds python, numpy, torch."""
+    """name: run folder name; the run lives in ``output_dir/name``. seed: seeds python, numpy, torch.
+
+    name is a relative path inside output_dir: absolute names and ``..`` parts are refused, so no run
+    writes outside output_dir.
+    """
 
     name: StrictStr = "run"
     seed: NonNegInt = 0
     output_dir: StrictStr = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _inside_output_dir(cls, name: str) -> str:
+        for flavour in (PurePosixPath, PureWindowsPath):
+            path = flavour(name)
+            if path.is_absolute() or path.anchor or ".." in path.parts:
+                raise ValueError("must be a folder name inside experiment.output_dir (no '..', not absolute)")
+        return name
 
 
 @section
@@ -164,8 +179,10 @@ class TrainConfig:
     diag_samples: NonNegInt = 256
     eval_every: NonNegInt = 1
     ckpt_every: NonNegInt = 10
+    ckpt_every_steps: NonNegInt = 0
     keep_checkpoints: NonNegInt = 2
     resume: StrictStr = "none"
+    overwrite: StrictBool = False
     deterministic: StrictBool = False
     sync_bn: StrictBool = False
     num_workers: NonNegInt = 2
@@ -216,9 +233,13 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str) -> Any:
-    """Parse YAML text (safe), with ``1e-4``-style numbers as floats."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+def load_yaml(text: str, where: str = "YAML") -> Any:
+    """Parse YAML text (safe: python tags are refused), with ``1e-4``-style numbers as floats; a syntax
+    error or a tag is a ConfigError naming ``where`` (a file or an override)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML in {where}: {' '.join(str(err).split())}") from None
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -226,9 +247,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"config inheritance loops back to {path}")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = load_yaml(path.read_text()) or {}
+    data = load_yaml(path.read_text(), f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     bases: Any = [data.pop(k) for k in BASE_KEYS if k in data]
@@ -245,7 +268,7 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} is not of the form section.key=value")
     parts = key.strip().split(".")
-    value = load_yaml(text) if text.strip() else None
+    value = load_yaml(text, f"override {override!r}") if text.strip() else None
     nested: Any = value
     for part in reversed(parts):
         nested = {part: nested}
@@ -323,5 +346,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML; ``load_config(path)`` reads back an equal Config."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML, atomically; ``load_config(path)`` reads back an equal Config."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eakd.engine.files import atomic_open
 from eakd.engine.logs import CsvLog
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -133,7 +134,6 @@ class Diagnostics:
             return
         keys = set.intersection(*(set(k) for k in self.kept))
         arrays = {k: np.concatenate([part[k] for part in self.kept]) for k in sorted(keys)}
-        folder = self.run_dir / "diagnostics"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"samples-e{epoch:04d}.npz", **arrays)
+        with atomic_open(self.run_dir / "diagnostics" / f"samples-e{epoch:04d}.npz", "wb") as f:
+            np.savez_compressed(f, **arrays)
         self.kept = []

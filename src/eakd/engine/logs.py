@@ -1,4 +1,6 @@
-"""CSV logs that survive a resume: rows appended as they come, columns widened when new keys appear."""
+"""CSV logs that survive a resume: rows appended as they come, columns widened when new keys appear.
+
+A rewrite (wider header, rows cut on resume) replaces the file atomically (``eakd.engine.files``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import csv
 import math
 from pathlib import Path
 from typing import Any
+
+from eakd.engine.files import atomic_open
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
@@ -43,7 +47,7 @@ class CsvLog:
         self.columns: list[str] = list(rows[0]) if rows else []
 
     def _write(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
-        with open(self.path, "w", newline="") as f:
+        with atomic_open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)

@@ -9,13 +9,10 @@ gradients, steps the schedule per optimiser step, evaluates, logs and checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +20,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import send_to_device
 from torch import nn
-from tqdm.auto import tqdm
 
 from eakd.engine.checkpoint import (
     Progress,
@@ -33,15 +28,16 @@ from eakd.engine.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     load_training_state,
-    prune_checkpoints,
-    resolve_resume,
-    save_training_state,
+    load_weights,
 )
 from eakd.engine.config import Config, dump_config
-from eakd.engine.data import GlobalBatches, eval_loader, make_loader
+from eakd.engine.data import GlobalBatches, eval_loader
 from eakd.engine.diagnostics import Diagnostics
+from eakd.engine.epoch import Console, NonFiniteGuard, Run, fmt_metrics, train_epoch
+from eakd.engine.files import atomic_write_text
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
+from eakd.engine.rundir import check_run_dir, clear_run_dir
 from eakd.engine.task import Task, build_task
 
 
@@ -86,123 +82,27 @@ def _prepare_teacher(task: Task, device: torch.device) -> None:
     task.teacher.to(device).eval().requires_grad_(False)
 
 
-class Console:
-    """Console lines from the main process, printed through tqdm while a progress bar is open."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None and not self.bar.disable:
-            self.bar.write(msg)
-        else:
-            print(msg, flush=True)
-
-
-def _fmt_metrics(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-
-
-def _train_epoch(
-    cfg: Config,
-    task: Task,
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    progress: Progress,
-    writer: Any,
-    diag: Diagnostics | None,
-    log: Console,
-) -> dict[str, float]:
-    """One epoch (``progress.epoch`` is its 0-based index); returns the mean loss terms over processes."""
-    t, epoch = cfg.train, progress.epoch
-    rank, world = accelerator.process_index, accelerator.num_processes
-    model.train()
-    sampler = GlobalBatches(len(task.train_set), t.batch_size, rank, world, cfg.experiment.seed, epoch, True)  # type: ignore[arg-type]
-    worker_seed = cfg.experiment.seed * 100_003 + epoch * 1_009 + rank
-    loader = make_loader(task.train_set, sampler, t.num_workers, task.collate_fn, worker_seed)
-    n = len(sampler)
-    sums: dict[str, Any] = {}
-    window: dict[str, Any] = {}
-    window_n, n_seen = 0, 0
-    main_tty = accelerator.is_main_process and sys.stderr.isatty()
-    bar = tqdm(
-        total=n, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True, disable=not main_tty
-    )
-    log.bar = bar
-    start = time.perf_counter()
-    for i, batch in enumerate(loader):
-        batch = send_to_device(batch, accelerator.device)
-        global_n, local_n = sampler.batch_sizes(i)
-        group_start = i - i % t.grad_accum
-        group_len = min(t.grad_accum, n - group_start)
-        sync = i == group_start + group_len - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            with accelerator.autocast():
-                terms = task.training_step(model, batch, epoch + (i + 1) / n)
-            loss = torch.stack([v.float() for v in terms.values()]).sum()
-            # local mean * local_n * world / global_n: DDP's mean over processes = the global batch mean
-            accelerator.backward(loss * (local_n * world / global_n) / group_len)
-        if diag is not None:
-            diag.add(task.diagnostics())
-        for k, v in {**terms, "loss": loss}.items():
-            v = v.detach().float()
-            sums[k] = sums.get(k, 0.0) + v
-            window[k] = window.get(k, 0.0) + v
-        window_n += 1
-        n_seen += global_n
-        bar.update(1)
-        if not sync:
-            continue
-        if t.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.step += 1
-        step, lr = progress.step, optimizer.param_groups[0]["lr"]
-        if t.log_every > 0 and step % t.log_every == 0:
-            means = {k: float(v) / window_n for k, v in window.items()}
-            window, window_n = {}, 0
-            bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
-            if writer is not None:
-                for k, v in means.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/lr", lr, step)
-            if bar.disable:
-                log(f"epoch {epoch + 1} step {step} lr={lr:.4g} {_fmt_metrics(means)}")
-        if diag is not None and (step % t.diag_every == 0 or i == n - 1):
-            diag.flush(step, epoch + (i + 1) / n)
-    bar.close()
-    log.bar = None
-    epoch_time = time.perf_counter() - start
-    progress.train_time_s += epoch_time
-    progress.samples_per_s = n_seen / max(epoch_time, 1e-9)
-    if diag is not None:
-        diag.end_epoch(epoch + 1)
-    names = sorted(sums)
-    means_t = torch.stack([torch.as_tensor(sums[k], device=accelerator.device) for k in names]) / max(n, 1)
-    return dict(zip(names, accelerator.reduce(means_t, reduction="mean").tolist(), strict=True))
-
-
 def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     """Run (or resume) the experiment ``cfg``; returns the summary also written to ``summary.json``.
 
     task: a ready Task (for Python users and tests); None builds ``cfg.task`` from the config.
+    Raises ValueError before anything is written when the run folder holds another run, or a resume's
+    config differs from the run's (``eakd.engine.rundir``), and ``NonFiniteLossError`` when a loss term
+    turns NaN or inf.
     """
     t = cfg.train
     accelerator = make_accelerator(t.mixed_precision, t.cpu)
     world, main = accelerator.num_processes, accelerator.is_main_process
     if t.grad_accum < 1 or t.batch_size < world:
         raise ValueError(f"need train.grad_accum >= 1 and train.batch_size >= {world} (processes)")
+    resume, ck = check_run_dir(cfg)  # every process, before the main process writes anything
+    accelerator.wait_for_everyone()
     seed_everything(cfg.experiment.seed + accelerator.process_index, t.deterministic)
     task = task if task is not None else build_task(cfg)
     run_dir = cfg.run_dir
     if main:
+        if t.overwrite:
+            clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     log = Console(main)
@@ -219,18 +119,22 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     _prepare_teacher(task, accelerator.device)
 
     progress = Progress(best={"metric": task.metric, "value": -math.inf, "epoch": 0, "metrics": {}})
-    resume = resolve_resume(cfg)
-    if resume is not None:
-        progress = load_training_state(resume, accelerator, model, optimizer, scheduler)
-        log(f"resumed from {resume}: epoch {progress.epoch}, step {progress.step}")
+    sums: dict[str, torch.Tensor] = {}
+    if resume is not None and ck is not None:
+        progress, sums = load_training_state(ck, resume, accelerator, model, optimizer, scheduler)
+        log(f"resumed from {resume}: epoch {progress.epoch} + {progress.batch} batches, step {progress.step}")
 
     writer = None
     if main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step if resume is not None else None)
+        # points after the checkpoint's step (a killed run's, or a fresh start's leftovers) are hidden
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step + 1)
     metrics_csv = CsvLog(run_dir / "metrics.csv", "epoch", progress.epoch) if main else None
     diag = Diagnostics(run_dir, t.diag_samples, writer, progress.step) if main and t.diag_every > 0 else None
+    run = Run(
+        cfg, task, accelerator, model, optimizer, scheduler, progress, writer, diag, log, NonFiniteGuard()
+    )
     n_params = sum(p.numel() for p in params)
     log(
         f"run {run_dir}: {world} process(es) on {accelerator.device}, {n_params} trainable parameters, "
@@ -238,9 +142,8 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     )
 
     while progress.epoch < t.epochs:
-        train_means = _train_epoch(
-            cfg, task, accelerator, model, optimizer, scheduler, progress, writer, diag, log
-        )
+        train_means = train_epoch(run, sums)
+        sums = {}
         progress.epoch += 1
         epoch, best = progress.epoch, progress.best
         evaluated = t.eval_every > 0 and (epoch % t.eval_every == 0 or epoch == t.epochs)
@@ -254,7 +157,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
                     "epoch": epoch,
                     "metrics": progress.last,
                 }
-                if main:
+                if main:  # the guard was checked at the end of the epoch: the weights are finite
                     state = accelerator.unwrap_model(model).state_dict()
                     atomic_save(
                         {"model": state, "epoch": epoch, "metrics": progress.last}, run_dir / "best.pt"
@@ -274,20 +177,16 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
         if writer is not None:
             for k, v in row.items():
                 if k not in ("epoch", "step", "lr") and isinstance(v, float) and math.isfinite(v):
-                    writer.add_scalar(f"epoch/{k}", v, epoch)
+                    writer.add_scalar(f"epoch/{k}", v, progress.step)
             writer.flush()
         best_text = f"best {task.metric}={best['value']:.4g} (epoch {best['epoch']})"
-        eval_text = _fmt_metrics(progress.last)
+        eval_text = fmt_metrics(progress.last)
         log(
-            f"epoch {epoch}/{t.epochs} train: {_fmt_metrics(train_means)} | eval: {eval_text} | {best_text} "
+            f"epoch {epoch}/{t.epochs} train: {fmt_metrics(train_means)} | eval: {eval_text} | {best_text} "
             f"| {progress.samples_per_s:.0f} samples/s"
         )
         if t.ckpt_every > 0 and (epoch % t.ckpt_every == 0 or epoch == t.epochs):
-            save_training_state(
-                checkpoint_path(run_dir, epoch), accelerator, model, optimizer, scheduler, progress
-            )
-            if main:
-                prune_checkpoints(run_dir, t.keep_checkpoints)
+            run.save(checkpoint_path(run_dir, epoch))
 
     best = progress.best
     summary = {
@@ -304,8 +203,8 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
         "trainable_params": n_params,
     }
     if main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        last_text = _fmt_metrics(progress.last)
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+        last_text = fmt_metrics(progress.last)
         log(f"done: best {task.metric}={best['value']:.4g} (epoch {best['epoch']}), last {last_text}")
     if writer is not None:
         writer.close()
@@ -315,18 +214,20 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
 
 def evaluate_run(cfg: Config, weights: str | Path | None = None) -> dict[str, float]:
     """Evaluate the trainable module of ``cfg``'s task with ``weights``: a run's best.pt or checkpoint
-    (``{"model": trainable state}``), or a bare state dict of the student (``model.student``)."""
+    (``{"model": trainable state}``), or a bare state dict of the student (``model.student``). A file
+    that is missing, unreadable or holds weights of another model raises one FileNotFoundError or
+    ValueError naming it."""
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.cpu)
     seed_everything(cfg.experiment.seed, cfg.train.deterministic)
+    ck = load_checkpoint(weights) if weights is not None else None  # before the (slow) task is built
     task = build_task(cfg)
-    if weights is not None:
-        ck = load_checkpoint(weights)
-        state = ck.get("model", ck)
+    if ck is not None and weights is not None:
+        state = ck["model"] if isinstance(ck.get("model"), dict) else ck
         student = getattr(task.trainable, "student", None)
-        if isinstance(student, nn.Module) and not any(k.startswith("student.") for k in state):
-            student.load_state_dict(state)  # a bare student state dict (e.g. a trained teacher's weights)
+        if isinstance(student, nn.Module) and not any(str(k).startswith("student.") for k in state):
+            load_weights(student, state, weights)  # a bare student state dict (e.g. a trained teacher's)
         else:
-            task.trainable.load_state_dict(state)
+            load_weights(task.trainable, state, weights)
     task.trainable.to(accelerator.device)
     _prepare_teacher(task, accelerator.device)
     return _evaluate(task, task.trainable, accelerator, cfg)

@@ -23,11 +23,13 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from eakd.checks import check_positive
 from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.settings import TokenLossSettings
 from eakd.weighting import entropy
 
 CACHE_FORMAT = "eakd-teacher-cache-2"
+LOGPROB_SLACK = 1e-4  # float32 rounding above 0 tolerated in stored log-probabilities
 
 
 def topk_log_probs(
@@ -43,6 +45,24 @@ def topk_log_probs(
     rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
     out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
     return out.scatter_(-1, ids.long(), lp)
+
+
+def check_settings(temperature: float, tau: float, s: TokenLossSettings) -> None:
+    """A cache of log-probs at ``temperature`` and entropies at ``tau`` must match the loss settings ``s``
+    (the temperature; the policy's tau, built-in policies only)."""
+    if abs(temperature - s.temperature) > 1e-6:
+        raise ValueError(
+            f"the teacher cache holds log-probs at temperature {temperature}, the loss uses {s.temperature}; "
+            "write the cache again with `eakd llm cache` for this train.temperature"
+        )
+    policy = s.policy()
+    if policy is not None and policy.rule is None:
+        raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
+    if policy is not None and policy.tau is not None and abs(tau - policy.tau) > 1e-6:
+        raise ValueError(
+            f"the teacher cache holds entropies at tau {tau}, the loss's policy uses tau {policy.tau}; "
+            "write the cache again with `eakd llm cache` for this train.tau"
+        )
 
 
 class TeacherTopK(NamedTuple):
@@ -99,19 +119,7 @@ class TeacherTopK(NamedTuple):
             raise ValueError(
                 f"the teacher cache's vocabulary ({self.vocab_size}) is smaller than the loss's ({vocab})"
             )
-        if abs(self.temperature - s.temperature) > 1e-6:
-            raise ValueError(
-                f"the teacher cache holds log-probs at temperature {self.temperature}, the loss uses "
-                f"{s.temperature}"
-            )
-        policy = s.policy()
-        if policy is not None and policy.rule is None:
-            raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
-        if policy is not None and policy.tau is not None and abs(self.tau - policy.tau) > 1e-6:
-            raise ValueError(
-                f"the teacher cache holds entropies at tau {self.tau}, the loss's policy uses tau "
-                f"{policy.tau}"
-            )
+        check_settings(self.temperature, self.tau, s)
         if rows and int(self.ids.max()) >= vocab:
             raise ValueError(
                 f"teacher cache token ids reach {int(self.ids.max())}, beyond the vocabulary {vocab}"
@@ -126,9 +134,21 @@ def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
     return h.hexdigest()
 
 
+def cache_path(path: str | Path) -> Path:
+    """``path`` as the file to write a cache to; a directory there is a ValueError (a cache is one file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"the teacher cache path {path} is a directory; give a file path, e.g. "
+            f"{path / 'teacher_cache.safetensors'}"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class TeacherCache:
-    """A teacher's top-k distribution and entropy at the labelled tokens of a list of encoded rows."""
+    """A teacher's top-k distribution and entropy at the labelled tokens of a list of encoded rows; its
+    internal consistency is checked when it is built or loaded (ValueError, see ``__post_init__``)."""
 
     ids: torch.Tensor
     logprobs: torch.Tensor
@@ -141,6 +161,43 @@ class TeacherCache:
     tau: float
     teacher: str
     rows_fingerprint: str
+
+    def __post_init__(self) -> None:
+        """ids (M, k) integer in [0, V) with k = top_k in [1, V]; logprobs (M, k) finite and <= 0;
+        tail_logmass (M,) <= 0 (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0;
+        offsets (R + 1,) integer from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over
+        the values when the cache is built or loaded, never per training step."""
+        ids, m = self.ids, self.ids.shape[0] if self.ids.dim() else 0
+        if self.top_k < 1 or self.top_k > self.vocab_size:
+            raise ValueError(f"top_k {self.top_k} is not in [1, vocab_size {self.vocab_size}]")
+        if ids.dim() != 2 or ids.shape[1] != self.top_k or ids.is_floating_point():
+            raise ValueError(f"ids {tuple(ids.shape)} {ids.dtype} are not integer (M, top_k={self.top_k})")
+        if self.logprobs.shape != ids.shape:
+            raise ValueError(f"logprobs {tuple(self.logprobs.shape)} do not match ids {tuple(ids.shape)}")
+        for name in ("tail_logmass", "entropy"):
+            if getattr(self, name).shape != (m,):
+                raise ValueError(f"{name} {tuple(getattr(self, name).shape)} is not ({m},), one per token")
+        off = self.offsets
+        if off.dim() != 1 or off.numel() < 2 or off.is_floating_point():
+            raise ValueError(f"offsets {tuple(off.shape)} {off.dtype} are not integer (R + 1,) with R >= 1")
+        if int(off[0]) != 0 or int(off[-1]) != m or bool((off.diff() < 0).any()):
+            raise ValueError(
+                f"offsets must rise from 0 to the token count {m} (row r owns offsets[r]:[r + 1])"
+            )
+        if m and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(
+                f"ids span [{int(ids.min())}, {int(ids.max())}], not within [0, {self.vocab_size})"
+            )
+        checks = {
+            "logprobs": self.logprobs.isfinite() & (self.logprobs <= LOGPROB_SLACK),
+            "tail_logmass": ~self.tail_logmass.isnan() & (self.tail_logmass <= LOGPROB_SLACK),
+            "entropy": self.entropy.isfinite() & (self.entropy >= -LOGPROB_SLACK),
+        }
+        for name, ok in checks.items():
+            if not bool(ok.all()):
+                raise ValueError(f"{name} holds {int((~ok).sum())} NaN, infinite or out-of-range value(s)")
+        check_positive("temperature", self.temperature)
+        check_positive("tau", self.tau)
 
     def batch(self, index: torch.Tensor, device: torch.device | str | None = None) -> TeacherTopK:
         """The ``TeacherTopK`` of rows ``index`` (B,) in batch order: their labelled tokens, row-major."""
@@ -170,7 +227,7 @@ class TeacherCache:
         """Write the cache as one safetensors file (atomically); returns the path."""
         from safetensors.torch import save_file  # the llm extra; importing eakd.llm needs only torch
 
-        path = Path(path)
+        path = cache_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CACHE_FORMAT,
@@ -184,37 +241,56 @@ class TeacherCache:
         names = ("ids", "logprobs", "tail_logmass", "entropy", "offsets")
         tensors = {k: getattr(self, k) for k in names}
         tmp = path.with_name(path.name + ".partial")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing stray when writing failed
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> TeacherCache:
-        """Read a cache written by ``save``; a file of another format is a clear error."""
-        from safetensors import safe_open
+        """Read a cache written by ``save``. A missing path or a directory is a FileNotFoundError; a file
+        that is not safetensors, of another format, or inconsistent (``__post_init__``) a ValueError."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        path = Path(path)
+        if not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(
+                f"teacher cache {path} {what}; write one with `eakd llm cache CONFIG --out FILE`"
+            )
+        fix = "write it again with `eakd llm cache`"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            t = load_file(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"{path} is not a readable safetensors file ({err}); {fix}") from None
         if meta.get("format") != CACHE_FORMAT:
             raise ValueError(
                 f"{path} is not an eakd teacher cache of format {CACHE_FORMAT!r} (found "
-                f"{meta.get('format')!r}); write it again with `eakd llm cache`"
+                f"{meta.get('format')!r}); {fix}"
             )
-        t = load_file(str(path))
-        return cls(
-            t["ids"],
-            t["logprobs"],
-            t["tail_logmass"],
-            t["entropy"],
-            t["offsets"],
-            int(meta["vocab_size"]),
-            int(meta["top_k"]),
-            float(meta["temperature"]),
-            float(meta["tau"]),
-            meta["teacher"],
-            meta["rows_fingerprint"],
-        )
+        try:
+            return cls(
+                t["ids"],
+                t["logprobs"],
+                t["tail_logmass"],
+                t["entropy"],
+                t["offsets"],
+                int(meta["vocab_size"]),
+                int(meta["top_k"]),
+                float(meta["temperature"]),
+                float(meta["tau"]),
+                meta["teacher"],
+                meta["rows_fingerprint"],
+            )
+        except KeyError as err:
+            raise ValueError(f"teacher cache {path} lacks {err}; {fix}") from None
+        except ValueError as err:
+            raise ValueError(f"teacher cache {path} is inconsistent: {err}; {fix}") from None
 
     def coverage(self) -> torch.Tensor:
         """(M,) teacher probability mass inside the top-k per token, at the cache's temperature."""
@@ -241,6 +317,8 @@ def build_cache(
     """
     if not rows:
         raise ValueError("no rows to cache")
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
     device = next(teacher.parameters()).device
     v = vocab_size
     ids, logprobs, tails, ents, counts = [], [], [], [], []

@@ -1,5 +1,6 @@
 """``RunLogCallback``: an ``EAKDTrainer`` run's logs in the engine's vocabulary, so ``eakd report`` reads
-LLM runs like engine runs. In ``args.output_dir``, on the main process:
+LLM runs like engine runs; ``FiniteGuard``: stops a run whose loss went non-finite before it logs or saves.
+In ``args.output_dir``, on the main process:
 
 - metrics.csv: one row per training log step: step, epoch, train_loss, train_loss_kd, train_loss_ce, lr,
   grad_norm (the Trainer's logged values),
@@ -14,11 +15,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import Tensor
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
+from eakd.llm.settings import LOSS_TERMS
 
 METRIC_NAMES = {
     "loss": "train_loss",
@@ -84,3 +88,63 @@ class RunLogCallback(TrainerCallback):
     ) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+NEVER = 2**62  # the step recorded for a term that never went non-finite
+
+
+class NonFiniteLossError(ValueError):
+    """A training run met a NaN or inf loss term; raised before that run logs or saves anything more."""
+
+
+class FiniteGuard(TrainerCallback):
+    """Stops a run at the first logging step, checkpoint save or end of training after a loss term went
+    NaN or inf, before the Trainer writes the log or the checkpoint (so the last good checkpoint stays the
+    latest and no non-finite student is saved).
+
+    The trainer hands each training micro-batch's ``TokenLossOutput.nonfinite()`` to ``update``, which
+    keeps, on the device, the first step each term (``LOSS_TERMS``: weights, kd, ce) was non-finite: no
+    host sync per step. ``check`` reads it back (one sync; the minimum over processes under
+    torch.distributed) and raises ``NonFiniteLossError`` naming the step and the term(s).
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.first = torch.full((len(LOSS_TERMS),), NEVER, dtype=torch.long, device=device)
+
+    def update(self, nonfinite: Tensor, step: int) -> None:
+        """Record ``step`` for the terms flagged in ``nonfinite`` (3,) bool that were finite so far."""
+        new = nonfinite.to(self.first.device) & (self.first == NEVER)
+        self.first = torch.where(new, step, self.first)
+
+    def check(self) -> None:
+        """Raise NonFiniteLossError if any term has been non-finite (on any process)."""
+        first = self.first.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        steps = first.tolist()
+        step = min(steps)
+        if step == NEVER:
+            return
+        terms = " and ".join(t for t, s in zip(LOSS_TERMS, steps, strict=True) if s == step)
+        raise NonFiniteLossError(
+            f"training stopped: the loss's {terms} term was non-finite (NaN or inf) at step {step}; nothing "
+            "was logged or saved after it (the latest checkpoint is the last good one): lower the learning "
+            "rate, or check the data, the teacher (cache) and the weight policy"
+        )
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if control.should_log or control.should_save or control.should_training_stop:
+            self.check()
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if control.should_log or control.should_save:
+            self.check()
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.check()

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from eakd.checks import check_finite
 from eakd.llm.cache import TeacherTopK
 from eakd.llm.dense import (
     align_vocab,
@@ -26,6 +25,23 @@ from eakd.llm.dense import (
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
 from eakd.losses.token import token_mask
 from eakd.weighting import Policy, Weighted
+
+
+def check_rows(name: str, x: torch.Tensor, rows: torch.Size) -> None:
+    """``x`` (..., D) must have exactly the student's row dims ``rows`` (e.g. (B, T)): no broadcasting."""
+    if x.shape[:-1] != rows:
+        raise ValueError(
+            f"{name} {tuple(x.shape)} does not match the student's rows {tuple(rows)}: give one "
+            "row per student row (no broadcasting)"
+        )
+
+
+def check_head(name: str, weight: torch.Tensor, bias: torch.Tensor | None, width: int) -> None:
+    """An lm_head ``weight`` (V, H) must take hidden states of ``width`` H; its ``bias`` must be (V,)."""
+    if weight.dim() != 2 or weight.shape[1] != width:
+        raise ValueError(f"{name}_weight {tuple(weight.shape)} is not (V, {width}) for hidden size {width}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"{name}_bias {tuple(bias.shape)} is not ({weight.shape[0]},) for {name}_weight")
 
 
 class ChunkInputs(NamedTuple):
@@ -170,6 +186,10 @@ def fused_linear_distill_loss(
     aligned to ``vocab_size`` (rows beyond it are dropped). The teacher gets no gradient. Gradients flow
     to student_hidden, student_weight and student_bias; reductions and entropies are float32, matmuls in
     the inputs' dtype. The output's entropies are those the weights were computed from (no extra pass).
+    Every teacher form is shape-checked: its rows must be exactly the student's (no broadcasting), and
+    an lm_head must match its hidden size. A non-finite term or num_items_in_batch <= 0 is a ValueError
+    (host syncs), except inside ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it and
+    accumulates ``TokenLossOutput.nonfinite`` on the device instead.
     """
     s = settings or TokenLossSettings()
     if chunk_size < 1:
@@ -180,30 +200,27 @@ def fused_linear_distill_loss(
             "give one teacher: teacher_hidden with teacher_weight, teacher_logits, or teacher_topk"
         )
     h_size = student_hidden.shape[-1]
-    if student_weight.shape[-1] != h_size:
-        raise ValueError(f"student_weight {tuple(student_weight.shape)} does not match hidden size {h_size}")
-    seq_len = labels.shape[-1] if labels.dim() > 1 else labels.numel()
-    if s.weight_level == "sequence" and labels.dim() < 2:
-        raise ValueError("weight_level='sequence' needs (B, T) labels and hidden states")
+    rows = student_hidden.shape[:-1]
+    check_head("student", student_weight, student_bias, h_size)
     t_hidden = t_weight = t_bias = t_logits = None
     if teacher_topk is not None:
         v_t = teacher_topk.vocab_size
     elif teacher_logits is not None:
+        check_rows("teacher_logits", teacher_logits, rows)
         v_t = teacher_logits.shape[-1]
         t_logits = teacher_logits.detach().reshape(-1, v_t)
     else:
         assert teacher_hidden is not None and teacher_weight is not None
+        check_rows("teacher_hidden", teacher_hidden, rows)
+        check_head("teacher", teacher_weight, teacher_bias, teacher_hidden.shape[-1])
         v_t = teacher_weight.shape[0]
         t_hidden = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
         t_weight = teacher_weight.detach()
         t_bias = None if teacher_bias is None else teacher_bias.detach()
     v = align_vocab(student_weight.shape[0], v_t, vocab_size)
+    check_labels(labels, rows, v, s)
     hidden = student_hidden.reshape(-1, h_size)
     flat_labels = labels.reshape(-1)
-    check_labels(flat_labels, hidden.shape[0], v, s.ignore_index)
-    if t_hidden is not None and t_hidden.shape[0] != hidden.shape[0]:
-        raise ValueError(f"teacher has {t_hidden.shape[0]} rows, student {hidden.shape[0]}")
-    check_finite("student hidden states", student_hidden)
     mask = token_mask(flat_labels, s.ignore_index)
     valid = mask.nonzero().squeeze(1)  # only rows with a label are computed at all (prompt, padding skipped)
     if teacher_topk is not None:
@@ -219,7 +236,7 @@ def fused_linear_distill_loss(
         settings=s,
         policy=policy,
         denom=denominator(mask, num_items_in_batch),
-        seq_ids=valid // seq_len,
+        seq_ids=valid // labels.shape[-1],
         chunk_size=chunk_size,
     )
     w_s = student_weight[:v]
@@ -229,4 +246,5 @@ def fused_linear_distill_loss(
     per_token, *stats = [torch.zeros(n, device=x.device).index_copy_(0, valid, x) for x in per_row]
     weights = stats[0] if stats else None
     h_s, h_t = stats[1:] if len(stats) == 3 else (None, None)
-    return TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s)
+    out = TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s)
+    return out.check_finite()

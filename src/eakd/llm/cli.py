@@ -1,16 +1,17 @@
-"""``eakd llm train|cache|eval|demo``: LLM distillation from the command line. A user error (an unknown
-config key, a bad value, a missing data file or offline source) prints one line
-``eakd llm CMD: message`` to stderr and exits 2."""
+"""``eakd llm train|cache|eval|demo``: LLM distillation from the command line. A user error (YAML syntax,
+an unknown config key, a bad value or type, a missing file or offline model/data source, a directory
+given as a file, a teacher cache that does not match, a run stopped by a non-finite loss) is a
+ValueError / FileNotFoundError (ConfigError is a ValueError) naming the problem and the fix; ``main``
+prints it as one line ``eakd llm CMD: message`` to stderr and exits 2."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from typing import TYPE_CHECKING
 
-from eakd.engine.config import ConfigError, load_config
+from eakd.args import ArgumentParser
+from eakd.engine.config import load_config
 
 if TYPE_CHECKING:
     from eakd.llm.run import LLMRunConfig
@@ -40,7 +41,7 @@ def read_run_config(path: str | None, overrides: list[str]) -> LLMRunConfig:
 
 def train(argv: list[str]) -> int:
     """``eakd llm train CONFIG [overrides]``: one run; prints the held-out ROUGE-L and perplexity."""
-    p = argparse.ArgumentParser(prog="eakd llm train")
+    p = ArgumentParser(prog="eakd llm train")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
     p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher")
@@ -57,7 +58,7 @@ def train(argv: list[str]) -> int:
 
 def cache_cmd(argv: list[str]) -> int:
     """``eakd llm cache CONFIG``: write the offline teacher cache of a config's training data."""
-    p = argparse.ArgumentParser(prog="eakd llm cache")
+    p = ArgumentParser(prog="eakd llm cache")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value (data and train.temperature/tau matter)")
     p.add_argument("--top-k", type=int, default=64, help="teacher log-probs kept per token")
@@ -87,7 +88,7 @@ def cache_cmd(argv: list[str]) -> int:
 
 def evaluate_cmd(argv: list[str]) -> int:
     """``eakd llm eval MODEL``: evaluate a saved model folder, hub id or "smollm2"."""
-    p = argparse.ArgumentParser(prog="eakd llm eval")
+    p = ArgumentParser(prog="eakd llm eval")
     p.add_argument("model")
     p.add_argument(
         "--data", default="chatterbot", help="chatterbot, a hub id or a json/jsonl/csv/parquet file"
@@ -121,7 +122,7 @@ def demo(argv: list[str]) -> int:
     """
     from eakd.llm.study import METHODS
 
-    p = argparse.ArgumentParser(prog="eakd llm demo")
+    p = ArgumentParser(prog="eakd llm demo")
     p.add_argument("--config", default=None, help="a run config (configs/llm/base.yaml layout)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -172,11 +173,9 @@ SUBCOMMANDS = {"train": train, "cache": cache_cmd, "eval": evaluate_cmd, "demo":
 
 def main(argv: list[str]) -> int:
     """Dispatch ``eakd llm SUBCOMMAND ...``."""
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    try:
-        return SUBCOMMANDS[argv[0]](argv[1:])
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"eakd llm {argv[0]}: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return 0
+    if argv[0] not in SUBCOMMANDS:
+        raise ValueError(f"unknown subcommand {argv[0]!r}; known: {', '.join(SUBCOMMANDS)} (eakd llm --help)")
+    return SUBCOMMANDS[argv[0]](argv[1:])  # eakd.cli.main turns user errors into one line and exit 2

@@ -55,11 +55,18 @@ def load_pairs(
 
     builder = FILE_BUILDERS.get(Path(source).suffix.lower())
     if builder is not None and not Path(source).is_file():
-        raise FileNotFoundError(f"data file {source} does not exist")
+        what = "is a directory, not a file" if Path(source).is_dir() else "does not exist"
+        raise FileNotFoundError(f"data file {source} {what}")
     if builder is not None:
         data = load_dataset(builder, data_files=source, split=split)
     else:
-        data = load_dataset(source, split=split)
+        try:
+            data = load_dataset(source, split=split)
+        except ConnectionError as err:  # offline and not in the local datasets cache
+            raise FileNotFoundError(
+                f"data.source {source!r} is not a local data file and not in the offline datasets cache "
+                f"({' '.join(str(err).split())}); give a .json/.jsonl/.csv/.parquet file or fetch it online"
+            ) from None
     columns = list(data.column_names)
     for key, column in (("prompt_column", prompt_column), ("response_column", response_column)):
         if column not in columns:

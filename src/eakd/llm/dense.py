@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from eakd.checks import check_finite
+from eakd.checks import check_logit_pair, check_positive, check_positive_values
 from eakd.llm.cache import TeacherTopK
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
 from eakd.losses.reduce import weighted_mean
@@ -17,10 +17,19 @@ from eakd.weighting import Policy, Weighted
 
 
 def denominator(mask: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
-    """The loss's 0-dim float denominator: ``num_items_in_batch``, else the valid tokens of ``mask``."""
+    """The loss's 0-dim float denominator: ``num_items_in_batch`` (> 0), else the valid tokens of ``mask``.
+
+    A count <= 0 is a ValueError; a count tensor inside ``eakd.checks.deferred_checks()`` is not read back
+    (no host sync): a count <= 0 then makes the denominator NaN, and the loss's terms non-finite.
+    """
     if num_items_in_batch is None:
         return mask.sum().clamp_min(1).float()
-    return torch.as_tensor(num_items_in_batch, device=mask.device).float().clamp_min(1)
+    if not isinstance(num_items_in_batch, torch.Tensor):
+        check_positive("num_items_in_batch", num_items_in_batch)
+    n = torch.as_tensor(num_items_in_batch, device=mask.device).float()
+    if n.numel() != 1:
+        raise ValueError(f"num_items_in_batch must be one number, got shape {tuple(n.shape)}")
+    return check_positive_values("num_items_in_batch", n.reshape(()))
 
 
 def sequence_mean(weights: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
@@ -88,13 +97,19 @@ def align_vocab(v_student: int, v_teacher: int, vocab_size: int | None) -> int:
     return vocab_size
 
 
-def check_labels(labels: torch.Tensor, rows: int, vocab: int, ignore_index: int) -> None:
-    """Labels must have one entry per row, each in [0, vocab) or ``ignore_index``."""
-    if labels.numel() != rows:
-        raise ValueError(f"labels have {labels.numel()} positions, hidden states/logits have {rows} rows")
-    valid = labels[labels != ignore_index]
+def check_labels(labels: torch.Tensor, rows: torch.Size, vocab: int, s: TokenLossSettings) -> None:
+    """Labels must have exactly the student's row shape ``rows`` ((B, T) for sequence-level weights), each
+    in [0, vocab) or ``s.ignore_index``."""
+    if labels.shape != rows:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match the student's rows {tuple(rows)} (hidden states or "
+            "logits without their last dim)"
+        )
+    if s.weight_level == "sequence" and labels.dim() < 2:
+        raise ValueError("weight_level='sequence' needs (B, T) labels and hidden states/logits")
+    valid = labels[labels != s.ignore_index]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab):
-        raise ValueError(f"labels must be in [0, {vocab}) or ignore_index={ignore_index}")
+        raise ValueError(f"labels must be in [0, {vocab}) or ignore_index={s.ignore_index}")
 
 
 def distill_loss_from_logits(
@@ -109,7 +124,10 @@ def distill_loss_from_logits(
     """The loss from materialised logits (B, T, V) (dense path; the reference of the chunked one).
 
     labels (B, T), already aligned with the logits (shifted for next-token prediction). The teacher is
-    teacher_logits (B, T, V_t), or (teacher_logits None) an offline ``teacher_topk`` of the valid tokens.
+    teacher_logits (B, T, V_t) (exactly the student's rows: no broadcasting), or (teacher_logits None) an
+    offline ``teacher_topk`` of the valid tokens. A non-finite term or num_items_in_batch <= 0 is a
+    ValueError (host syncs), except inside ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it
+    and accumulates ``TokenLossOutput.nonfinite`` on the device instead.
     """
     s = settings or TokenLossSettings()
     if (teacher_logits is None) == (teacher_topk is None):
@@ -117,8 +135,7 @@ def distill_loss_from_logits(
     v_t = teacher_logits.shape[-1] if teacher_logits is not None else teacher_topk.vocab_size  # type: ignore[union-attr]
     v = align_vocab(student_logits.shape[-1], v_t, vocab_size)
     zs = student_logits[..., :v]
-    check_finite("student logits", zs)
-    check_labels(labels, zs.shape[:-1].numel(), v, s.ignore_index)
+    check_labels(labels, zs.shape[:-1], v, s)
     mask = token_mask(labels, s.ignore_index)
     policy = s.policy()
     valid = mask.reshape(-1).nonzero().squeeze(1)
@@ -134,7 +151,7 @@ def distill_loss_from_logits(
     else:
         assert teacher_logits is not None
         zt = teacher_logits[..., :v].detach()
-        check_finite("teacher logits", zt)
+        check_logit_pair(zs, zt)
         log_p = log_softmax_at(zt, s.temperature)
         if policy is not None:
             weighted = policy.compute(zs.detach(), zt, mask)
@@ -151,4 +168,5 @@ def distill_loss_from_logits(
     if weighted is not None and weighted.h_t is not None and weighted.h_s is not None:
         h_t, h_s = (torch.where(mask, h, 0.0).reshape(-1) for h in (weighted.h_t, weighted.h_s))
     w = None if weights is None else weights.reshape(-1)
-    return TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1), h_t, h_s)
+    out = TokenLossOutput(total, kd.detach(), ce.detach(), w, per_token.reshape(-1), h_t, h_s)
+    return out.check_finite()

@@ -46,13 +46,40 @@ def smollm2_folder() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"smollm2"`` -> the cached converted folder; anything else (hub id, folder) unchanged."""
-    return str(smollm2_folder()) if name_or_path == SMOLLM2 else name_or_path
+    """``"smollm2"`` -> the cached converted folder; anything else (hub id, folder) unchanged. A local
+    folder without config.json, or a file, is a FileNotFoundError."""
+    if name_or_path == SMOLLM2:
+        return str(smollm2_folder())
+    path = Path(name_or_path).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {name_or_path} is not a model folder (no config.json); give a folder written by "
+            "save_pretrained, a hub id or 'smollm2'"
+        )
+    return name_or_path
+
+
+def from_pretrained(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` (a tokenizer or model class) of a hub id, local folder or ``"smollm2"``; a
+    model that is not there (no such folder, a hub id not in the offline cache) is a one-line
+    FileNotFoundError."""
+    path = resolve_model_path(name_or_path)
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(
+            f"model {name_or_path!r} is neither a model folder nor a hub id in the local Hugging Face "
+            f"cache ({first}); give a folder written by save_pretrained, a hub id downloaded once online, "
+            "or 'smollm2' (make fetch)"
+        ) from None
 
 
 def load_tokenizer(name_or_path: str = SMOLLM2) -> Any:
     """The tokenizer of a hub id, local folder or ``"smollm2"``, with a pad token (eos when it has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    tokenizer = from_pretrained(AutoTokenizer, name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -63,7 +90,7 @@ def load_teacher(
 ) -> tuple[PreTrainedModel, Any]:
     """(frozen teacher in eval mode, its tokenizer) from a hub id, a local folder or ``"smollm2"``."""
     tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype)
+    model = from_pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype)
     model.eval().requires_grad_(False)
     return model, tokenizer
 

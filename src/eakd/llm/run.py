@@ -8,6 +8,10 @@ ConfigErrors naming the dotted key)::
     data:  {source: chatterbot, eval_size: 100, max_length: 128}   # or a hub id / json, jsonl, csv, parquet
     eval:  {max_new_tokens: 48}
     train: {output_dir: runs/llm/ea, max_steps: 150, divergence: fkl, weighting: ea, ...}  # EAKDConfig
+
+``train.resume_from_checkpoint``: ``auto`` (the latest complete ``checkpoint-N`` in train.output_dir, else
+a fresh start) or a checkpoint folder; checkpoints are written with ``save_strategy: steps`` and
+``save_steps``.
 """
 
 from __future__ import annotations
@@ -16,16 +20,17 @@ import dataclasses
 import difflib
 import json
 import time
+import typing
 from dataclasses import field
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, StrictBool, StrictStr
+from pydantic import AfterValidator, StrictBool, StrictStr, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from eakd.engine.config import ConfigError, NonNegInt, PosInt, section
-from eakd.llm.cache import TeacherCache, build_cache, fingerprint
+from eakd.llm.cache import TeacherCache, build_cache, cache_path, check_settings, fingerprint
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate
 from eakd.llm.models import load_teacher, load_tokenizer, make_student, num_params
@@ -99,9 +104,24 @@ class LLMRunConfig:
     train: dict[Annotated[str, AfterValidator(_train_key)], Any] = field(default_factory=dict)
 
 
+def check_train_types(train: dict[str, Any]) -> None:
+    """Each train value must fit its EAKDConfig field's type (lax: "1e-3" is a float); ConfigError naming
+    the dotted key otherwise (EAKDConfig itself would fail with e.g. "'>' not supported")."""
+    hints = typing.get_type_hints(EAKDConfig)
+    for key, value in train.items():
+        try:
+            TypeAdapter(hints[key]).validate_python(value)
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"]
+            got = f"got {type(value).__name__} ({value!r})"
+            raise ConfigError(f"config key 'train.{key}': {msg[0].lower() + msg[1:]}, {got}") from None
+
+
 def training_args(cfg: LLMRunConfig) -> EAKDConfig:
-    """The EAKDConfig of a run: quiet CPU-friendly defaults, then the config's train section; a value
-    EAKDConfig refuses is a ConfigError naming the train section."""
+    """The EAKDConfig of a run: quiet CPU-friendly defaults, then the config's train section; a value of
+    the wrong type is a ConfigError naming its key, one EAKDConfig refuses a ConfigError naming the
+    train section."""
+    check_train_types(cfg.train)
     defaults = {
         "output_dir": "runs/llm",
         "report_to": [],
@@ -143,7 +163,11 @@ def write_cache(
     cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8, progress: bool = True
 ) -> TeacherCache:
     """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
-    train section's temperature and policy's tau (so runs of that config can read it)."""
+    train section's temperature and policy's tau (so runs of that config can read it). A directory at
+    ``path`` or top_k < 1 is a ValueError before the teacher is loaded."""
+    path = cache_path(path)
+    if top_k < 1:
+        raise ValueError(f"top_k (eakd llm cache --top-k) must be >= 1, got {top_k}")
     args = training_args(cfg)
     teacher, tokenizer = load_teacher(cfg.model.teacher)
     rows, _ = split_rows(cfg, tokenizer)
@@ -187,9 +211,40 @@ def reuse_or_write_cache(
     return write_cache(cfg, path, top_k, batch_size), False
 
 
+def resume_checkpoint(args: EAKDConfig) -> str | None:
+    """The checkpoint ``train.resume_from_checkpoint`` names: None (unset, or ``auto`` without a complete
+    checkpoint yet), the latest complete ``checkpoint-N`` of ``args.output_dir`` (``auto``: its
+    trainer_state.json, written last, reads back), or the given folder (FileNotFoundError if missing)."""
+    want = args.resume_from_checkpoint
+    if want is None:
+        return None
+    if want != "auto":
+        if not (Path(want) / "trainer_state.json").is_file():
+            raise FileNotFoundError(
+                f"train.resume_from_checkpoint {want} is not a checkpoint folder (no trainer_state.json); "
+                "give a checkpoint-N folder of a run, or auto"
+            )
+        return want
+    done = []
+    for folder in Path(args.output_dir).glob("checkpoint-*"):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue  # killed while it was being written
+        if folder.name.removeprefix("checkpoint-").isdigit():
+            done.append((int(folder.name.removeprefix("checkpoint-")), str(folder)))
+    return max(done)[1] if done else None
+
+
 def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
-    """Train the student by ``cfg`` and evaluate it on the held-out pairs; writes and returns results."""
+    """Train the student by ``cfg`` (resuming by ``train.resume_from_checkpoint``) and evaluate it on the
+    held-out pairs; writes and returns results. A teacher cache that does not match the config's rows,
+    temperature or tau is a ValueError before training."""
     args = training_args(cfg)
+    resume = resume_checkpoint(args)
+    cache = None if cfg.model.teacher_cache is None else TeacherCache.load(cfg.model.teacher_cache)
+    if cache is not None:
+        check_settings(cache.temperature, cache.tau, args.loss_settings())
     teacher, tokenizer = load_teacher(cfg.model.teacher)
     student = make_student(
         teacher,
@@ -200,7 +255,6 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
         seed=args.seed,
     )
     rows, held_out = split_rows(cfg, tokenizer)
-    cache = None if cfg.model.teacher_cache is None else TeacherCache.load(cfg.model.teacher_cache)
     trainer = EAKDTrainer(
         model=student,
         teacher=teacher if cache is None else None,
@@ -210,7 +264,7 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
     )
     start = time.perf_counter()
-    train_out = trainer.train()
+    train_out = trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - start
     gen = {
         "max_new_tokens": cfg.eval.max_new_tokens,

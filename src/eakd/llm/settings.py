@@ -14,17 +14,19 @@ else the valid tokens of this call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from eakd.checks import check_positive
+from eakd.checks import check_finite, check_positive
 from eakd.losses.token import TOKEN_DIVERGENCES
 from eakd.weighting import Policy, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
+LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class TokenLossSettings:
     skew of skl/srkl. temperature: of the divergence. weighting: a policy name of ``eakd.weighting`` ("ea",
     "er", "base", "interact", "inverse", "uniform") or None for the unweighted baseline; tau, h_ub: its
     settings (tau None = the policy's default entropy temperature; h_ub None = ln V). weight_level: "token"
-    or "sequence". kd_weight, ce_weight: outer weights of the distillation and hard-label terms."""
+    or "sequence". kd_weight, ce_weight: outer weights of the distillation and hard-label terms. Every value
+    is checked here (ValueError): temperature, tau, h_ub > 0; beta, alpha in [0, 1]; weights finite >= 0."""
 
     divergence: str = "fkl"
     beta: float = 0.5
@@ -54,6 +57,17 @@ class TokenLossSettings:
         if self.weight_level not in WEIGHT_LEVELS:
             raise ValueError(f"weight_level must be one of {WEIGHT_LEVELS}, got {self.weight_level!r}")
         check_positive("temperature", self.temperature)
+        for name in ("tau", "h_ub"):
+            value = getattr(self, name)
+            if value is not None:
+                check_positive(name, value)
+        for name in ("beta", "alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("kd_weight", "ce_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
 
     def policy(self) -> Policy | None:
@@ -87,3 +101,19 @@ class TokenLossOutput(NamedTuple):
     per_token: torch.Tensor
     h_t: torch.Tensor | None = None
     h_s: torch.Tensor | None = None
+
+    def nonfinite(self) -> torch.Tensor:
+        """(3,) bool on the loss's device, in ``LOSS_TERMS`` order: whether the weights (their sum), kd and
+        ce hold a NaN or inf. Device operations on reduced values only (a NaN or inf input makes its row's
+        value, and so its term, non-finite): no host sync, no pass over the (N, V) logits."""
+        w = self.kd.new_zeros(()) if self.weights is None else self.weights.sum()
+        return ~torch.isfinite(torch.stack([w.float(), self.kd.float(), self.ce.float()]))
+
+    def check_finite(self) -> TokenLossOutput:
+        """This output, or ValueError naming its first non-finite term (``eakd.checks.check_finite``: a host
+        sync per term, none inside ``deferred_checks()``)."""
+        if self.weights is not None:
+            check_finite("the loss's weights", self.weights)
+        check_finite("the loss's kd term", self.kd)
+        check_finite("the loss's ce term", self.ce)
+        return self

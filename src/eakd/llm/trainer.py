@@ -4,7 +4,8 @@ token-level EA-KD loss (chunked fused-linear by default), plus its config datacl
 Works wherever Trainer does (``accelerate launch`` / torchrun for DDP and FSDP2, tested with 2 CPU
 processes): the student is wrapped as usual, the teacher is frozen, in eval mode, on each process's device,
 or replaced by an offline teacher cache. See docs/llm.md for FSDP1 and DeepSpeed. The run's logs go
-through ``eakd.llm.callbacks.RunLogCallback`` (metrics.csv, the engine's weight diagnostics).
+through ``eakd.llm.callbacks.RunLogCallback`` (metrics.csv, the engine's weight diagnostics); a loss term
+that goes NaN or inf stops the run before its next log or checkpoint (``eakd.llm.callbacks.FiniteGuard``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from eakd.checks import deferred_checks
 from eakd.llm.cache import TeacherCache, TeacherTopK
-from eakd.llm.callbacks import RunLogCallback
+from eakd.llm.callbacks import FiniteGuard, RunLogCallback
 from eakd.llm.chunked import fused_linear_distill_loss
 from eakd.llm.dense import distill_loss_from_logits
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
@@ -106,6 +108,8 @@ class EAKDTrainer(Trainer):
         self.teacher_cache = teacher_cache
         self.run_log = RunLogCallback(args.diag_samples)
         self.add_callback(self.run_log)
+        self.guard = FiniteGuard(self.args.device)
+        self.add_callback(self.guard)
         self._terms = torch.zeros(2, device=self.args.device)  # kd, ce summed since the last training log
         self._terms_from: int | None = None  # the global step they were first added at
 
@@ -179,7 +183,8 @@ class EAKDTrainer(Trainer):
         """The distillation loss of one micro-batch, normalised by ``num_items_in_batch`` when the Trainer
         gives it (valid tokens over all accumulated micro-batches), else by this batch's valid tokens."""
         args: EAKDConfig = self.args  # type: ignore[assignment]
-        out, outputs = self._distill(model, inputs, num_items_in_batch)
+        with deferred_checks():  # no host sync per step: the FiniteGuard checks the terms on the device
+            out, outputs = self._distill(model, inputs, num_items_in_batch)
         scale = 1.0
         if (
             num_items_in_batch is not None
@@ -188,6 +193,7 @@ class EAKDTrainer(Trainer):
         ):
             scale = float(self.accelerator.num_processes)  # the count was summed over processes; DDP averages
         if model.training:
+            self.guard.update(out.nonfinite(), self.state.global_step + 1)
             # kd, ce scaled as the Trainer reports the loss: the sum over a step's micro-batches is the step's
             # term (each micro-batch divided by the accumulation steps when it was normalised on its own)
             ga = (

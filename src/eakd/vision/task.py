@@ -184,5 +184,5 @@ def build_classification(cfg: Config) -> ClassificationTask:
         teacher = create_model(cfg.model.teacher, **common, **cfg.model.teacher_options)
         if cfg.model.teacher_checkpoint:
             load_checkpoint(teacher, cfg.model.teacher_checkpoint)
-    loss = DistillLoss.from_config(cfg.distill)
+    loss = DistillLoss.from_config(cfg.distill, sync_checks=False)  # the engine reads the loss terms
     return ClassificationTask(student, teacher, loss, train_set, eval_set, ce_weight=cfg.distill.ce_weight)
