@@ -23,13 +23,14 @@ DOC = ROOT / "docs" / "reliability.md"
 START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
 
 # a tiny, fast classification run: synthetic images, one epoch
-TINY = """\
-experiment: {name: tiny, output_dir: runs}
-data: {name: synthetic, options: {num_samples: 32, num_classes: 4, channels: 1, size: 8}}
-model: {student: fmnist_tiny, teacher: null}
-distill: {method: none, weighting: none}
-train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}
-"""
+SYNTHETIC = "name: synthetic, options: {num_samples: 32, num_classes: 4, channels: 1, size: 8}"
+TINY = (
+    "experiment: {name: tiny, output_dir: runs}\n"
+    "data: {" + SYNTHETIC + "}\n"
+    "model: {student: fmnist_tiny, teacher: null}\n"
+    "distill: {method: none, weighting: none}\n"
+    "train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}\n"
+)
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
 
 
@@ -110,10 +111,16 @@ CASES = [
     Case("names", "unknown model", ["train", "tiny.yaml", "model.student=resnet9000"], {"tiny.yaml": TINY}),
     Case("names", "unknown data set", ["train", "tiny.yaml", "data.name=imagenett"], {"tiny.yaml": TINY}),
     Case(
+        "names",
+        "data set option it does not take",
+        ["train", "tiny.yaml", "data.name=cifar100"],
+        {"tiny.yaml": TINY},
+    ),
+    Case(
         "data",
         "data set not on disk",
-        ["train", "tiny.yaml", "data.name=fashion_mnist", "data.root=nodata"],
-        {"tiny.yaml": TINY},
+        ["train", "fmnist.yaml", "data.root=nodata"],
+        {"fmnist.yaml": TINY.replace(SYNTHETIC, "name: fashion_mnist")},
     ),
     Case(
         "runs",

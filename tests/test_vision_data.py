@@ -284,7 +284,7 @@ def test_missing_data_says_where_and_how(tmp_path: Path, monkeypatch: pytest.Mon
         build_dataset("tinyimagenet", None)
     with pytest.raises(ValueError, match="known: cifar100"):
         build_dataset("cifar10", tmp_path)
-    with pytest.raises(TypeError, match="num_samples"):
+    with pytest.raises(ValueError, match=r"data set .cifar100. takes no option\(s\) \[.num_samples.\]"):
         build_dataset("cifar100", tmp_path, num_samples=3)
 
 

@@ -18,6 +18,7 @@ imagenet (image folders) and synthetic. ``root`` None means ``$EAKD_CACHE/data``
 Missing data raises FileNotFoundError naming where it looked and how to get it.
 """
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -229,7 +230,16 @@ def build_dataset(
     image_size: resize to this side in pixels. ``options`` go to the builder (e.g. the synthetic set's
     num_samples, num_classes, channels, size, seed).
     """
-    dataset, recipe = DATASETS.get(name)(root, train, download, **options)
+    builder = DATASETS.get(name)
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            takes = sorted(set(params) - {"root", "train", "download"})
+            raise ValueError(
+                f"data set {name!r} takes no option(s) {unknown} (data.options); it takes {takes}"
+            )
+    dataset, recipe = builder(root, train, download, **options)
     weak = build_transform(recipe, train, augment, image_size)
     if two_views:
         return TwoViews(dataset, weak, build_transform(recipe, train, augment, image_size, strong))
