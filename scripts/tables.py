@@ -45,6 +45,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo": study(vision_table),
     "fmnist_study": study(vision_table),
     "det_study": study(detection_table),
+    "det_scenes": study(detection_table),
 }
 
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 import eakd
 from eakd.checks import deferred_checks
+from eakd.distill import DistillLoss
+from eakd.engine.config import DistillConfig
 from eakd.losses import LOSSES, dkd_loss, kd_loss, linear_warmup, weighted_mean
 
 
@@ -82,6 +84,27 @@ def test_distill_loss_ea_weights_and_ce():
     g = torch.autograd.grad(out["loss_kd"], zs)[0]
     g_ref = torch.autograd.grad(0.9 * (w.detach() * kd_loss(zs, zt, 4.0)).mean(), zs)[0]
     torch.testing.assert_close(g, g_ref)
+
+
+def test_distill_loss_weight_norm_mean():
+    """weight_norm="mean": the loss (and its gradient) of w / mean(w) over the valid samples, whose mean is
+    1; masked samples are left out of the mean; the config's field reaches the loss; bad names fail."""
+    zs, zt, _ = logits(k=100)
+    mask = torch.ones(zs.shape[0], dtype=torch.bool)
+    mask[::3] = False
+    fn = eakd.DistillLoss("kd", weighting="ea", tau=2.0, temperature=4.0, weight_norm="mean")
+    out = fn(zs, zt, mask=mask)
+    w = eakd.ea_weights(zs, zt, tau=2.0, mask=mask)
+    w_ref = w / w[mask].mean()
+    ref = eakd.weighted_mean(kd_loss(zs, zt, 4.0), w_ref, mask)
+    torch.testing.assert_close(out["loss_kd"], ref)
+    torch.testing.assert_close(fn.last["weights"][mask].mean(), torch.tensor(1.0))
+    g, g_ref = (torch.autograd.grad(x, zs)[0] for x in (out["loss_kd"], ref))
+    torch.testing.assert_close(g, g_ref)
+    cfg = DistillConfig(weighting="ea", weight_norm="mean", hparams={"temperature": 4.0})
+    assert DistillLoss.from_config(cfg).weight_norm == "mean"
+    with pytest.raises(ValueError, match="weight_norm must be one of"):
+        eakd.DistillLoss("kd", weight_norm="sum")
 
 
 def test_distill_loss_standardized_logits_and_warmup():

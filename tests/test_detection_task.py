@@ -102,3 +102,23 @@ def test_demo_table_reports_mean_and_spread() -> None:
     assert "teacher (last epoch): AP 9.00" in table
     assert "| student | 2 | 2.00 ± 1.41 | 4.00 ± 2.83 |" in table and "student 1.00, 3.00" in table
     assert "student - kd (95 % CI, 2 paired seeds): AP (last) -1.50 [" in table
+
+
+def test_scenes_demo_table_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from eakd.detection.demo import demo, format_table
+
+    run = {"AP": 4.0, "AP50": 8.0, "AP75": 2.0, "train_s": 10.0}  # no best_AP: evaluated once, on test
+    teacher = {
+        "last": {"metrics": {"AP": 30.0, "AP50": 50.0, "AP75": 30.0}},
+        "best": {"epoch": 6},
+        "test": {"AP": 28.0, "AP50": 48.0, "AP75": 29.0},
+    }
+    result = {"teacher": teacher, "arms": ["student", "kd"], "seeds": [0], "runs": {"student": {"0": run}}}
+    table = format_table(result)
+    assert (
+        "teacher (last epoch) on val: AP 30.00" in table and "epoch 6 by val AP) on test: AP 28.00" in table
+    )
+    assert "best ep." not in table and "| student | 1 | 4.00 ± 0.00 |" in table
+    with pytest.raises(SystemExit) as stop:
+        demo(["--data", "scenes", "--help"])
+    assert stop.value.code == 0 and "--data {trees,scenes}" in capsys.readouterr().out

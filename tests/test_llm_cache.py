@@ -243,6 +243,7 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     """`eakd llm cache` then `eakd llm train model.teacher_cache=...`, and the demo with --teacher-cache."""
     import json
 
+    from eakd.cli import main as eakd_main
     from eakd.llm.cli import main
 
     teacher.save_pretrained(tmp_path / "teacher")
@@ -252,33 +253,34 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {{teacher: {tmp_path / 'teacher'}, student_layers: 2}}\n"
-        f"data: {{source: {data}, prompt_column: prompt, context_column: null, eval_size: 2,"
+        f"data: {{source: {data}, prompt_column: prompt, context_column: null, val_size: 1, test_size: 1,"
         " max_length: 32}\n"
-        "eval: {max_new_tokens: 4}\n"
+        "eval: {max_new_tokens: 4, sampling_seeds: 1, every: 1}\n"
         f"train: {{output_dir: {tmp_path / 'run'}, max_steps: 2, per_device_train_batch_size: 4,"
         " use_cpu: true, warmup_steps: 0, logging_steps: 1, tau: 2.0}\n"
     )
     out = tmp_path / "cache.safetensors"
     assert main(["cache", str(config), "--top-k", "4", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert summary["rows"] == len(PAIRS) - 2 and summary["top_k"] == 4 and 0 < summary["top_k_mass_mean"] <= 1
+    assert summary["rows"] == 2 and summary["top_k"] == 4 and 0 < summary["top_k_mass_mean"] <= 1
     assert main(["train", str(config), f"model.teacher_cache={out}"]) == 0
     result = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert result["config"]["model"]["teacher_cache"] == str(out) and result["train_rows"] == len(PAIRS) - 2
+    assert result["config"]["model"]["teacher_cache"] == str(out) and result["train_rows"] == 2
     capsys.readouterr()
-    assert main(["train", str(config), f"model.teacher_cache={out}", "train.tau=3.0"]) == 2
+    assert eakd_main(["llm", "train", str(config), f"model.teacher_cache={out}", "train.tau=3.0"]) == 2
     err = capsys.readouterr().err  # checked before any model is loaded
     assert "entropies at tau 2.0, the loss's policy uses tau 3.0" in err and err.count("\n") == 1
-    demo = ["demo", "--config", str(config), "--steps", "2", "--warmup-steps", "0", "--eval-size", "2"]
-    demo += ["--methods", "sft", "ea-kd", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]
+    demo = ["demo", "--config", str(config), "--steps", "2", "--warmup-steps", "0", "--warm-start-steps", "1"]
+    demo += ["--methods", "kd", "ea-kd-tau1", "--teacher-cache", "--top-k", "4"]
+    demo += ["--out", str(tmp_path / "demo")]
     assert main(demo) == 0
     printed = capsys.readouterr().out
-    assert "teacher cache (written" in printed and "| ea-kd | 1 |" in printed
-    assert (tmp_path / "demo" / "teacher_cache.safetensors").exists()
-    assert main([*demo[:-7], "sft", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]) == 0
-    assert "teacher cache (reused)" in capsys.readouterr().out
-    assert main([*demo[:-7], "sft", "--teacher-cache", "--top-k", "3", "--out", str(tmp_path / "demo")]) == 0
-    assert "teacher cache (written" in capsys.readouterr().out  # another top_k: not reused
+    assert printed.count("(written):") == 2 and "| ea-kd-tau1 | 1 |" in printed  # one cache per tau
+    assert (tmp_path / "demo" / "teacher_cache_tau1.safetensors").exists()
+    assert main([*demo[:-7], "kd", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]) == 0
+    assert "(reused)" in capsys.readouterr().out
+    assert main([*demo[:-7], "kd", "--teacher-cache", "--top-k", "3", "--out", str(tmp_path / "demo")]) == 0
+    assert "(written)" in capsys.readouterr().out  # another top_k: not reused
 
 
 def test_nan_cached_log_probs_are_an_error() -> None:

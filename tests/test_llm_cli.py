@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from eakd.cli import main as eakd_main
 from eakd.engine.config import ConfigError, load_config
-from eakd.llm.cli import main
+from eakd.llm.cli import budget_note, main
 from eakd.llm.run import LLMRunConfig, training_args
 from eakd.llm.study import METHODS, table
 
@@ -31,9 +31,9 @@ def test_shipped_configs_load(name: str, tmp_path: Path) -> None:
 
 def test_overrides_and_unknown_keys(tmp_path: Path) -> None:
     cfg = load_run_config(
-        CONFIGS / "ea_kd.yaml", ["train.tau=3.0", "model.student_layers=4", "data.eval_size=7"]
+        CONFIGS / "ea_kd.yaml", ["train.tau=3.0", "model.student_layers=4", "data.val_size=7"]
     )
-    assert cfg.train["tau"] == 3.0 and cfg.model.student_layers == 4 and cfg.data.eval_size == 7
+    assert cfg.train["tau"] == 3.0 and cfg.model.student_layers == 4 and cfg.data.val_size == 7
     assert cfg.train["weighting"] == "ea" and cfg.train["divergence"] == "fkl"  # from the file, base merged
     with pytest.raises(ConfigError, match=r"unknown config key 'model\.layers'"):
         load_run_config(None, ["model.layers=3"])
@@ -79,17 +79,43 @@ def test_cli_user_errors_print_one_line_and_exit_2(
 
 
 def test_study_methods_and_table() -> None:
-    assert list(METHODS) == ["sft", "kd", "rkl", "ea-kd"]
+    assert list(METHODS) == ["kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm"]
+    assert METHODS["ea-kd-norm"]["weight_norm"] == "mean" and METHODS["ea-kd-ce"]["ce_weight"] == 0.5
     kd = {"0": {"rougeL": 10.0, "perplexity": 5.0, "train_s": 3.0}, "1": {"rougeL": 12.0, "perplexity": 7.0}}
-    result = {"arms": ["kd"], "seeds": [0, 1], "runs": {"kd": kd}}
-    assert "| kd | 2 | 11.00 ± 1.41 | 6.00 ± 1.41 | 3.00 ± 0.00 |" in table(result)
-    result["arms"].append("ea-kd")
-    result["runs"]["ea-kd"] = {
-        "0": {"rougeL": 11.0, "perplexity": 5.0},
-        "1": {"rougeL": 14.0, "perplexity": 5.0},
-    }
+    result = {"arms": ["kd", "ea-kd"], "seeds": [0], "runs": {"kd": {"0": kd["0"]}, "ea-kd": {"0": kd["1"]}}}
+    assert "| kd | 1 | 10.00 ± 0.00 | 5.00 ± 0.00 | 3.00 ± 0.00 |" in table(result)
+    assert "95 % CI" not in table(result)  # one seed: no interval
+    result["runs"] = {"kd": kd, "ea-kd": {"0": {"rougeL": 11.0}, "1": {"rougeL": 14.0}}}
     # paired differences 1 and 2: mean 1.5, half-width t(0.975, 1) * 0.7071 / sqrt(2) = 12.706 * 0.5
-    assert "ea-kd - kd (95 % CI, 2 paired seeds): ROUGE-L +1.50 [-4.85, +7.85]" in table(result)
+    assert (
+        "ea-kd - kd (95 % CI, 2 paired seeds): test ROUGE-L sampled (best val) +1.50 [-4.85, +7.85]"
+        in table(result)
+    )
+    note = budget_note(60, 40, 1)
+    assert "no interval" in note and "cannot show whether EA-KD helps" in note
+
+
+def test_train_with_warm_start_validation_and_diagnostics(tmp_path: Path) -> None:
+    """A whole `eakd llm train`: the warm start is written once and reused by another arm; results.json
+    holds the KL at start, validation history and best step, test ROUGE-L at best and last, diagnostics."""
+    import json
+
+    from tiny_llm import write_run
+
+    config = write_run(tmp_path, max_steps=3)
+    warm = [f"model.warm_start={tmp_path / 'warm'}", "model.warm_start_steps=2", "eval.every=2"]
+    assert main(["train", str(config), *warm]) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["kl_at_start"] > 0 and res["split_sizes"] == {"train": 2, "validation": 1, "test": 1}
+    assert [h["step"] for h in res["validation"]["history"]] == [2, 3]
+    assert res["validation"]["best"]["step"] in (2, 3) and len(res["student"]["rougeL_seeds"]) == 2
+    assert set(res["student_last"]) >= {"rougeL", "rougeL_greedy", "perplexity"}
+    assert set(res["diagnostics"]) == {"all", "confident", "rest"}
+    made = (tmp_path / "warm" / "model.safetensors").stat().st_mtime_ns
+    assert main(["train", str(config), *warm, "train.weighting=none", "train.ce_weight=0.5"]) == 0
+    assert (tmp_path / "warm" / "model.safetensors").stat().st_mtime_ns == made  # shared, not rewritten
+    with pytest.raises(ValueError, match="was made by another recipe"):
+        main(["train", str(config), *warm, "train.learning_rate=0.1"])
 
 
 def test_command_line_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,6 +43,8 @@ def dense_reference(hidden, weight, t_hidden, t_weight, labels, s: TokenLossSett
         if s.weight_level == "sequence":
             seq = (w * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
             w = seq.expand_as(w) * mask
+        if s.weight_norm == "mean":  # the plain reference: w / mean of w over the valid tokens
+            w = w / w[mask].mean()
     loss = s.kd_weight * eakd.weighted_mean(per_token, w, mask, denominator=denom)
     if s.ce_weight:
         ce = F.cross_entropy(zs.float().flatten(0, 1), labels.flatten(), reduction="sum")
@@ -102,6 +104,31 @@ def test_sequence_level_weights(chunk_size: int) -> None:
     dense = distill_loss_from_logits(hidden @ weight.t(), t_hidden @ t_weight.t(), labels, s)
     torch.testing.assert_close(dense.loss, want)
     torch.testing.assert_close(dense.weights, out.weights)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+@pytest.mark.parametrize("weight_level", ["token", "sequence"])
+def test_weight_norm_mean_equals_the_plain_reference(chunk_size: int, weight_level: str) -> None:
+    """weight_norm="mean": value and gradients of the loss with w / mean(w) over valid tokens, on both
+    paths; ignored tokens keep weight 0; the normalised weights average 1 over the valid tokens."""
+    s = TokenLossSettings(weight_norm="mean", weight_level=weight_level, ce_weight=0.2, temperature=1.5)
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=3)
+    want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
+    want_grads = _grads(want, hidden, weight)
+    mask = token_mask(labels).reshape(-1)
+    fused = fused_linear_distill_loss(
+        hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
+    )
+    zs, zt = hidden @ weight.t(), (t_hidden @ t_weight.t()).detach()
+    dense = distill_loss_from_logits(zs, zt, labels, settings=s)
+    for out in (fused, dense):
+        torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+        for got, ref in zip(_grads(out.loss, hidden, weight), want_grads, strict=True):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+        assert out.weights is not None and (out.weights[~mask] == 0).all()
+        torch.testing.assert_close(out.weights[mask].mean(), torch.tensor(1.0))
+    plain = distill_loss_from_logits(zs, zt, labels, settings=TokenLossSettings(weight_level=weight_level))
+    assert plain.weights is not None and abs(float(plain.weights[mask].mean()) - 1) > 0.1  # it did change
 
 
 def test_padded_vocabularies_are_aligned() -> None:
@@ -322,6 +349,7 @@ def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
         ({"kd_weight": -1.0}, "kd_weight must be a finite number >= 0"),
         ({"ce_weight": float("nan")}, "ce_weight must be a finite number >= 0"),
         ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"weight_norm": "sum"}, "weight_norm must be one of"),
     ],
 )
 def test_settings_are_checked_when_built(kw: dict, message: str) -> None:

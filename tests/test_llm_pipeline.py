@@ -16,9 +16,19 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from eakd.engine.config import ConfigError  # noqa: E402
 from eakd.engine.logs import read_csv  # noqa: E402
-from eakd.llm.data import IGNORE_INDEX, collate, encode_pair, encode_pairs, load_pairs, split_pairs  # noqa: E402
+from eakd.llm.data import (  # noqa: E402
+    IGNORE_INDEX,
+    collate,
+    dedup_pairs,
+    encode_pair,
+    encode_pairs,
+    load_pairs,
+    load_text_splits,
+    normalise,
+    split_pairs,
+)
 from eakd.llm.dense import distill_loss_from_logits  # noqa: E402
-from eakd.llm.evaluate import evaluate, perplexity, rouge_l  # noqa: E402
+from eakd.llm.evaluate import evaluate, perplexity, rouge_l, teacher_agreement  # noqa: E402
 from eakd.llm.models import layer_subset, make_student, num_params  # noqa: E402
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer  # noqa: E402
 from eakd.paths import package_dir  # noqa: E402
@@ -78,8 +88,51 @@ def test_load_pairs_from_jsonl_and_csv_through_datasets(tmp_path: Path) -> None:
         load_pairs(str(csv))
     with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
         load_pairs(str(tmp_path / "missing.jsonl"))
-    train, held = split_pairs(PAIRS, 3, seed=1)
-    assert len(train) == len(PAIRS) - 3 and len(held) == 3 and split_pairs(PAIRS, 3, seed=1)[1] == held
+    train, val, test = split_pairs(PAIRS, 1, 2, seed=1)
+    assert (len(train), len(val), len(test)) == (1, 1, 2) and split_pairs(PAIRS, 1, 2, seed=1)[2] == test
+    with pytest.raises(ValueError, match=r"val_size \+ test_size must be in \[0, 4\)"):
+        split_pairs(PAIRS, 2, 2)
+
+
+def _no_shared_text(splits: tuple[list[dict[str, str]], ...]) -> None:
+    """No normalised prompt or response occurs twice, within or across the splits."""
+    for key in ("prompt", "response"):
+        seen = [normalise(p[key]) for split in splits for p in split]
+        assert len(seen) == len(set(seen)), key
+
+
+def test_dedup_split_shares_no_prompt_or_response() -> None:
+    assert normalise("  Hello, World!\n") == normalise("hello world") == "helloworld"
+    pairs = [
+        {"prompt": "Hi!", "response": "Hello."},
+        {"prompt": "hi", "response": "something else"},  # same prompt
+        {"prompt": "Hey", "response": "hello"},  # same response
+        {"prompt": "What is AI?", "response": "A science."},
+        {"prompt": "Who are you", "response": "A bot"},
+        {"prompt": "who are you?", "response": "a bot!"},
+    ]
+    assert dedup_pairs(pairs) == [pairs[0], pairs[3], pairs[4]]
+    _no_shared_text(split_pairs(pairs, 1, 1, seed=3))
+    if importlib.util.find_spec("chatterbot_corpus") is not None:
+        train, val, test = split_pairs(load_pairs("chatterbot"), 100, 150)
+        assert (len(val), len(test)) == (100, 150) and len(train) == 474
+        _no_shared_text((train, val, test))
+
+
+def test_text_splits_by_speech(tmp_path: Path) -> None:
+    speeches = tmp_path / "sotu" / "data"
+    speeches.mkdir(parents=True)
+    for year in range(1790, 1800):
+        (speeches / f"{year}.txt").write_text(f"speech of {year}")
+    (tmp_path / "moby-dick" / "data").mkdir(parents=True)
+    (tmp_path / "moby-dick" / "data" / "book.txt").write_text("Call me Ishmael.")
+    splits = load_text_splits(tmp_path, val_size=2, test_size=3, seed=1)
+    assert [len(splits[k]) for k in ("train", "validation", "test", "ood")] == [5, 2, 3, 1]
+    speeches = sorted(t for k in ("train", "validation", "test") for t in splits[k])
+    assert speeches == [f"speech of {y}" for y in range(1790, 1800)]
+    assert splits == load_text_splits(tmp_path, 2, 3, seed=1) and splits["ood"] == ["Call me Ishmael."]
+    with pytest.raises(FileNotFoundError, match=r"scripts/fetch\.py sotu"):
+        load_text_splits(tmp_path / "empty")
 
 
 def test_offline_sources_are_looked_up_not_installed() -> None:
@@ -190,8 +243,15 @@ def test_evaluation(tokenizer, teacher) -> None:
     assert rouge_l(["a b"], ["c d"]) == 0.0
     with pytest.raises(ValueError, match="as many"):
         rouge_l(["a"], [])
-    result = evaluate(teacher, tokenizer, PAIRS[:3], max_new_tokens=5)
+    result = evaluate(teacher, tokenizer, PAIRS[:3], max_new_tokens=5, sampling_seeds=2)
     assert 0 <= result["rougeL"] <= 100 and result["n"] == 3 and len(result["samples"]) == 3
+    assert len(result["rougeL_seeds"]) == 2 and result["rougeL"] == pytest.approx(
+        sum(result["rougeL_seeds"]) / 2
+    )
+    assert 0 <= result["rougeL_greedy"] <= 100
+    agree = teacher_agreement(teacher, teacher, tokenizer, PAIRS[:3], confident=0.05)
+    assert agree["all"]["kl"] == pytest.approx(0.0, abs=1e-5) and agree["all"]["top1"] == 1.0
+    assert agree["confident"]["tokens"] + agree["rest"]["tokens"] == agree["all"]["tokens"] > 0
     ppl = perplexity(teacher, tokenizer, PAIRS[:3])
     assert 1 < ppl < 10 * len(tokenizer)
 

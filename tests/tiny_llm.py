@@ -14,7 +14,7 @@ TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
 )
-PAIRS = [
+PAIRS = [  # 4 distinct pairs, each 4 times (de-duplication keeps 4)
     {"prompt": "what is ai", "response": "ai is the science of making machines think"},
     {"prompt": "hello", "response": "hi there how are you"},
     {"prompt": "what is a computer", "response": "a computer is a machine that computes"},
@@ -79,10 +79,11 @@ def write_run(folder: Path, **train: object) -> Path:
             "source": str(folder / "pairs.jsonl"),
             "prompt_column": "prompt",
             "context_column": None,
-            "eval_size": 2,
+            "val_size": 1,
+            "test_size": 1,
             "max_length": 32,
         },
-        "eval": {"max_new_tokens": 4},
+        "eval": {"max_new_tokens": 4, "sampling_seeds": 2, "every": 1},
         "train": section,
     }
     (folder / "run.yaml").write_text(json.dumps(config))  # JSON is YAML

@@ -19,6 +19,29 @@ from eakd.losses.registry import get_loss
 from eakd.weighting import Policy, get_policy, standardize
 
 INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats")
+WEIGHT_NORMS = ("none", "mean")
+
+
+def check_weight_norm(weight_norm: str) -> None:
+    """``weight_norm`` must be one of ``WEIGHT_NORMS`` (ValueError otherwise)."""
+    if weight_norm not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+
+
+def normalise_weights(weights: torch.Tensor, mask: torch.Tensor | None, weight_norm: str) -> torch.Tensor:
+    """The weights (...) as used by the loss: unchanged for ``"none"`` (the paper's rule), divided by their
+    mean over the valid positions of ``mask`` (same shape, bool; None = all) for ``"mean"``, so that their
+    mean there is 1 and the loss keeps the unweighted loss's scale (an extension, not the paper's method).
+    Detached; a mean of 0 (no valid position, or all weights 0) divides by the smallest float32 > 0."""
+    if weight_norm == "none":
+        return weights
+    w = weights.detach()
+    if mask is None:
+        total, count = w.float().sum(), max(w.numel(), 1)
+    else:
+        valid = mask.to(torch.bool)
+        total, count = torch.where(valid, w.float(), 0.0).sum(), valid.sum().clamp_min(1)
+    return w / (total / count).clamp_min(torch.finfo(torch.float32).tiny).to(w.dtype)
 
 
 def _accepted(fn: Any) -> set[str]:
@@ -62,8 +85,11 @@ class DistillLoss(nn.Module):
     entropy_on: "raw" (default) or "standardized" logits for the entropies. standardize_logits: apply logit
     standardisation (LS) to both logits before a logit loss. kd_weight, ce_weight: outer loss weights
     (ce_weight > 0 adds the hard-label cross-entropy, never reweighted). warmup_epochs: linear warm-up of
-    the distillation terms (DKD, ReviewKD). Remaining keyword arguments go to the loss (its temperature,
-    alpha, beta, ...) or, for a loss with learnable parts, to its constructor. sync_checks: see below.
+    the distillation terms (DKD, ReviewKD). weight_norm: "none" (default, the paper's unnormalised
+    weights) or "mean" (the weights divided by their mean over the batch's valid samples, so the loss keeps
+    KD's scale and only the emphasis changes; an extension, ``normalise_weights``). Remaining keyword
+    arguments go to the loss (its temperature, alpha, beta, ...) or, for a loss with learnable parts, to
+    its constructor. sync_checks: see below.
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
     teacher_feats, epoch where needed (a loss module with ``set_epoch``, such as CTKD's curriculum, is
@@ -73,8 +99,8 @@ class DistillLoss(nn.Module):
     distillation loss. ``self.policy`` is the bound policy (its ``tau``, ``h_ub``, ``standardized``).
 
     Every setting is checked here, at construction (ValueError / TypeError naming it): the policy's
-    (``get_policy``), the loss's (unknown or missing names, temperatures finite and > 0), the outer
-    weights. Inputs are checked on each call: shapes, devices, K >= 1 classes, and finiteness.
+    (``get_policy``), ``weight_norm``, the loss's (unknown or missing names, temperatures finite and > 0),
+    the outer weights. Inputs are checked on each call: shapes, devices, K >= 1 classes, and finiteness.
 
     Finiteness contract. Checked are the weights (N,) and every returned (0-dim) term: a NaN or inf in an
     input that reaches the loss is caught at O(N) cost, never with another pass over the (N, K) logits.
@@ -100,10 +126,12 @@ class DistillLoss(nn.Module):
         kd_weight: float = 1.0,
         ce_weight: float = 0.0,
         warmup_epochs: float = 0.0,
+        weight_norm: str = "none",
         sync_checks: bool = True,
         **hparams: Any,
     ) -> None:
         super().__init__()
+        check_weight_norm(weight_norm)
         if entropy_on not in ("raw", "standardized"):
             raise ValueError(f"entropy_on must be 'raw' or 'standardized', got {entropy_on!r}")
         outer = {"kd_weight": kd_weight, "ce_weight": ce_weight, "warmup_epochs": warmup_epochs}
@@ -135,6 +163,7 @@ class DistillLoss(nn.Module):
         self.kd_weight = kd_weight
         self.ce_weight = ce_weight
         self.warmup_epochs = warmup_epochs
+        self.weight_norm = weight_norm
         self.sync_checks = sync_checks
         self.last: dict[str, torch.Tensor | None] = {}
         self.nonfinite: dict[str, torch.Tensor] = {}
@@ -195,7 +224,7 @@ class DistillLoss(nn.Module):
         if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
             self.module.set_epoch(epoch)
         weighted = None if self.policy is None else self.policy.compute(student_logits, teacher_logits, mask)
-        weights = None if weighted is None else weighted.weights
+        weights = None if weighted is None else normalise_weights(weighted.weights, mask, self.weight_norm)
         zs, zt = student_logits, teacher_logits
         if self.standardize_logits:
             zs, zt = standardize(zs), standardize(zt)
@@ -251,6 +280,7 @@ class DistillLoss(nn.Module):
             kd_weight=d.kd_weight,
             ce_weight=d.ce_weight,
             warmup_epochs=d.warmup_epochs,
+            weight_norm=d.weight_norm,
             sync_checks=sync_checks,
             **d.hparams,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -191,5 +192,19 @@ def study_table(
             parts = [f"{lb} {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]" for lb, (m, h, n) in gains.items() if n]
             pairs = max(n for _, _, n in gains.values())
             if parts:
-                lines.append(f"{arm} - {ref} (95 % CI, {pairs} paired seeds): " + "; ".join(parts))
+                mean, half, _ = next(iter(gains.values()))
+                text = f"{arm} - {ref} (95 % CI, {pairs} paired seeds): " + "; ".join(parts)
+                lines.append(f"{text} -> {verdict(mean, half)} ({next(iter(gains))})")
     return "\n".join(lines)
+
+
+def verdict(mean: float, half: float) -> str:
+    """What a paired difference shows: "better" / "worse" when its 95 % interval excludes 0, else "no
+    difference shown" (also for a single pair, whose interval is undefined)."""
+    if math.isnan(half):
+        return "no difference shown (one seed)"
+    if mean - half > 0:
+        return "better"
+    if mean + half < 0:
+        return "worse"
+    return "no difference shown"

@@ -42,15 +42,16 @@ DATASETS: Registry[Callable[[DataConfig], DetectionData]] = Registry("detection 
 
 
 def _root(data: DataConfig) -> Path:
-    return Path(data.root) if data.root else Path(".")
+    """data.root with ``~`` expanded (None: the current folder)."""
+    return Path(data.root).expanduser() if data.root else Path(".")
 
 
 @DATASETS.register("coco")
 def coco_data(data: DataConfig) -> DetectionData:
     """COCO json: options train_ann, train_images, eval_ann, eval_images (paths relative to data.root)."""
     opt, root = data.options, _root(data)
-    train, names = coco(root / opt["train_ann"], root / opt["train_images"])
-    evals = coco(root / opt["eval_ann"], root / opt["eval_images"])[0] if "eval_ann" in opt else None
+    train, names = coco(root / opt["train_images"], root / opt["train_ann"])
+    evals = coco(root / opt["eval_images"], root / opt["eval_ann"])[0] if "eval_ann" in opt else None
     return DetectionData(train, evals, names)
 
 
@@ -83,9 +84,15 @@ def csv_data(data: DataConfig) -> DetectionData:
 @DATASETS.register("trees")
 def trees_data(data: DataConfig) -> DetectionData:
     """The deepforest tree images (data.root: its data folder, None = the installed package); options tile
-    (400 px), overlap (0.0), min_visible (0.5)."""
+    (400 px), overlap (0.0), min_visible (0.5), split ("out_of_site": the two images of other sites held
+    out; "in_site": every ``hold_out_every``-th tile (4) of the training crops held out)."""
     opt = data.options
     train, test = tree_sets(
-        data.root, opt.get("tile", 400), opt.get("overlap", 0.0), opt.get("min_visible", 0.5)
+        data.root,
+        opt.get("tile", 400),
+        opt.get("overlap", 0.0),
+        opt.get("min_visible", 0.5),
+        opt.get("split", "out_of_site"),
+        opt.get("hold_out_every", 4),
     )
     return DetectionData(train, test, ["Tree"])

@@ -1,15 +1,18 @@
-"""``eakd det demo``: EA-KD on real aerial tree images, on a CPU.
+"""``eakd det demo``: EA-KD for Faster R-CNN on a CPU, on real aerial tree images or Fashion-MNIST scenes.
 
-A Faster R-CNN teacher (ImageNet-pretrained MobileNetV2 backbone) is trained briefly on tiles of the two
-large deepforest crops; then a slimmer student is trained for a shorter, equal budget three ways: alone,
-with RoI-logit KD, with RoI-logit EA-KD. Box AP is measured on the two held-out 400x400 images. The
-settings are the YAML files configs/det/trees_{teacher,student}.yaml; the runs go to ``--out``.
+A Faster R-CNN teacher (ImageNet-pretrained MobileNetV2 backbone) is trained once; then a slimmer student
+is trained for a shorter, equal budget three ways: alone, with RoI-logit KD, with RoI-logit EA-KD.
+``--data trees``: tiles of the two large deepforest crops, box AP on the two held-out 400x400 images
+(configs/det/trees_{teacher,student}.yaml). ``--data scenes``: Fashion-MNIST scenes (10 classes,
+scripts/make_scenes.py), the teacher evaluated on the val split while it trains, the students on the
+test split once, after their last epoch (configs/det/scenes_{teacher,student}.yaml). Runs go to ``--out``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 
 from eakd.args import ArgumentParser
+from eakd.paths import cache_dir
 from eakd.study import run_study, study_table
 
 SETTINGS: dict[str, list[str]] = {
@@ -41,82 +45,162 @@ METRICS = {
 }
 
 
+@dataclass(frozen=True)
+class DemoData:
+    """One demo data set: its config pair (file names in configs/det), default run folder, overrides for
+    every run (``common``) and those that point evaluation at the test split (``test``; empty: the configs'
+    eval set is the test set, evaluated after every epoch)."""
+
+    teacher: str
+    student: str
+    out: Path
+    common: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+
+
+def scenes_dir() -> Path:
+    """``$EAKD_CACHE/data/fmnist_scenes`` (FileNotFoundError naming the fetch command when it is missing)."""
+    root = cache_dir("data", "fmnist_scenes", create=False)
+    if not (root / "annotations" / "test.json").is_file():
+        raise FileNotFoundError(
+            f"no Fashion-MNIST scenes in {root}: run `python scripts/fetch.py fashion-mnist fmnist-scenes` "
+            "(or `make fetch`)"
+        )
+    return root
+
+
+def demo_data(name: str) -> DemoData:
+    """The DemoData of ``--data NAME`` ("trees" or "scenes")."""
+    if name == "trees":
+        return DemoData("trees_teacher.yaml", "trees_student.yaml", Path("runs/det_demo"))
+    if name == "scenes":
+        test = ("data.options.eval_ann=annotations/test.json", "data.options.eval_images=test")
+        return DemoData(
+            "scenes_teacher.yaml",
+            "scenes_student.yaml",
+            Path("runs/det_scenes"),
+            (f"data.root={scenes_dir()}",),
+            test,
+        )
+    raise ValueError(f"unknown demo data {name!r}: expected trees or scenes")
+
+
 def _train(config: Path, overrides: list[str]) -> dict[str, Any]:
     from eakd.engine import load_config, train
 
     return train(load_config(config, overrides))
 
 
-def teacher_run(out: Path, common: list[str], teacher_epochs: int | None) -> dict[str, Any]:
-    """The teacher in ``out/teacher``: reused when it finished earlier, else trained."""
-    if (out / "teacher" / "best.pt").is_file():
-        print(f"reusing the teacher in {out / 'teacher'}", flush=True)
-        return json.loads((out / "teacher" / "summary.json").read_text())
-    epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
-    return _train(config_dir() / "trees_teacher.yaml", [*common, "experiment.name=teacher", *epochs])
+def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: int | None) -> dict[str, Any]:
+    """The teacher in ``out/teacher``: reused when it finished earlier, else trained. With ``data.test``,
+    its best.pt (chosen on the configs' eval set) is evaluated once on the test split: "test" (AP, AP50,
+    AP75 in %), kept in ``out/teacher/test.json``."""
+    from eakd.engine import evaluate_run, load_config
+
+    t_dir = out / "teacher"
+    if (t_dir / "best.pt").is_file():
+        print(f"reusing the teacher in {t_dir}", flush=True)
+        summary = json.loads((t_dir / "summary.json").read_text())
+    else:
+        epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
+        summary = _train(config_dir() / data.teacher, [*common, "experiment.name=teacher", *epochs])
+    if data.test:
+        if not (t_dir / "test.json").is_file():
+            cfg = load_config(config_dir() / data.teacher, [*common, "experiment.name=teacher", *data.test])
+            (t_dir / "test.json").write_text(json.dumps(evaluate_run(cfg, t_dir / "best.pt"), indent=1))
+        summary["test"] = json.loads((t_dir / "test.json").read_text())
+    return summary
 
 
-def train_student(setting: str, seed: int, common: list[str], teacher: Path) -> dict[str, float]:
-    """One student run (``setting`` of SETTINGS): box AP / AP50 / AP75 (%) at the last epoch, best AP."""
+def train_student(
+    setting: str, seed: int, data: DemoData, common: list[str], teacher: Path
+) -> dict[str, float]:
+    """One student run (``setting`` of SETTINGS): box AP / AP50 / AP75 (%) at the last epoch, and with no
+    ``data.test`` the best epoch's AP (chosen on the same images)."""
+    from eakd.engine import load_config
+
     overrides = [
         *common,
         f"experiment.name={setting}-seed{seed}",
         f"experiment.seed={seed}",
         f"model.teacher_checkpoint={teacher}",
+        "train.overwrite=true",  # a stopped run is rebuilt, not resumed (the study reuses finished ones)
         *SETTINGS[setting],
     ]
-    summary = _train(config_dir() / "trees_student.yaml", overrides)
+    if data.test:  # the test split, evaluated once after the last epoch: nothing is selected on it
+        epochs = load_config(config_dir() / data.student, overrides).train.epochs
+        overrides += [*data.test, f"train.eval_every={epochs}"]
+    summary = _train(config_dir() / data.student, overrides)
     last = summary["last"]["metrics"]
-    return {
-        "AP": last["AP"],
-        "AP50": last["AP50"],
-        "AP75": last["AP75"],
-        "best_AP": float(summary["best"]["value"]),
-        "train_s": float(summary["train_time_s"]),
-    }
+    metrics = {"AP": last["AP"], "AP50": last["AP50"], "AP75": last["AP75"]}
+    if not data.test:
+        metrics["best_AP"] = float(summary["best"]["value"])
+    return {**metrics, "train_s": float(summary["train_time_s"])}
 
 
 def demo_study(
+    data: str,
     out: Path,
     seeds: list[int],
     settings: list[str],
     teacher_epochs: int | None = None,
     student_epochs: int | None = None,
     extra: list[str] | None = None,
+    results: Path | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
-    """The teacher, then every setting x seed through ``eakd.study.run_study`` (finished runs of the same
-    protocol are reused, so a stopped study resumes). The result has the teacher's summary under "teacher"."""
-    common = [f"experiment.output_dir={out}", *(extra or [])]
-    teacher = teacher_run(out, common, teacher_epochs)
+    """The teacher, then every setting x seed through ``eakd.study.run_study``.
+
+    data: "trees" or "scenes" (``demo_data``). results: also save the study there (``results/``). reuse:
+    keep the finished runs of an earlier study.json of the same protocol (a stopped study resumes). The
+    result has the data name under "data" and the teacher's summary under "teacher".
+    """
+    spec = demo_data(data)
+    common = [f"experiment.output_dir={out}", *spec.common, *(extra or [])]
+    teacher = teacher_run(spec, out, common, teacher_epochs)
     students = [*common, *([] if student_epochs is None else [f"train.epochs={student_epochs}"])]
-    protocol = {"overrides": students, "teacher_epochs": teacher_epochs}
-    train_one = partial(train_student, common=students, teacher=out / "teacher" / "best.pt")
-    result = run_study(train_one, settings, seeds, out, protocol, reuse=True)
-    result["teacher"] = teacher
-    (out / "study.json").write_text(json.dumps(result, indent=1, default=float))
-    return result
+    protocol = {"data": data, "overrides": students, "teacher_epochs": teacher_epochs}
+    train_one = partial(train_student, data=spec, common=students, teacher=out / "teacher" / "best.pt")
+    info = {"data": data, "teacher": teacher}
+    return run_study(train_one, settings, seeds, out, protocol, reuse=reuse, results=results, info=info)
+
+
+def _ap(m: dict[str, float]) -> str:
+    return f"AP {m['AP']:.2f}  AP50 {m['AP50']:.2f}  AP75 {m['AP75']:.2f}"
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%) against KD."""
-    t = result["teacher"]["last"]["metrics"]
+    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%) against KD (the metrics
+    the runs have: no best-epoch AP where the students are evaluated on the test split once)."""
+    teacher = result["teacher"]
+    where = " on val" if "test" in teacher else ""
+    lines = [f"teacher (last epoch){where}: {_ap(teacher['last']['metrics'])}"]
+    if "test" in teacher:
+        lines.append(
+            f"teacher (best.pt, epoch {teacher['best']['epoch']} by val AP) on test: {_ap(teacher['test'])}"
+        )
+    present = {k for runs in result["runs"].values() for m in runs.values() for k in m}
+    metrics = {k: v for k, v in METRICS.items() if k in present}
     reference = "kd" if "kd" in result["arms"] else None
-    return "\n".join(
-        [
-            f"teacher (last epoch): AP {t['AP']:.2f}  AP50 {t['AP50']:.2f}  AP75 {t['AP75']:.2f}",
-            "",
-            study_table(result, METRICS, reference, compare=["AP", "AP50", "AP75", "best_AP"]),
-        ]
-    )
+    compare = [k for k in ("AP", "AP50", "AP75", "best_AP") if k in metrics]
+    return "\n".join([*lines, "", study_table(result, metrics, reference, compare=compare)])
 
 
 def demo(argv: list[str]) -> int:
-    """``eakd det demo [--seeds 0 1 2] [--out DIR] [--threads N] [key=value ...]``."""
+    """``eakd det demo [--data trees|scenes] [--seeds 0 1 2] [--out DIR] [--results FILE] [--reuse]
+    [--threads N] [key=value ...]``."""
     parser = ArgumentParser(prog="eakd det demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", choices=["trees", "scenes"], default="trees", help="demo data (default trees)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default: 0)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/det_demo"), help="run folder (default runs/det_demo)"
+        "--out", type=Path, help="run folder (default runs/det_demo; scenes: runs/det_scenes)"
+    )
+    parser.add_argument("--results", type=Path, help="also save the study there (e.g. results/NAME.json)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep finished runs of an earlier study of the same protocol"
     )
     parser.add_argument("--teacher-epochs", type=int, help="override the teacher config's epochs")
     parser.add_argument("--student-epochs", type=int, help="override the student config's epochs")
@@ -132,14 +216,23 @@ def demo(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out if args.out is not None else demo_data(args.data).out
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = demo_study(
-        args.out, args.seeds, args.settings, args.teacher_epochs, args.student_epochs, args.overrides
+        args.data,
+        out,
+        args.seeds,
+        args.settings,
+        args.teacher_epochs,
+        args.student_epochs,
+        args.overrides,
+        args.results,
+        args.reuse,
     )
     table = format_table(result)
-    (args.out / "results.txt").write_text(table + "\n")
-    print(f"\n{table}\n(total {time.perf_counter() - t0:.0f} s; results in {args.out})")
+    (out / "results.txt").write_text(table + "\n")
+    print(f"\n{table}\n(total {time.perf_counter() - t0:.0f} s; results in {out})")
     return 0
 
 

@@ -1,8 +1,9 @@
 """The deepforest NEON tree images (one class "Tree") and the tiling of large images into square tiles.
 
 The images ship in the PyPI package ``deepforest`` (``make fetch`` installs it); its ``data`` folder is
-found without importing the package. Training uses tiles of the two large crops, evaluation the two
-400x400 images of other sites.
+found without importing the package. Training uses tiles of the two large crops; evaluation the two
+400x400 images of other sites (split "out_of_site", the data notes' split), or every k-th tile of the same
+crops with the training tiles that share pixels with one left out (split "in_site").
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from eakd.detection.data import Target, VOCFiles, to_tv
 from eakd.paths import package_dir
@@ -99,11 +100,37 @@ class Tiles(Dataset[tuple[torch.Tensor, Target]]):
         return self.images[i][:, y0:y1, x0:x1], {"boxes": boxes.clone(), "labels": labels.clone()}
 
 
-def tree_sets(
-    data_dir: str | Path | None = None, tile: int = 400, overlap: float = 0.0, min_visible: float = 0.5
-) -> tuple[Tiles, VOCFiles]:
-    """(training tiles of the two large crops, the two 400x400 held-out images), labels all 1 ("Tree").
+def overlaps(a: Window, b: Window) -> bool:
+    """Whether two windows (x0, y0, x1, y1) share pixels."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
+
+def in_site_split(tiles: Tiles, every: int = 4) -> tuple[list[int], list[int]]:
+    """(training tile indices, held-out tile indices): every ``every``-th tile (indices every - 1,
+    2 * every - 1, ...) is held out; a training tile sharing pixels with a held-out tile of the same image
+    (tiles shifted inwards at the image edges, or ``overlap`` > 0) is left out of both."""
+    held = [k for k in range(len(tiles)) if k % every == every - 1]
+    train = [
+        k
+        for k, (image, win, _, _) in enumerate(tiles.tiles)
+        if k % every != every - 1
+        and not any(tiles.tiles[h][0] == image and overlaps(win, tiles.tiles[h][1]) for h in held)
+    ]
+    return train, held
+
+
+def tree_sets(
+    data_dir: str | Path | None = None,
+    tile: int = 400,
+    overlap: float = 0.0,
+    min_visible: float = 0.5,
+    split: str = "out_of_site",
+    every: int = 4,
+) -> tuple[Dataset[Any], Dataset[Any]]:
+    """(training tiles, held-out images), labels all 1 ("Tree").
+
+    split "out_of_site": all tiles of the two large crops, and the two 400x400 images of other sites;
+    "in_site": ``in_site_split(tiles, every)`` of the two large crops' tiles (same site, disjoint pixels).
     data_dir: deepforest's ``data`` folder; None = the installed package's (``deepforest_data()``).
     """
     root = Path(data_dir) if data_dir is not None else deepforest_data()
@@ -111,4 +138,11 @@ def tree_sets(
     def files(names: tuple[str, ...]) -> VOCFiles:
         return VOCFiles([root / f"{n}.png" for n in names], [root / f"{n}.xml" for n in names], ONE_CLASS)
 
-    return Tiles(files(TREE_TRAIN), tile, overlap, min_visible), files(TREE_TEST)
+    tiles = Tiles(files(TREE_TRAIN), tile, overlap, min_visible)
+    if split == "out_of_site":
+        return tiles, files(TREE_TEST)
+    if split != "in_site":
+        raise ValueError(f"trees split {split!r}: expected 'in_site' or 'out_of_site'")
+    train, held = in_site_split(tiles, every)
+    log.info("in-site split: %d training tiles, %d held-out tiles", len(train), len(held))
+    return Subset(tiles, train), Subset(tiles, held)

@@ -116,8 +116,9 @@ class DistillConfig:
 
     method: a registered loss ("kd", "dkd", ...) or "none" (student alone, cross-entropy only).
     weighting: "ea", "er", "base", "interact", "inverse", "uniform" or "none". tau: entropy temperature
-    (None: the policy's default). h_ub: entropy upper bound (None: ln K). hparams: the loss's own settings
-    (temperature, alpha, beta, ...).
+    (None: the policy's default). h_ub: entropy upper bound (None: ln K). weight_norm: "none" (the paper's
+    rule) or "mean" (weights divided by their batch mean, ``eakd.distill.normalise_weights``). hparams: the
+    loss's own settings (temperature, alpha, beta, ...).
     """
 
     method: StrictStr = "kd"
@@ -129,6 +130,7 @@ class DistillConfig:
     kd_weight: NonNegFloat = 1.0
     ce_weight: NonNegFloat = 1.0
     warmup_epochs: NonNegFloat = 0.0
+    weight_norm: Literal["none", "mean"] = "none"
     hparams: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,5 +1,6 @@
 """``RunLogCallback``: an ``EAKDTrainer`` run's logs in the engine's vocabulary, so ``eakd report`` reads
-LLM runs like engine runs; ``FiniteGuard``: stops a run whose loss went non-finite before it logs or saves.
+LLM runs like engine runs; ``FiniteGuard``: stops a run whose loss went non-finite before it logs or saves;
+``BestValidation``: validation ROUGE-L every N steps, keeping the best student's weights.
 In ``args.output_dir``, on the main process:
 
 - metrics.csv: one row per training log step: step, epoch, train_loss, train_loss_kd, train_loss_ce, lr,
@@ -22,6 +23,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
+from eakd.llm.data import Pair
+from eakd.llm.evaluate import generate, rouge_l
 from eakd.llm.settings import LOSS_TERMS
 
 METRIC_NAMES = {
@@ -148,3 +151,34 @@ class FiniteGuard(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.check()
+
+
+class BestValidation(TrainerCallback):
+    """Greedy ROUGE-L (x100) of the student on the validation ``pairs`` every ``every`` optimiser steps
+    and at the last step; keeps a CPU copy of the weights with the best score (the first on ties).
+
+    After training: ``history`` [{"step", "rougeL"}], ``best`` {"step", "rougeL"}, ``best_state`` (a
+    state dict for ``load_state_dict``). Runs on every process (each generates on its own copy).
+    """
+
+    def __init__(self, tokenizer: Any, pairs: list[Pair], every: int, max_new_tokens: int, batch_size: int):
+        self.tokenizer, self.pairs, self.every = tokenizer, pairs, every
+        self.gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {}
+        self.best_state: dict[str, Tensor] = {}
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        step = state.global_step
+        if step % self.every and step < state.max_steps:
+            return
+        model = kwargs["model"]
+        outputs = generate(model, self.tokenizer, [p["prompt"] for p in self.pairs], **self.gen)
+        score = rouge_l(outputs, [p["response"] for p in self.pairs])
+        model.train()
+        self.history.append({"step": step, "rougeL": score})
+        if not self.best or score > self.best["rougeL"]:
+            self.best = {"step": step, "rougeL": score}
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

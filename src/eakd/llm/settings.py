@@ -7,7 +7,8 @@ ignore_index),
 
 with D a token divergence of ``eakd.losses.token`` at temperature T (p teacher, q student), w_n the
 detached weight of a policy of ``eakd.weighting`` (EA by default, H_ub = ln V; per token, or per sequence
-= the mean over the sequence's valid tokens), CE the hard-label cross-entropy of the student at T = 1,
+= the mean over the sequence's valid tokens; with weight_norm "mean" then divided by their mean over the
+call's valid tokens, an extension), CE the hard-label cross-entropy of the student at T = 1,
 and denom = ``num_items_in_batch`` when given (valid tokens over all gradient-accumulation micro-batches)
 else the valid tokens of this call.
 """
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from eakd.checks import check_finite, check_positive
+from eakd.distill import check_weight_norm
 from eakd.losses.token import TOKEN_DIVERGENCES
 from eakd.weighting import Policy, get_policy
 
@@ -35,8 +37,10 @@ class TokenLossSettings:
     skew of skl/srkl. temperature: of the divergence. weighting: a policy name of ``eakd.weighting`` ("ea",
     "er", "base", "interact", "inverse", "uniform") or None for the unweighted baseline; tau, h_ub: its
     settings (tau None = the policy's default entropy temperature; h_ub None = ln V). weight_level: "token"
-    or "sequence". kd_weight, ce_weight: outer weights of the distillation and hard-label terms. Every value
-    is checked here (ValueError): temperature, tau, h_ub > 0; beta, alpha in [0, 1]; weights finite >= 0."""
+    or "sequence". weight_norm: "none" (the paper's weights) or "mean" (divided by their mean over the
+    call's valid tokens: KD's loss scale, EA's emphasis; an extension). kd_weight, ce_weight: outer
+    weights of the distillation and hard-label terms. Every value is checked here (ValueError):
+    temperature, tau, h_ub > 0; beta, alpha in [0, 1]; weights finite >= 0."""
 
     divergence: str = "fkl"
     beta: float = 0.5
@@ -46,6 +50,7 @@ class TokenLossSettings:
     tau: float | None = 2.0
     h_ub: float | None = None
     weight_level: str = "token"
+    weight_norm: str = "none"
     kd_weight: float = 1.0
     ce_weight: float = 0.0
     ignore_index: int = -100
@@ -56,6 +61,7 @@ class TokenLossSettings:
             raise ValueError(f"unknown token divergence {self.divergence!r}; known: {known}")
         if self.weight_level not in WEIGHT_LEVELS:
             raise ValueError(f"weight_level must be one of {WEIGHT_LEVELS}, got {self.weight_level!r}")
+        check_weight_norm(self.weight_norm)
         check_positive("temperature", self.temperature)
         for name in ("tau", "h_ub"):
             value = getattr(self, name)

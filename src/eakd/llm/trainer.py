@@ -46,6 +46,7 @@ class EAKDConfig(TrainingArguments):
     tau: float | None = 2.0
     h_ub: float | None = None
     weight_level: str = field(default="token", metadata={"help": "token or sequence"})
+    weight_norm: str = field(default="none", metadata={"help": "none or mean (weights / their batch mean)"})
     kd_weight: float = 1.0
     ce_weight: float = 0.0
     fused_loss: bool = True
@@ -68,6 +69,7 @@ class EAKDConfig(TrainingArguments):
             tau=self.tau,
             h_ub=self.h_ub,
             weight_level=self.weight_level,
+            weight_norm=self.weight_norm,
             kd_weight=self.kd_weight,
             ce_weight=self.ce_weight,
         )

@@ -44,6 +44,7 @@ SETTINGS: dict[str, list[str]] = {
     "no-kd": ["distill.method=none", "distill.weighting=none", "distill.ce_weight=1.0"],
     "kd": ["distill.weighting=none"],
     "ea-kd": ["distill.weighting=ea"],
+    "ea-kd-norm": ["distill.weighting=ea", "distill.weight_norm=mean"],
     "er-kd": ["distill.weighting=er", "distill.tau=4.0"],  # ER-KD as published: w = H_t at tau 4
     "inverse-kd": ["distill.weighting=inverse"],  # negative control: emphasises confident samples
     "dkd": [*DKD, "distill.weighting=none"],
@@ -57,6 +58,7 @@ METRICS = {"last_top1": "last top-1 (%)", "best_top1": "best top-1 (%)", "train_
 REFERENCE = {
     "no-kd": "kd",
     "ea-kd": "kd",
+    "ea-kd-norm": "kd",
     "er-kd": "kd",
     "inverse-kd": "kd",
     "ea-dkd": "dkd",
