@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if args[0] in ("-V", "--version"):
-        return info([])
+        import eakd
+
+        print(f"eakd {eakd.__version__}")
+        return 0
     if args[0] not in COMMANDS:
         print(f"eakd: unknown command {args[0]!r} (`eakd --help` lists the commands)", file=sys.stderr)
         return 2
