@@ -153,6 +153,9 @@ class FiniteGuard(TrainerCallback):
         self.check()
 
 
+SELECTION = "best_validation.pt"  # the best-validation selection, saved in each Trainer checkpoint
+
+
 class BestValidation(TrainerCallback):
     """Greedy ROUGE-L (x100) of the student on the validation ``pairs`` every ``every`` optimiser steps
     and at the last step; keeps a CPU copy of the weights with the best score (the first on ties).
@@ -182,3 +185,22 @@ class BestValidation(TrainerCallback):
         if not self.best or score > self.best["rougeL"]:
             self.best = {"step": step, "rougeL": score}
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Keep the selection in the Trainer checkpoint (``best_validation.pt``), so a resumed run selects
+        among every step, not only those after the resume."""
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            torch.save({"history": self.history, "best": self.best, "best_state": self.best_state},
+                       folder / SELECTION)  # fmt: skip
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """On a resume (global_step > 0), restore the selection saved with that checkpoint."""
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / SELECTION
+        if state.global_step > 0 and path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            self.history, self.best, self.best_state = saved["history"], saved["best"], saved["best_state"]
