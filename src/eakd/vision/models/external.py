@@ -127,10 +127,10 @@ def timm_model(
     name: str, num_classes: int = 1000, pretrained: bool = False, in_channels: int = 3, **kw: object
 ) -> nn.Module:
     """Build ``timm.create_model(name, ...)``; other keywords go to timm (e.g. ``pretrained_cfg_overlay=
-    {"file": "weights.safetensors"}`` for local weights). Requires ``pip install timm``."""
+    {"file": "weights.safetensors"}`` for local weights). Needs the timm package (not an eakd dependency)."""
     try:
         timm = importlib.import_module("timm")
     except ImportError as err:
-        raise ImportError(f"timm:{name} needs the timm package: pip install timm") from err
+        raise ImportError(f"timm:{name} needs the timm package, which is not installed here") from err
     net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kw)
     return TimmModel(net)
