@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from test_engine_trainer import toy_config, toy_task
 
 import eakd
 from eakd.checks import deferred_checks
-from test_engine_trainer import toy_config, toy_task
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
 
