@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from eakd.args import one_line
 from eakd.engine.files import atomic_write_text
 from eakd.registry import import_plugins
 
@@ -241,7 +242,7 @@ def load_yaml(text: str, where: str = "YAML") -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML in {where}: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"invalid YAML in {where}: {one_line(err)}") from None
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

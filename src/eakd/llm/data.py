@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 
+from eakd.args import one_line
 from eakd.engine.config import ConfigError
 from eakd.paths import cache_dir, package_dir
 
@@ -67,7 +68,7 @@ def load_pairs(
         except ConnectionError as err:  # offline and not in the local datasets cache
             raise FileNotFoundError(
                 f"data.source {source!r} is not a local data file and not in the offline datasets cache "
-                f"({' '.join(str(err).split())}); give a .json/.jsonl/.csv/.parquet file or fetch it online"
+                f"({one_line(err)}); give a .json/.jsonl/.csv/.parquet file or fetch it online"
             ) from None
     columns = list(data.column_names)
     for key, column in (("prompt_column", prompt_column), ("response_column", response_column)):
