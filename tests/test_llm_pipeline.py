@@ -337,6 +337,8 @@ def test_llm_train_resumes_after_kill_9_to_the_uninterrupted_student(tmp_path: P
     from safetensors.torch import load_file
     from tiny_llm import write_run
 
+    from eakd.llm.callbacks import SELECTION
+
     steps = 200  # ~100 steps/s on one CPU thread: the kill lands long before the end
     train = {"max_steps": steps, "save_strategy": "steps", "save_steps": 25, "save_total_limit": 2}
     config = write_run(tmp_path, logging_steps=25, resume_from_checkpoint="auto", **train)
@@ -349,7 +351,7 @@ def test_llm_train_resumes_after_kill_9_to_the_uninterrupted_student(tmp_path: P
     killed = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not (killed / "checkpoint-25" / "trainer_state.json").is_file():
+    while not (killed / "checkpoint-25" / SELECTION).is_file():  # the first complete checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, "it ended before its first checkpoint"
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)

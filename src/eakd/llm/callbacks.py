@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from eakd.engine.checkpoint import atomic_save
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
 from eakd.llm.data import Pair
@@ -193,8 +194,8 @@ class BestValidation(TrainerCallback):
         among every step, not only those after the resume."""
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            torch.save({"history": self.history, "best": self.best, "best_state": self.best_state},
-                       folder / SELECTION)  # fmt: skip
+            selection = {"history": self.history, "best": self.best, "best_state": self.best_state}
+            atomic_save(selection, folder / SELECTION)  # a kill mid-write leaves no half file
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

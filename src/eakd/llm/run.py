@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm.cache import TeacherCache, build_cache, cache_path, check_settings, fingerprint
-from eakd.llm.callbacks import BestValidation
+from eakd.llm.callbacks import SELECTION, BestValidation
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, load_tokenizer, make_student, num_params
@@ -240,7 +240,8 @@ def reuse_or_write_cache(
 def resume_checkpoint(args: EAKDConfig) -> str | None:
     """The checkpoint ``train.resume_from_checkpoint`` names: None (unset, or ``auto`` without a complete
     checkpoint yet), the latest complete ``checkpoint-N`` of ``args.output_dir`` (``auto``: its
-    trainer_state.json, written last, reads back), or the given folder (FileNotFoundError if missing)."""
+    trainer_state.json reads back and the best-validation selection, written last, is there), or the given
+    folder (FileNotFoundError if missing)."""
     want = args.resume_from_checkpoint
     if want is None:
         return None
@@ -257,6 +258,8 @@ def resume_checkpoint(args: EAKDConfig) -> str | None:
             json.loads((folder / "trainer_state.json").read_text())
         except (OSError, ValueError):
             continue  # killed while it was being written
+        if not (folder / SELECTION).is_file():
+            continue  # killed before the selection was saved with it
         if folder.name.removeprefix("checkpoint-").isdigit():
             done.append((int(folder.name.removeprefix("checkpoint-")), str(folder)))
     return max(done)[1] if done else None
