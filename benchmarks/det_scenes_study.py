@@ -2,8 +2,8 @@
 
     python benchmarks/det_scenes_study.py [--out runs/det_scenes] [--seeds 0 1 2] [key=value ...]
 
-Trains the MobileNetV2 teacher once (configs/det/scenes_teacher.yaml, evaluated on the val split), then
-the student (configs/det/scenes_student.yaml) per setting and seed with the same budget, each evaluated
+Trains the MobileNetV2 teacher once (det/scenes_teacher, evaluated on the val split), then
+the student (det/scenes_student) per setting and seed with the same budget, each evaluated
 once on the test split after its last epoch; finished runs of the same protocol are reused. Saves
 results/det_scenes.json after every run (docs/studies.md's table: ``python scripts/tables.py``).
 """

@@ -2,8 +2,8 @@
 
     python benchmarks/det_study.py [--out runs/det_study] [--seeds 0 1 2] [key=value ...]
 
-Trains the MobileNetV2 teacher once (configs/det/trees_teacher.yaml), then the student
-(configs/det/trees_student.yaml) per setting and seed with the same budget; prints AP / AP50 / AP75 (%)
+Trains the MobileNetV2 teacher once (det/trees_teacher), then the student
+(det/trees_student) per setting and seed with the same budget; prints AP / AP50 / AP75 (%)
 on the two held-out images (last epoch, mean ± std over seeds) and the wall time, and writes
 study.json and results.txt in the output folder.
 """

@@ -1,4 +1,4 @@
-"""Fashion-MNIST study (protocol: docs/studies.md): the demo's setting (configs/demo) over 5 seeds for the
+"""Fashion-MNIST study (protocol: docs/studies.md): the demo's setting (configs demo/*) over 5 seeds for the
 student alone, KD, DKD and MLKD each with and without EA, and the controls ER-KD (w = H_t at tau 4) and
 inverse weighting (emphasises confident samples).
 

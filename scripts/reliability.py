@@ -82,6 +82,16 @@ CASES = [
         ["train", "tiny.yaml", "task=os:system"],
         {"tiny.yaml": TINY},
     ),
+    Case("configs", "packaged config name misspelt", ["train", "cifar100/dkd/res32x4_res8x"]),
+    Case("configs", "show an unknown config", ["configs", "show", "demo/kdd"]),
+    Case("configs", "filter matching no config", ["configs", "nosuch"]),
+    Case(
+        "configs",
+        "copy onto an existing file",
+        ["configs", "copy", "demo/kd", "kd.yaml"],
+        {"kd.yaml": "# my edited copy\n"},
+        keep=["kd.yaml"],
+    ),
     Case("names", "unknown task", ["train", "tiny.yaml", "task=segmentation"], {"tiny.yaml": TINY}),
     Case(
         "names",

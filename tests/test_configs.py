@@ -8,12 +8,14 @@ import pytest
 import torch
 import torchvision
 
+from eakd.cli import main
 from eakd.distill import DistillLoss
-from eakd.engine.config import load_config
+from eakd.engine.catalog import config_root, find_config, list_configs, resolved_text
+from eakd.engine.config import ConfigError, load_config, read_yaml
 from eakd.engine.task import build_task
 from eakd.vision.models import list_models
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = config_root()
 SHIPPED = sorted(
     p for d in ("cifar100", "imagenet", "tinyimagenet", "demo") for p in (CONFIGS / d).rglob("*.yaml")
 )
@@ -182,3 +184,83 @@ def test_overrides_apply():
     )
     assert (cfg.distill.weighting, cfg.optim.lr, cfg.model.teacher_checkpoint) == ("none", 0.1, "t.pth")
     assert cfg.distill.hparams == {"alpha": 1.0, "beta": 6, "temperature": 4.0}
+
+
+# the catalog: packaged configs by name (eakd.engine.catalog, `eakd configs`)
+
+
+def test_names_and_paths_load_the_same_config(tmp_path, monkeypatch):
+    path = CONFIGS / "cifar100" / "dkd" / "res32x4_res8x4.yaml"
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the names come from the package
+    names = ("cifar100/dkd/res32x4_res8x4", "cifar100/dkd/res32x4_res8x4.yaml")
+    for name in (*names, "configs/cifar100/dkd/res32x4_res8x4.yaml"):  # the last: a clone's old path
+        assert find_config(name) == path
+        assert load_config(name, ["optim.lr=0.1"]) == load_config(path, ["optim.lr=0.1"])
+    assert find_config("llm/deepspeed/zero2.json") == CONFIGS / "llm" / "deepspeed" / "zero2.json"
+
+
+def test_an_existing_path_wins_over_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "demo" / "kd.yaml"
+    local.parent.mkdir()
+    local.write_text("experiment: {name: mine}\n")
+    assert find_config("demo/kd.yaml") == Path("demo/kd.yaml")
+    assert load_config("demo/kd.yaml").experiment.name == "mine"
+    assert load_config("demo/kd").experiment.name == "student"  # no file demo/kd here: the packaged one
+
+
+def test_unknown_name_suggests_close_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"does not exist.*did you mean 'cifar100/dkd/res32x4_res8x4'"):
+        find_config("cifar100/dkd/res32x4_res8x")
+    with pytest.raises(ConfigError, match=r"^config file /no/such\.yaml does not exist$"):
+        load_config("/no/such.yaml")
+
+
+def test_list_filters_by_substring_or_glob():
+    names = list_configs()
+    assert len(names) == len([p for p in CONFIGS.rglob("*") if p.is_file()])
+    assert "cifar100/dkd/res32x4_res8x4" in names and "llm/deepspeed/zero2.json" in names
+    assert list_configs("demo/") == ["demo/base", "demo/kd", "demo/teacher"]
+    assert list_configs("cifar100/*/res32x4_res8x4") == [
+        f"cifar100/{m}/res32x4_res8x4" for m in sorted([*CIFAR_METHODS, "pairs"])
+    ]
+    assert list_configs("nothing-like-this") == []
+
+
+@pytest.mark.parametrize("name", [n for n in list_configs() if n.endswith(".json") or "/" in n])
+def test_resolved_text_stands_alone(name, tmp_path):
+    """Every packaged config's resolved text reads back, alone, as the same mapping as the config with its
+    base files (the JSON DeepSpeed file as it is)."""
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(resolved_text(name))
+    if name.endswith(".json"):
+        assert copy.read_text() == (CONFIGS / name).read_text()
+    else:
+        assert read_yaml(copy) == read_yaml(CONFIGS / f"{name}.yaml")
+
+
+def test_configs_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["configs", "demo"]) == 0
+    assert capsys.readouterr().out.split() == ["demo/base", "demo/kd", "demo/teacher"]
+    assert main(["configs", "show", "demo/kd"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("# demo/kd, with its base files merged in") and "base:" not in shown
+    assert main(["configs", "copy", "demo/kd", "mine.yaml"]) == 0
+    assert load_config("mine.yaml") == load_config("demo/kd")
+    (tmp_path / "sub").mkdir()
+    assert main(["configs", "copy", "demo/teacher", "sub"]) == 0
+    assert load_config("sub/teacher.yaml") == load_config("demo/teacher")
+    capsys.readouterr()
+    before = (tmp_path / "mine.yaml").read_text()
+    for argv, message in [
+        (["configs", "copy", "demo/teacher", "mine.yaml"], "mine.yaml exists; not overwritten"),
+        (["configs", "show", "demo/kdd"], "did you mean 'demo/kd'"),
+        (["configs", "zzz"], "no packaged config matches 'zzz'"),
+        (["train", "cifar100/dkd/res32x4_res8x"], "did you mean 'cifar100/dkd/res32x4_res8x4'"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "mine.yaml").read_text() == before

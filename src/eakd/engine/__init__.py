@@ -1,7 +1,7 @@
 """The engine every task shares: typed config, the Accelerate training loop, checkpoints, logs, diagnostics.
 
 from eakd.engine import load_config, train
-train(load_config("configs/demo/kd.yaml", ["distill.weighting=ea"]))
+train(load_config("demo/kd", ["distill.weighting=ea"]))
 """
 
 from eakd.engine.checkpoint import latest_checkpoint

@@ -119,7 +119,8 @@ class DistillConfig:
     weighting: "ea", "er", "base", "interact", "inverse", "uniform" or "none". tau: entropy temperature
     (None: the policy's default). h_ub: entropy upper bound (None: ln K). weight_norm: "none" (the paper's
     rule) or "mean" (weights divided by their batch mean, ``eakd.distill.normalise_weights``). hparams: the
-    loss's own settings (temperature, alpha, beta, ...).
+    loss's own settings (temperature, alpha, beta, ...). fused: the compiled single-pass loss and entropies
+    (kd / dkd, ``eakd.losses.fused``).
     """
 
     method: StrictStr = "kd"
@@ -132,6 +133,7 @@ class DistillConfig:
     ce_weight: NonNegFloat = 1.0
     warmup_epochs: NonNegFloat = 0.0
     weight_norm: Literal["none", "mean"] = "none"
+    fused: StrictBool = False
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
@@ -329,8 +331,11 @@ def load_config(
 ) -> S:
     """Read ``path`` (with its bases; None: all defaults), apply dotted ``key=value`` overrides and
     validate into ``schema`` (a dataclass: ``Config`` for ``eakd train``, ``LLMRunConfig`` for the LLM
-    runner). The modules a config lists under ``imports`` are imported first (they register plugins)."""
-    data = read_yaml(path) if path is not None else {}
+    runner). The modules a config lists under ``imports`` are imported first (they register plugins).
+    ``path`` may name a packaged config instead (``eakd.engine.catalog.find_config``)."""
+    from eakd.engine.catalog import find_config  # the catalog reads configs with this module
+
+    data = read_yaml(find_config(path)) if path is not None else {}
     for override in overrides:
         data = apply_override(data, override)
     imports = data.get("imports") or []

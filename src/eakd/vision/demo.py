@@ -1,16 +1,18 @@
-"""``eakd demo``: EA-KD on Fashion-MNIST on a CPU, through the engine and the configs in configs/demo.
+"""``eakd demo``: EA-KD on Fashion-MNIST on a CPU, through the engine and the packaged configs demo/*.
 
-A teacher (configs/demo/teacher.yaml) is trained once and cached under ``eakd.paths.cache_dir()``; then
-a 16x smaller student (configs/demo/kd.yaml) is trained alone, with KD and with EA-KD over several seeds
-(``eakd.study``: seed-major, saved after every run), a table of best and last top-1 is printed, and
-``eakd report`` writes each run's plots. Runs go to ``--out`` (default runs/demo). The LLM and detection
-demos are ``eakd llm demo`` and ``eakd det demo``.
+A teacher (demo/teacher) is trained once and cached under ``eakd.paths.cache_dir()``; then a 16x smaller
+student (demo/kd) is trained alone, with KD and with EA-KD over several seeds (``eakd.study``: seed-major,
+saved after every run), a table of best and last top-1 is printed, and ``eakd report`` writes each run's
+plots. Runs go to ``--out`` (default runs/demo under the current folder). Data: the local copy (``make
+fetch``), else torchvision's download into the eakd cache. The LLM and detection demos are ``eakd llm
+demo`` and ``eakd det demo``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import time
@@ -22,14 +24,15 @@ from typing import Any
 import torch
 import yaml
 
-from eakd.args import ArgumentParser
+from eakd.args import ArgumentParser, one_line
+from eakd.engine.catalog import config_root
 from eakd.engine.config import Config, load_config, to_dict
 from eakd.engine.loop import train
 from eakd.paths import cache_dir
 from eakd.report import report_command
 from eakd.study import run_study, study_table
 
-# student settings: overrides of configs/demo/kd.yaml (which is EA-KD as it stands)
+# student settings: overrides of demo/kd (which is EA-KD as it stands)
 # DKD (alpha 1, beta 8, T 4, CE 1) with its warm-up scaled to the short budget (1 of 5 epochs); MLKD
 # (weak + strong views, KD terms at T 2..6 with class and batch correlation) as configured on CIFAR
 DKD = [
@@ -67,9 +70,8 @@ REFERENCE = {
 
 
 def config_dir() -> Path:
-    """configs/demo of this source tree (else of the current folder)."""
-    here = Path(__file__).resolve().parents[3] / "configs" / "demo"
-    return here if here.is_dir() else Path("configs") / "demo"
+    """The packaged demo configs (``eakd configs demo/``)."""
+    return config_root() / "demo"
 
 
 def teacher_dir(cfg: Config) -> Path:
@@ -80,10 +82,25 @@ def teacher_dir(cfg: Config) -> Path:
 
 
 def check_data(cfg: Config) -> None:
-    """Fail early, with the data loader's message (where it looked, how to fetch), if the data is missing."""
-    from eakd.vision.datasets import build_dataset
+    """Fail early, with the data loader's message (where it looked, how to fetch), if the data is missing.
+
+    Fashion-MNIST at its default place (no data.root) that is not there yet is downloaded there first
+    (torchvision); FileNotFoundError when that fails too (no internet), naming the folder.
+    """
+    from eakd.vision.datasets import build_dataset, data_root, find_fashion_mnist
 
     d = cfg.data
+    if d.name == "fashion_mnist" and d.root is None and not d.download and find_fashion_mnist() is None:
+        folder = data_root(None) / "FashionMNIST" / "raw"
+        print(f"Fashion-MNIST is not in {folder}: downloading it there (torchvision)", flush=True)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints every failed mirror
+                build_dataset(d.name, None, train=False, download=True)  # fetches both splits
+        except (RuntimeError, OSError) as err:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {folder} and torchvision's download failed ({one_line(err)}): "
+                "connect to the internet, or put its four idx files there (`make fetch` in a clone)"
+            ) from None
     build_dataset(d.name, d.root, train=False, download=d.download, **d.options)
 
 
@@ -195,7 +212,7 @@ def main(argv: list[str]) -> int:
     The overrides (after ``--`` when they follow a list option) apply to every run, teacher included."""
     parser = ArgumentParser(
         prog="eakd demo",
-        description="Fashion-MNIST: a small student alone, with KD and with EA-KD (configs/demo). "
+        description="Fashion-MNIST: a small student alone, with KD and with EA-KD (configs demo/*). "
         "`eakd llm demo` and `eakd det demo` run the LLM and detection demos.",
     )
     parser.add_argument(
@@ -208,7 +225,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument(
-        "--student-epochs", type=int, help="students' epochs (default: configs/demo/kd.yaml's)"
+        "--student-epochs", type=int, help="students' epochs (default: demo/kd's)"
     )
     parser.add_argument("--results", type=Path, help="also save the study there (e.g. results/NAME.json)")
     parser.add_argument(
