@@ -1,97 +1,209 @@
-"""What EA costs on top of the distillation loss: forward+backward time, side by side in one process.
+"""What EA costs on top of the distillation loss, eager and fused: forward+backward time in one process.
 
-Rows: KD and DKD at (64, 100) and (512, 1000), and token-level KD (forward KL) at (4096, 32000).
-Columns: median time of the unweighted loss, of EA with our weights, of EA with the authors'
-formulation of the weights (softmax, log(p + 1e-10), built inside the autograd graph), and the ratios.
-Absolute times on a shared machine mean little; the ratios are measured in the same process, with the
-contenders interleaved repeat by repeat.
+Rows: KD and DKD at (64, 100) and (512, 1000) (T 4), and token-level forward KL at (4096, 32000) (T 1),
+each at the paper's entropy temperature (tau 3 for KD/DKD, tau 2 for the LLM study's FKL) and at
+tau == T. Contenders, interleaved repeat by repeat: the unweighted loss and EA-weighted loss, each eager
+(``eakd.DistillLoss`` / the token loss + ``Policy.compute``) and fused (``eakd.losses.fused``, compiled).
+Columns: median ms of each (the JSON also has the min and max), the ratios EA / unweighted (eager),
+fused EA / eager unweighted, fused EA / fused unweighted, and the exp passes over the (N, K) logits each
+variant makes, forward + backward (see ``exp_passes``). The naive floor is 2 forward (student and teacher
+softmax at T) and 2 more for EA at tau != T (student and teacher at tau); the fused KD / FKL kernels get
+EA at 2 when tau / T is a small fraction (one exp serves both temperatures, ``shared_powers``). Absolute
+times on a shared machine mean little; the ratios come from one process, the contenders interleaved in a
+rotating order. ``--clock cpu`` times the process's CPU time instead of the wall clock: with
+``--threads 1`` it does not count the time other jobs hold the cores.
 
-    python benchmarks/loss_overhead.py [--repeats 30] [--threads 2]
+    python benchmarks/loss_overhead.py [--repeats 30] [--threads 2] [--device cpu|cuda] [--clock wall|cpu]
+        [--dtype float32|bfloat16] [--small] [--results results/loss_overhead.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import eakd
-from eakd.losses import dkd_loss, kd_loss, weighted_mean
+from eakd import DistillLoss
+from eakd.losses.fused import fused_token_terms, shared_powers
+from eakd.losses.reduce import weighted_mean
+from eakd.losses.token import forward_kl
+from eakd.study import provenance
+from eakd.weighting import get_policy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _render_loss_overhead import render
 
-def authors_weights(zs: torch.Tensor, zt: torch.Tensor, tau: float, h_ub: float) -> torch.Tensor:
-    """The authors' formulation: probabilities, then log(p + 1e-10), on the graph, detached at the end."""
-    pt = torch.softmax(zt / tau, dim=1)
-    ps = torch.softmax(zs / tau, dim=1)
-    h_t = -(pt * torch.log(pt + 1e-10)).sum(1)
-    h_s = -(ps * torch.log(ps + 1e-10)).sum(1)
-    return ((h_t + h_t * h_s / h_ub) / 2).detach()
-
-
-def make_step(loss: str, weighting: str, zs: torch.Tensor, zt: torch.Tensor, target: torch.Tensor):
-    """A closure running one forward+backward of the chosen loss and weighting."""
-    h_ub = float(torch.log(torch.tensor(float(zs.shape[1]))))
-
-    def per_sample() -> torch.Tensor:
-        if loss == "dkd":
-            return dkd_loss(zs, zt, target, alpha=1.0, beta=8.0, temperature=4.0)
-        return kd_loss(zs, zt, temperature=4.0 if zs.shape[1] < 10000 else 1.0)
-
-    def step() -> None:
-        zs.grad = None
-        values = per_sample()
-        if weighting == "none":
-            w = None
-        elif weighting == "ours":
-            w = eakd.ea_weights(zs, zt, tau=3.0)
-        else:
-            w = authors_weights(zs, zt, 3.0, h_ub)
-        weighted_mean(values, w).backward()
-
-    return step
+VARIANTS = ("eager_none", "eager_ea", "fused_none", "fused_ea")
 
 
-def bench(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each step, interleaving the contenders each repeat."""
-    for fn in steps.values():  # warm-up
-        fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
+EXP_OPS = {"exp", "_log_softmax", "_softmax", "logsumexp", "_log_softmax_backward_data", "logaddexp"}
+
+
+class _ExpCounter(TorchDispatchMode):
+    """Counts the aten ops that exponentiate a whole (N, K) tensor (``EXP_OPS``)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.overloadpacket.__name__
+        if name in EXP_OPS and isinstance(args[0], torch.Tensor) and args[0].numel() == self.numel:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def exp_passes(variant: str, shared: bool, step: Callable[[], None], numel: int) -> int:
+    """Exp passes over the (N, K) logits of one forward+backward. Eager: counted (``_ExpCounter``). Fused:
+    the compiled kernel's, read off its inductor code: one exp per softmax in one forward kernel, 2 at T
+    and 2 more at tau for EA unless ``shared`` (tau == T, or tau / T a small fraction: ``shared_powers``);
+    the backward reads the forward's saved exps (two (N, K) buffers) and computes no exp."""
+    if variant.startswith("fused"):
+        return 2 + (2 if variant.endswith("ea") and not shared else 0)
+    with _ExpCounter(numel) as counter:
+        step()
+    return counter.count
+
+
+def make_steps(
+    method: str, zs: torch.Tensor, zt: torch.Tensor, target: torch.Tensor, temperature: float, tau: float
+) -> dict[str, Callable[[], None]]:
+    """One forward+backward closure per variant."""
+    if method == "fkl":
+        policy = get_policy("ea", tau=tau)
+        assert policy is not None
+
+        def token(variant: str) -> Callable[[], None]:
+            def step() -> None:
+                zs.grad = None
+                if variant == "eager_none":
+                    loss = weighted_mean(forward_kl(zs, zt, temperature))
+                elif variant == "eager_ea":
+                    loss = weighted_mean(forward_kl(zs, zt, temperature), policy(zs, zt))
+                else:
+                    t = None if variant == "fused_none" else tau
+                    values, h_s, h_t = fused_token_terms("fkl", zs, zt, temperature=temperature, tau=t)
+                    w = None if h_t is None else policy.from_entropies(h_s, h_t, zs.shape[-1])
+                    loss = weighted_mean(values, w)
+                loss.backward()
+
+            return step
+
+        return {v: token(v) for v in VARIANTS}
+
+    def logit(variant: str) -> Callable[[], None]:
+        weighting = "none" if variant.endswith("none") else "ea"
+        kw: dict[str, Any] = {} if weighting == "none" else {"tau": tau}
+        loss = DistillLoss(
+            method, weighting, ce_weight=0.0, sync_checks=False, fused=variant.startswith("fused"),
+            temperature=temperature, **kw,
+        )  # fmt: skip
+
+        def step() -> None:
+            zs.grad = None
+            sum(loss(zs, zt, target).values()).backward()
+
+        return step
+
+    return {v: logit(v) for v in VARIANTS}
+
+
+def bench(
+    steps: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None], clock: Callable[[], float]
+) -> dict[str, list[float]]:
+    """Seconds per call of each step by ``clock``, one per repeat, interleaving the contenders each repeat
+    in a rotating order (after 3 warm-ups, which also compile the fused kernels)."""
+    for fn in steps.values():
+        for _ in range(3):
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    sync()
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            t0 = clock()
+            steps[name]()
+            sync()
+            times[name].append(clock() - t0)
+    return times
+
+
+def cases(small: bool) -> list[tuple[str, int, int, float, float]]:
+    """(method, N, K, T, tau at tau != T) rows; --small shrinks the shapes for a quick smoke run."""
+    if small:
+        return [("kd", 64, 100, 4.0, 3.0), ("dkd", 64, 100, 4.0, 3.0), ("fkl", 256, 2000, 1.0, 2.0)]
+    return [
+        ("kd", 64, 100, 4.0, 3.0),
+        ("dkd", 64, 100, 4.0, 3.0),
+        ("kd", 512, 1000, 4.0, 3.0),
+        ("dkd", 512, 1000, 4.0, 3.0),
+        ("fkl", 4096, 32000, 1.0, 2.0),
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
+    parser.add_argument("--small", action="store_true", help="small shapes: a quick smoke run")
+    parser.add_argument("--results", type=Path, help="save the rows with provenance as JSON")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
-    cases = [("kd", 64, 100), ("dkd", 64, 100), ("kd", 512, 1000), ("dkd", 512, 1000), ("kd", 4096, 32000)]
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    load_start, t_start = os.getloadavg(), time.perf_counter()
     g = torch.Generator().manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} interleaved repeats")
-    header = f"{'loss':<8}{'shape':>14}{'base ms':>10}{'EA ms':>10}{'authors ms':>12}"
-    print(header + f"{'EA/base':>10}{'authors/base':>14}{'EA/authors':>12}")
-    for loss, n, k in cases:
-        zs = torch.randn(n, k, generator=g).requires_grad_()
-        zt = torch.randn(n, k, generator=g) * 2
-        target = torch.randint(0, k, (n,), generator=g)
-        steps = {w: make_step(loss, w, zs, zt, target) for w in ("none", "ours", "authors")}
-        reps = max(5, args.repeats // 5) if n * k > 10**7 else args.repeats
-        t = bench(steps, reps)
-        name = "tok-fkl" if k >= 10000 else loss
-        print(
-            f"{name:<8}{f'({n},{k})':>14}{t['none'] * 1e3:>10.2f}{t['ours'] * 1e3:>10.2f}"
-            f"{t['authors'] * 1e3:>12.2f}{t['ours'] / t['none']:>10.3f}{t['authors'] / t['none']:>14.3f}"
-            f"{t['ours'] / t['authors']:>12.3f}"
-        )
+    rows = []
+    for method, n, k, temperature, tau_paper in cases(args.small):
+        for tau in (tau_paper, temperature):
+            zs = torch.randn(n, k, generator=g).to(device, dtype).requires_grad_()
+            zt = (torch.randn(n, k, generator=g) * 2).to(device, dtype)
+            target = torch.randint(0, k, (n,), generator=g).to(device)
+            reps = max(5, args.repeats // 5) if n * k > 10**7 and device.type == "cpu" else args.repeats
+            steps = make_steps(method, zs, zt, target, temperature, tau)
+            times = bench(steps, reps, sync, clock)
+            t = {name: statistics.median(ts) for name, ts in times.items()}
+            shared = shared_powers(temperature, tau) is not None and (method != "dkd" or tau == temperature)
+            row = {
+                "method": method, "n": n, "k": k, "temperature": temperature, "tau": tau, "repeats": reps,
+                "ms": {v: t[v] * 1e3 for v in VARIANTS},
+                "ms_min_max": {v: [min(times[v]) * 1e3, max(times[v]) * 1e3] for v in VARIANTS},
+                "exp_passes": {v: exp_passes(v, shared, steps[v], n * k) for v in VARIANTS},
+                "ea_over_none_eager": t["eager_ea"] / t["eager_none"],
+                "fused_ea_over_eager_none": t["fused_ea"] / t["eager_none"],
+                "fused_ea_over_fused_none": t["fused_ea"] / t["fused_none"],
+            }  # fmt: skip
+            rows.append(row)
+            print(render({"rows": [row]}).splitlines()[-1], flush=True)
+    result = {
+        "provenance": provenance(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
+        "wall_s": time.perf_counter() - t_start,
+        "rows": rows,
+    }
+    print()
+    print(render(result))
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,235 @@
+"""The fused (compiled, single-pass) losses against the eager reference: values, gradients, entropies.
+
+Compiling dominates the time (seconds per new graph), so the tests share a few setting combinations and
+small shapes; the sweep over every token divergence and the bf16 / standardised variants are slow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from eakd import DistillLoss
+from eakd.losses import dkd_loss, kd_loss
+from eakd.losses.fused import fused_logit_terms, fused_token_terms
+from eakd.losses.token import (
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    total_variation,
+)
+from eakd.weighting import get_policy
+
+TOKEN_EAGER = {
+    "fkl": forward_kl,
+    "rkl": reverse_kl,
+    "jsd": generalized_jsd,
+    "skl": skew_kl,
+    "srkl": skew_reverse_kl,
+    "tvd": total_variation,
+}
+FP32 = {"rtol": 1e-5, "atol": 2e-5}
+
+
+def logits(n: int = 6, k: int = 10, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[Any, ...]:
+    g = torch.Generator().manual_seed(seed)
+    zs = (torch.randn(n, k, generator=g) * 3).to(dtype).requires_grad_()
+    zt = (torch.randn(n, k, generator=g) * 3).to(dtype)
+    return zs, zt, torch.randint(0, k, (n,), generator=g)
+
+
+def grad(values: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
+    w = torch.linspace(0.5, 1.5, values.numel()).reshape(values.shape)  # a non-uniform upstream gradient
+    return torch.autograd.grad((values * w).sum(), zs)[0]
+
+
+def check_against_eager(method: str, tau: float, dtype: torch.dtype = torch.float32, **tol: float) -> None:
+    zs, zt, y = logits(dtype=dtype)
+    loss, h_s, h_t = fused_logit_terms(method, zs, zt, y, tau=tau, temperature=4.0)
+    eager = kd_loss(zs, zt, 4.0) if method == "kd" else dkd_loss(zs, zt, y, temperature=4.0)
+    policy = get_policy("ea", tau=tau)
+    assert policy is not None
+    ref_s, ref_t = policy.entropies(zs, zt)
+    tol = tol or FP32
+    assert loss.dtype == torch.float32 and loss.shape == (6,)
+    torch.testing.assert_close(loss, eager, **tol)
+    torch.testing.assert_close(h_s, ref_s, **tol)
+    torch.testing.assert_close(h_t, ref_t, **tol)
+    torch.testing.assert_close(grad(loss, zs), grad(eager, zs), **tol)
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd"])
+@pytest.mark.parametrize("tau", [3.0, 4.0])  # tau != T (own pass) and tau == T (the loss's exps reused)
+def test_logit_terms_match_eager(method: str, tau: float) -> None:
+    check_against_eager(method, tau)
+
+
+@pytest.mark.slow
+def test_bf16_inputs() -> None:
+    check_against_eager("kd", 3.0, torch.bfloat16, rtol=1.6e-2, atol=1e-3)
+    check_against_eager("dkd", 3.0, torch.bfloat16, rtol=1.6e-2, atol=1e-3)
+    token_case("fkl", {}, torch.bfloat16)
+    token_case("rkl", {}, torch.bfloat16)
+
+
+def token_case(divergence: str, settings: dict[str, float], dtype: torch.dtype = torch.float32) -> None:
+    zs, zt, _ = logits(dtype=dtype)
+    loss, h_s, h_t = fused_token_terms(divergence, zs, zt, temperature=1.0, tau=2.0, **settings)
+    eager = TOKEN_EAGER[divergence](zs, zt, temperature=1.0, **settings)
+    policy = get_policy("ea", tau=2.0)
+    assert policy is not None
+    ref_s, ref_t = policy.entropies(zs, zt)
+    tol = FP32 if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-3}
+    torch.testing.assert_close(loss, eager, **tol)
+    torch.testing.assert_close(h_s, ref_s, **tol)
+    torch.testing.assert_close(h_t, ref_t, **tol)
+    torch.testing.assert_close(grad(loss, zs), grad(eager, zs), **tol)
+
+
+@pytest.mark.parametrize(("divergence", "settings"), [("fkl", {}), ("rkl", {})])
+def test_token_terms_match_eager(divergence: str, settings: dict[str, float]) -> None:
+    token_case(divergence, settings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("divergence", "settings"), [("jsd", {"beta": 0.3}), ("skl", {"alpha": 0.1}), ("srkl", {}), ("tvd", {})]
+)
+def test_every_token_divergence_matches_eager(divergence: str, settings: dict[str, float]) -> None:
+    token_case(divergence, settings)
+
+
+def test_token_terms_leading_dims_and_given_teacher_entropy() -> None:
+    """(B, T, V) logits; a given h_t is returned as is and the loss and h_s are unchanged."""
+    zs, zt, _ = logits(n=6)
+    zs3, zt3 = zs.detach().reshape(2, 3, 10).requires_grad_(), zt.reshape(2, 3, 10)
+    given = torch.full((2, 3), 0.25)
+    loss, h_s, h_t = fused_token_terms("fkl", zs3, zt3, temperature=1.0, tau=2.0, h_t=given)
+    ref_loss, ref_s, _ = fused_token_terms("fkl", zs, zt, temperature=1.0, tau=2.0)
+    assert loss.shape == h_s.shape == (2, 3) and h_t is not None
+    assert torch.equal(h_t, given)
+    torch.testing.assert_close(loss.reshape(6), ref_loss, **FP32)
+    torch.testing.assert_close(h_s.reshape(6), ref_s, **FP32)
+
+
+def test_token_terms_from_teacher_log_probs() -> None:
+    """The cache's route: teacher log-probabilities at T instead of logits, with the cache's h_t."""
+    zs, zt, _ = logits()
+    log_p = torch.log_softmax(zt, dim=-1)
+    h_t = torch.rand(6)
+    loss, _, got_t = fused_token_terms("fkl", zs, None, temperature=1.0, tau=2.0, h_t=h_t,
+                                         teacher_log_probs=log_p)  # fmt: skip
+    torch.testing.assert_close(loss, forward_kl(zs, zt), **FP32)
+    assert got_t is not None and torch.equal(got_t, h_t)
+    with pytest.raises(ValueError, match="needs the teacher entropies"):
+        fused_token_terms("fkl", zs, None, temperature=1.0, tau=2.0, teacher_log_probs=log_p)
+    with pytest.raises(ValueError, match="teacher's logits zt or its teacher_log_probs"):
+        fused_token_terms("fkl", zs, None, temperature=1.0, tau=2.0)
+
+
+POLICIES = ["ea", "er", "base", "interact", "inverse", "uniform", "none"]
+
+
+def both(weighting: str, **kw: Any) -> tuple[DistillLoss, DistillLoss]:
+    return tuple(  # type: ignore[return-value]
+        DistillLoss("kd", weighting, temperature=4.0, ce_weight=0.5, fused=f, **kw) for f in (False, True)
+    )
+
+
+def compare_calls(
+    eager: DistillLoss, fused: DistillLoss, mask: torch.Tensor | None = None, n: int = 6
+) -> None:
+    """Same terms, gradients and ``last`` diagnostics from the eager and the fused DistillLoss."""
+    zs, zt, y = logits(n=n)
+    outs, grads = [], []
+    for loss in (eager, fused):
+        terms = loss(zs, zt, y, mask=mask)
+        grads.append(torch.autograd.grad(sum(terms.values()), zs)[0])
+        outs.append(terms)
+    assert outs[0].keys() == outs[1].keys()
+    for name in outs[0]:
+        torch.testing.assert_close(outs[1][name], outs[0][name], **FP32)
+    torch.testing.assert_close(grads[1], grads[0], **FP32)
+    assert eager.last.keys() == fused.last.keys()
+    for name, value in eager.last.items():
+        other = fused.last[name]
+        assert (value is None) == (other is None), name
+        if value is not None:
+            torch.testing.assert_close(other, value, **FP32)
+
+
+@pytest.mark.parametrize("weighting", POLICIES)
+def test_every_policy_fused_equals_eager(weighting: str) -> None:
+    compare_calls(*both(weighting))
+
+
+def test_masks_and_weight_norm() -> None:
+    mask = torch.tensor([True, False, True, True, False, True])
+    compare_calls(*both("ea", weight_norm="mean"), mask=mask)
+    compare_calls(*both("ea"), mask=torch.zeros(6, dtype=torch.bool))
+
+
+def test_two_batch_sizes_and_dkd() -> None:
+    eager, fused = (DistillLoss("dkd", "ea", temperature=4.0, fused=f) for f in (False, True))
+    compare_calls(eager, fused, n=6)
+    compare_calls(eager, fused, n=9)
+
+
+@pytest.mark.slow
+def test_standardized_entropies_and_logits() -> None:
+    compare_calls(*both("ea", entropy_on="standardized"))
+    compare_calls(*both("ea", standardize_logits=True))
+    compare_calls(*both("ea", tau=4.0, entropy_on="standardized", standardize_logits=True))
+
+
+def test_nonfinite_flags_match_eager() -> None:
+    zs, zt, y = logits()
+    bad = zs.detach().clone()
+    bad[2, 3] = float("nan")
+    for sync in (True, False):
+        losses = [DistillLoss("kd", "ea", temperature=4.0, sync_checks=sync, fused=f) for f in (False, True)]
+        if sync:
+            for loss in losses:
+                with pytest.raises(ValueError, match="non-finite"):
+                    loss(bad, zt, y)
+            continue
+        for loss in losses:
+            loss(zs, zt, y)
+            loss(bad, zt, y)
+        assert losses[0].pop_nonfinite() == losses[1].pop_nonfinite() == {"weights": 2, "loss_kd": 2}
+
+
+def test_refusals() -> None:
+    with pytest.raises(ValueError, match="fused=True supports method 'kd' or 'dkd', got 'mlkd'"):
+        DistillLoss("mlkd", "ea", fused=True)
+    with pytest.raises(ValueError, match="custom policy"):
+        DistillLoss("kd", lambda zs, zt, mask=None: torch.ones(zs.shape[0]), fused=True)
+    with pytest.raises(ValueError, match="float temperature"):
+        DistillLoss("kd", "ea", fused=True, temperature=torch.tensor(4.0))
+    zs, zt, y = logits()
+    with pytest.raises(ValueError, match="fused losses exist for methods"):
+        fused_logit_terms("fitnet", zs, zt, y, tau=3.0)
+    with pytest.raises(ValueError, match="takes no setting"):
+        fused_logit_terms("kd", zs, zt, y, tau=3.0, alpha=1.0)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        fused_logit_terms("kd", zs, zt, y, tau=0.0)
+    with pytest.raises(ValueError, match="needs \\['target'\\]"):
+        fused_logit_terms("dkd", zs, zt, None, tau=3.0)
+    with pytest.raises(ValueError, match="unknown token divergence"):
+        fused_token_terms("kl", zs, zt, temperature=1.0, tau=None)
+    with pytest.raises(ValueError, match="beta must be in"):
+        fused_token_terms("jsd", zs, zt, temperature=1.0, tau=None, beta=2.0)
+    with pytest.raises(ValueError, match="differ in their last"):
+        fused_token_terms("fkl", zs, zt[:, :5], temperature=1.0, tau=None)
+
+
+def test_from_config_passes_fused() -> None:
+    from eakd.engine.config import DistillConfig
+
+    cfg = DistillConfig(method="kd", weighting="ea", fused=True, hparams={"temperature": 4.0})
+    loss = DistillLoss.from_config(cfg)
+    assert loss is not None and loss.fused
