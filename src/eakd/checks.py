@@ -67,6 +67,14 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_flag(message: str, bad: torch.Tensor) -> torch.Tensor:
+    """``bad`` (0-dim bool) says an input value is invalid: eager, ValueError(message) when True (one host
+    read); deferred, no sync and no error: returns ``bad`` for the caller to record on the device."""
+    if not _DEFERRED.get() and bool(bad):
+        raise ValueError(message)
+    return bad
+
+
 def check_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     """Both tensors on one device; the error names both devices."""
     if a.device != b.device:

@@ -12,6 +12,7 @@ name and a fingerprint of the rows' token ids and labels, so a cache is never us
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +24,8 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from eakd.checks import check_positive
+from eakd.checks import check_flag, check_positive
+from eakd.llm import progress as demo_progress
 from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.settings import TokenLossSettings
 from eakd.weighting import entropy
@@ -73,7 +75,9 @@ class TeacherTopK(NamedTuple):
     entropy in nats at ``tau`` (the entropy temperature). vocab_size: the teacher's vocabulary V.
     tail_logmass (M,) or None: log of the teacher mass outside the top-k (exact, from the full logits;
     None: 1 - sum(top-k), which float rounding floors when the top-k hold nearly all the mass). That mass
-    is spread evenly over the other V - k tokens.
+    is spread evenly over the other V - k tokens. mismatch: a 0-dim bool flag on the device, True when the
+    batch's labelled tokens and the cache rows it was gathered from differed in count
+    (``TeacherCache.batch`` with ``tokens``), or None.
     """
 
     ids: torch.Tensor
@@ -83,6 +87,7 @@ class TeacherTopK(NamedTuple):
     temperature: float
     tau: float
     tail_logmass: torch.Tensor | None = None
+    mismatch: torch.Tensor | None = None
 
     def rows(self, i: int, j: int) -> TeacherTopK:
         """The cache of valid tokens i:j."""
@@ -95,9 +100,11 @@ class TeacherTopK(NamedTuple):
         """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs``."""
         return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
 
-    def check(self, s: TokenLossSettings, rows: int, vocab: int) -> None:
-        """The cache must match the loss settings (temperature; the policy's tau, built-in policies only),
-        the batch's count of labelled tokens and the vocabulary."""
+    def checked(self, s: TokenLossSettings, rows: int, vocab: int) -> tuple[TeacherTopK, torch.Tensor]:
+        """(this cache, a 0-dim bool flag): it must match the loss settings (temperature; the policy's tau,
+        built-in policies only), the batch's count of labelled tokens and the vocabulary (ValueError).
+        Its ids must be < vocab and ``mismatch`` False: eager, a ValueError (a host read); deferred
+        (``eakd.checks.deferred_checks``), the ids are clamped below vocab and the flag is set."""
         if (
             self.ids.shape != self.logprobs.shape
             or self.ids.dim() != 2
@@ -120,10 +127,16 @@ class TeacherTopK(NamedTuple):
                 f"the teacher cache's vocabulary ({self.vocab_size}) is smaller than the loss's ({vocab})"
             )
         check_settings(self.temperature, self.tau, s)
-        if rows and int(self.ids.max()) >= vocab:
-            raise ValueError(
-                f"teacher cache token ids reach {int(self.ids.max())}, beyond the vocabulary {vocab}"
-            )
+        bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
+        if self.mismatch is not None:
+            msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
+            bad = check_flag(msg, self.mismatch)
+        topk = self
+        if self.vocab_size > vocab and rows:  # a loaded cache's ids are < its vocab_size already
+            beyond = (self.ids >= vocab).any()
+            bad = bad | check_flag(f"teacher cache token ids reach beyond the vocabulary {vocab}", beyond)
+            topk = self._replace(ids=self.ids.clamp_max(vocab - 1))
+        return topk, bad
 
 
 def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
@@ -199,10 +212,36 @@ class TeacherCache:
         check_positive("temperature", self.temperature)
         check_positive("tau", self.tau)
 
-    def batch(self, index: torch.Tensor, device: torch.device | str | None = None) -> TeacherTopK:
-        """The ``TeacherTopK`` of rows ``index`` (B,) in batch order: their labelled tokens, row-major."""
-        parts = [torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in index.tolist()]
-        sel = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    def to(self, device: torch.device | str) -> TeacherCache:
+        """This cache with its tensors on ``device`` (checked again there, once)."""
+        names = ("ids", "logprobs", "tail_logmass", "entropy", "offsets")
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in names})
+
+    def batch(
+        self,
+        index: torch.Tensor,
+        device: torch.device | str | None = None,
+        tokens: int | None = None,
+        counts: torch.Tensor | None = None,
+    ) -> TeacherTopK:
+        """The ``TeacherTopK`` of rows ``index`` (B,) in batch order: their labelled tokens, row-major, on
+        ``device``. tokens: the batch's count of labelled tokens when the caller knows it (the collator's
+        ``label_index``), with counts (B,) per row: then the rows are gathered on the cache's device with
+        no host read, and a count that differs from the cache's sets the result's ``mismatch`` flag; None:
+        counted from the offsets (a host read)."""
+        off = self.offsets.to(index.device)
+        index = index.long()
+        starts, lengths = off[index], off[index + 1] - off[index]
+        ends = lengths.cumsum(0)
+        total, mismatch = ends[-1:].sum(), None  # 0 for no rows
+        if tokens is None:
+            tokens = int(total)
+        else:
+            mismatch = (total != tokens) | (counts is not None and (lengths != counts.to(off.device)).any())
+        pos = torch.arange(tokens, device=index.device)
+        row = torch.searchsorted(ends, pos, right=True).clamp_max(max(len(index) - 1, 0))
+        sel = (starts[row] + pos - (ends - lengths)[row]).clamp(0, max(self.ids.shape[0] - 1, 0))
+        sel = sel.to(self.ids.device)
         return TeacherTopK(
             self.ids[sel].long().to(device),
             self.logprobs[sel].to(device),
@@ -211,6 +250,7 @@ class TeacherCache:
             self.temperature,
             self.tau,
             self.tail_logmass[sel].to(device),
+            None if mismatch is None else mismatch.to(device),
         )
 
     def attach(self, rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
@@ -323,7 +363,8 @@ def build_cache(
     v = vocab_size
     ids, logprobs, tails, ents, counts = [], [], [], [], []
     starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc="teacher cache", unit="batch", disable=not progress):
+    quiet = not progress or demo_progress.current() is not None  # the job's own bar reports the batches
+    for start in tqdm(starts, desc="teacher cache", unit="batch", disable=quiet):
         batch = collate(list(rows[start : start + batch_size]), pad_token_id)
         feed = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
         logits = teacher(**feed).logits[:, :-1]
@@ -340,6 +381,7 @@ def build_cache(
         tails.append(full.scatter_(-1, idx, -torch.inf).logsumexp(-1).cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
+        demo_progress.note("cache")
     n = torch.cat(counts)
     return TeacherCache(
         torch.cat(ids),

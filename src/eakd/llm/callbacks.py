@@ -13,6 +13,7 @@ In ``args.output_dir``, on the main process:
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from eakd.engine.checkpoint import atomic_save
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.logs import CsvLog
+from eakd.llm import progress
 from eakd.llm.data import Pair
 from eakd.llm.evaluate import generate, rouge_l
-from eakd.llm.settings import LOSS_TERMS
+from eakd.llm.settings import INPUT_CHECKS, LOSS_TERMS
 
 METRIC_NAMES = {
     "loss": "train_loss",
@@ -94,6 +96,15 @@ class RunLogCallback(TrainerCallback):
             self.writer.close()
 
 
+class StepProgress(TrainerCallback):
+    """Reports each optimiser step to the active progress bar (``eakd.llm.progress``; nothing without)."""
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        progress.note("train")
+
+
 NEVER = 2**62  # the step recorded for a term that never went non-finite
 
 
@@ -101,27 +112,34 @@ class NonFiniteLossError(ValueError):
     """A training run met a NaN or inf loss term; raised before that run logs or saves anything more."""
 
 
+class InvalidBatchError(ValueError):
+    """A training batch failed a check the loss deferred to the device (``INPUT_CHECKS``); raised before
+    that run logs or saves anything more."""
+
+
 class FiniteGuard(TrainerCallback):
     """Stops a run at the first logging step, checkpoint save or end of training after a loss term went
     NaN or inf, before the Trainer writes the log or the checkpoint (so the last good checkpoint stays the
     latest and no non-finite student is saved).
 
-    The trainer hands each training micro-batch's ``TokenLossOutput.nonfinite()`` to ``update``, which
-    keeps, on the device, the first step each term (``LOSS_TERMS``: weights, kd, ce) was non-finite: no
-    host sync per step. ``check`` reads it back (one sync; the minimum over processes under
-    torch.distributed) and raises ``NonFiniteLossError`` naming the step and the term(s).
+    The trainer hands each training micro-batch's ``TokenLossOutput.flags()`` to ``update``, which keeps,
+    on the device, the first step each flag was set: a term (``LOSS_TERMS``: weights, kd, ce) non-finite,
+    or an input check (``INPUT_CHECKS``) failed; no host sync per step. ``check`` reads it back (one sync;
+    the minimum over processes under torch.distributed) and raises ``InvalidBatchError`` naming the step
+    and what the batch had, else ``NonFiniteLossError`` naming the step and the term(s).
     """
 
     def __init__(self, device: torch.device | str) -> None:
-        self.first = torch.full((len(LOSS_TERMS),), NEVER, dtype=torch.long, device=device)
+        size = len(LOSS_TERMS) + len(INPUT_CHECKS)
+        self.first = torch.full((size,), NEVER, dtype=torch.long, device=device)
 
-    def update(self, nonfinite: Tensor, step: int) -> None:
-        """Record ``step`` for the terms flagged in ``nonfinite`` (3,) bool that were finite so far."""
-        new = nonfinite.to(self.first.device) & (self.first == NEVER)
+    def update(self, flags: Tensor, step: int) -> None:
+        """Record ``step`` for the flags set in ``flags`` (``TokenLossOutput.flags``) not set before."""
+        new = flags.to(self.first.device) & (self.first == NEVER)
         self.first = torch.where(new, step, self.first)
 
     def check(self) -> None:
-        """Raise NonFiniteLossError if any term has been non-finite (on any process)."""
+        """Raise InvalidBatchError or NonFiniteLossError if any flag has been set (on any process)."""
         first = self.first.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
@@ -129,7 +147,15 @@ class FiniteGuard(TrainerCallback):
         step = min(steps)
         if step == NEVER:
             return
-        terms = " and ".join(t for t, s in zip(LOSS_TERMS, steps, strict=True) if s == step)
+        n = len(LOSS_TERMS)
+        inputs = [what for what, s in zip(INPUT_CHECKS.values(), steps[n:], strict=True) if s == step]
+        if inputs:  # what a bad input computes is not meaningful: report the input, not the terms
+            raise InvalidBatchError(
+                f"training stopped: the batch at step {step} had {' and '.join(inputs)}; nothing was logged "
+                "or saved after it (the latest checkpoint is the last good one): check the data, its "
+                "collator (eakd.llm.data.collate) and the teacher cache"
+            )
+        terms = " and ".join(t for t, s in zip(LOSS_TERMS, steps[:n], strict=True) if s == step)
         raise NonFiniteLossError(
             f"training stopped: the loss's {terms} term was non-finite (NaN or inf) at step {step}; nothing "
             "was logged or saved after it (the latest checkpoint is the last good one): lower the learning "
@@ -162,7 +188,8 @@ class BestValidation(TrainerCallback):
     and at the last step; keeps a CPU copy of the weights with the best score (the first on ties).
 
     After training: ``history`` [{"step", "rougeL"}], ``best`` {"step", "rougeL"}, ``best_state`` (a
-    state dict for ``load_state_dict``). Runs on every process (each generates on its own copy).
+    state dict for ``load_state_dict``), ``seconds`` spent validating. Runs on every process (each
+    generates on its own copy).
     """
 
     def __init__(self, tokenizer: Any, pairs: list[Pair], every: int, max_new_tokens: int, batch_size: int):
@@ -171,6 +198,7 @@ class BestValidation(TrainerCallback):
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
         self.best_state: dict[str, Tensor] = {}
+        self.seconds = 0.0
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -179,9 +207,11 @@ class BestValidation(TrainerCallback):
         if step % self.every and step < state.max_steps:
             return
         model = kwargs["model"]
+        start = time.perf_counter()
         outputs = generate(model, self.tokenizer, [p["prompt"] for p in self.pairs], **self.gen)
         score = rouge_l(outputs, [p["response"] for p in self.pairs])
         model.train()
+        self.seconds += time.perf_counter() - start
         self.history.append({"step": step, "rougeL": score})
         if not self.best or score > self.best["rougeL"]:
             self.best = {"step": step, "rougeL": score}

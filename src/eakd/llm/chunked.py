@@ -19,6 +19,8 @@ from eakd.llm.dense import (
     cached_weights,
     check_labels,
     denominator,
+    fused_rows,
+    labelled_rows,
     log_softmax_at,
     loss_terms,
     sequence_mean,
@@ -26,6 +28,8 @@ from eakd.llm.dense import (
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
 from eakd.losses.token import token_mask
 from eakd.weighting import Policy, Weighted
+
+FUSED_RANGE = "eakd.fused_loss"  # the torch.profiler range of the fused pass (benchmarks/step_attribution.py)
 
 
 def check_rows(name: str, x: torch.Tensor, rows: torch.Size) -> None:
@@ -49,7 +53,8 @@ class ChunkInputs(NamedTuple):
     """What the autograd Function gets besides the student's (M, H) hidden states, (V, H) lm_head weight
     and (V,) bias, all at the M valid rows: the teacher as hidden states (M, H_t) with its lm_head (V, H_t)
     and bias, as logits (M, V), or as an offline top-k cache; labels (M,); the settings and their bound
-    policy; denom (0-dim) of the reduction; seq_ids (M,) the sequence of each row; chunk_size rows."""
+    policy; denom (0-dim) of the reduction; seq_ids (M,) the sequence of each row, of n_seq; chunk_size
+    rows."""
 
     t_hidden: torch.Tensor | None
     t_weight: torch.Tensor | None
@@ -61,11 +66,15 @@ class ChunkInputs(NamedTuple):
     policy: Policy | None
     denom: torch.Tensor
     seq_ids: torch.Tensor
+    n_seq: int
     chunk_size: int
 
 
-def _teacher_rows(c: ChunkInputs, i: int, j: int, vocab: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(teacher logits (j-i, V) | None, teacher log-probs at T (j-i, V) float32) of rows i:j."""
+def _teacher_rows(
+    c: ChunkInputs, i: int, j: int, vocab: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(teacher logits (j-i, V) | None, teacher log-probs at T (j-i, V) float32 | None: from logits with
+    ``settings.fused``, whose pass computes them) of rows i:j."""
     if c.t_topk is not None:
         return None, c.t_topk.rows(i, j).log_probs(vocab)
     if c.t_logits is not None:
@@ -73,7 +82,7 @@ def _teacher_rows(c: ChunkInputs, i: int, j: int, vocab: int) -> tuple[torch.Ten
     else:
         assert c.t_hidden is not None and c.t_weight is not None
         zt = F.linear(c.t_hidden[i:j], c.t_weight, c.t_bias)
-    return zt, log_softmax_at(zt, c.settings.temperature)
+    return zt, None if c.settings.fused else log_softmax_at(zt, c.settings.temperature)
 
 
 def _weigh(c: ChunkInputs, policy: Policy, i: int, zs: torch.Tensor, zt: torch.Tensor | None) -> Weighted:
@@ -118,7 +127,7 @@ class _FusedLinearDistill(torch.autograd.Function):
                 zs = F.linear(hidden[i:j], weight, bias)
                 _store(stats, _weigh(c, policy, i, zs, _teacher_rows(c, i, j, weight.shape[0])[0]), i, j)
             if s.weight_level == "sequence":
-                stats[0] = sequence_mean(stats[0], c.seq_ids)
+                stats[0] = sequence_mean(stats[0], c.seq_ids, c.n_seq)
             stats[0] = normalise_weights(stats[0], None, s.weight_norm)  # all M rows are valid
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -133,12 +142,19 @@ class _FusedLinearDistill(torch.autograd.Function):
             h = hidden[i:j]
             zs = F.linear(h, weight, bias)
             zt, log_p = _teacher_rows(c, i, j, weight.shape[0])
-            if policy is not None and not prepass:
+            if policy is not None and not prepass and not s.fused:
                 _store(stats, _weigh(c, policy, i, zs, zt), i, j)
-            w = stats[0][i:j] if stats else None
             with torch.enable_grad():
                 z = zs.detach().float().requires_grad_()
-                total, kd_c, ce_c, per_token[i:j] = loss_terms(z, log_p, c.labels[i:j], w, s, c.denom)
+                per = None
+                if s.fused:  # the divergence and, unless pre-passed, the weights' entropies: one pass
+                    h_t = None if c.t_topk is None else c.t_topk.entropy[i:j]
+                    with torch.profiler.record_function(FUSED_RANGE):
+                        per, weighted = fused_rows(z, zt, log_p, h_t, None if prepass else policy, s, None)
+                    if weighted is not None:
+                        _store(stats, weighted, i, j)
+                w = stats[0][i:j] if stats else None
+                total, kd_c, ce_c, per_token[i:j] = loss_terms(z, log_p, c.labels[i:j], w, s, c.denom, per)
                 (g,) = torch.autograd.grad(total, z)
             loss += total.detach()
             kd += kd_c.detach()
@@ -180,6 +196,7 @@ def fused_linear_distill_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     vocab_size: int | None = None,
     chunk_size: int = 512,
+    label_index: torch.Tensor | None = None,
 ) -> TokenLossOutput:
     """Chunked fused-linear EA-KD loss; never materialises the (B*T, V) logits.
 
@@ -192,9 +209,11 @@ def fused_linear_distill_loss(
     to student_hidden, student_weight and student_bias; reductions and entropies are float32, matmuls in
     the inputs' dtype. The output's entropies are those the weights were computed from (no extra pass).
     Every teacher form is shape-checked: its rows must be exactly the student's (no broadcasting), and
-    an lm_head must match its hidden size. A non-finite term or num_items_in_batch <= 0 is a ValueError
-    (host syncs), except inside ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it and
-    accumulates ``TokenLossOutput.nonfinite`` on the device instead.
+    an lm_head must match its hidden size. label_index: the flat positions (M,) of the labelled rows
+    (``eakd.llm.dense.labelled_rows``; None: found with a host sync); only those rows are computed. A
+    non-finite term, an invalid input or num_items_in_batch <= 0 is a ValueError (host syncs), except
+    inside ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it and accumulates
+    ``TokenLossOutput.flags`` on the device instead.
     """
     s = settings or TokenLossSettings()
     if chunk_size < 1:
@@ -223,13 +242,14 @@ def fused_linear_distill_loss(
         t_weight = teacher_weight.detach()
         t_bias = None if teacher_bias is None else teacher_bias.detach()
     v = align_vocab(student_weight.shape[0], v_t, vocab_size)
-    check_labels(labels, rows, v, s)
+    labels, bad_labels = check_labels(labels, rows, v, s)
     hidden = student_hidden.reshape(-1, h_size)
     flat_labels = labels.reshape(-1)
     mask = token_mask(flat_labels, s.ignore_index)
-    valid = mask.nonzero().squeeze(1)  # only rows with a label are computed at all (prompt, padding skipped)
+    valid, bad_index = labelled_rows(mask, label_index)  # only labelled rows are computed at all
+    bad_cache = torch.zeros((), dtype=torch.bool, device=hidden.device)
     if teacher_topk is not None:
-        teacher_topk.check(s, valid.numel(), v)
+        teacher_topk, bad_cache = teacher_topk.checked(s, valid.numel(), v)
     policy = s.policy()
     inputs = ChunkInputs(
         t_hidden=None if t_hidden is None else t_hidden.index_select(0, valid),
@@ -242,6 +262,7 @@ def fused_linear_distill_loss(
         policy=policy,
         denom=denominator(mask, num_items_in_batch),
         seq_ids=valid // labels.shape[-1],
+        n_seq=labels.shape[0] if labels.dim() > 1 else 1,
         chunk_size=chunk_size,
     )
     w_s = student_weight[:v]
@@ -251,5 +272,6 @@ def fused_linear_distill_loss(
     per_token, *stats = [torch.zeros(n, device=x.device).index_copy_(0, valid, x) for x in per_row]
     weights = stats[0] if stats else None
     h_s, h_t = stats[1:] if len(stats) == 3 else (None, None)
-    out = TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s)
+    invalid = torch.stack([bad_labels, bad_index, bad_cache.to(bad_labels.device)])
+    out = TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s, invalid)
     return out.check_finite()

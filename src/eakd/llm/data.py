@@ -184,7 +184,9 @@ def encode_pairs(tokenizer: Any, pairs: list[Pair], max_length: int = 256) -> li
 
 def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row: input_ids, attention_mask, labels (IGNORE_INDEX on padding), (B, T);
-    plus cache_index (B,) when the rows carry a teacher cache's index (``TeacherCache.attach``)."""
+    label_index (M,) int64: the flat positions in (B, T - 1) of the M labelled tokens of the shifted labels
+    ``labels[:, 1:]``, row-major (computed here, on the host, so that the loss needs no read-back to find
+    them); plus cache_index (B,) when the rows carry a teacher cache's index (``TeacherCache.attach``)."""
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -194,7 +196,9 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Te
         ids[i, :n] = torch.tensor(r["input_ids"])
         labels[i, :n] = torch.tensor(r["labels"])
         mask[i, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    shifted = [(i, j) for i, r in enumerate(rows) for j, x in enumerate(r["labels"][1:]) if x != IGNORE_INDEX]
+    label_index = torch.tensor([i * (width - 1) + j for i, j in shifted], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "label_index": label_index}
     if "cache_index" in rows[0]:
         batch["cache_index"] = torch.tensor([r["cache_index"] for r in rows])
     return batch

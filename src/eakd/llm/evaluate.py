@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
+from eakd.llm import progress
 from eakd.llm.data import IGNORE_INDEX, Pair, collate, encode_pairs, prompt_text
 
 
@@ -48,6 +49,7 @@ def generate(
             )
             new = out[:, enc["input_ids"].shape[1] :]
             texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            progress.note("generate")
     finally:
         tokenizer.padding_side = side
     return texts
@@ -83,6 +85,7 @@ def perplexity(
             logits[:, :-1].float().flatten(0, 1), labels.flatten(), reduction="sum", ignore_index=IGNORE_INDEX
         ).item()
         count += int((labels != IGNORE_INDEX).sum())
+        progress.note("forward")
     return math.exp(total / max(count, 1))
 
 
@@ -145,6 +148,7 @@ def teacher_agreement(
         kls.append((log_p.exp() * (log_p - log_q)).sum(-1))
         agree.append(log_q.argmax(-1) == log_p.argmax(-1))
         sure.append(log_p.max(-1).values.exp() > confident)
+        progress.note("agreement")
     kl, top1, high = torch.cat(kls), torch.cat(agree).float(), torch.cat(sure)
 
     def part(keep: torch.Tensor) -> dict[str, float]:

@@ -35,14 +35,15 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import AfterValidator, StrictStr, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
-from eakd.llm.cache import TeacherCache, build_cache, cache_path, check_settings, fingerprint
-from eakd.llm.callbacks import SELECTION, BestValidation
+from eakd.llm import progress
+from eakd.llm.cache import TeacherCache, check_settings
+from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
-from eakd.llm.models import from_pretrained, load_teacher, load_tokenizer, make_student, num_params
+from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
@@ -165,16 +166,6 @@ def training_args(cfg: LLMRunConfig) -> EAKDConfig:
         raise ConfigError(f"config section 'train': {err}") from err
 
 
-def cache_tau(args: EAKDConfig) -> float:
-    """The entropy temperature a teacher cache for ``args`` holds: its policy's tau (the policy's default
-    when train.tau is null), else train.tau for policies without entropies."""
-    policy = args.loss_settings().policy()
-    tau = policy.tau if policy is not None and policy.tau is not None else args.tau
-    if tau is None:
-        raise ConfigError("set train.tau to write a teacher cache (its entropies are at tau)")
-    return tau
-
-
 def split_rows(
     cfg: LLMRunConfig, tokenizer: Any
 ) -> tuple[list[dict[str, list[int]]], list[Pair], list[Pair]]:
@@ -183,58 +174,6 @@ def split_rows(
     pairs = load_pairs(d.source, d.prompt_column, d.context_column, d.response_column, d.split)
     train_pairs, val, test = split_pairs(pairs, d.val_size, d.test_size, d.seed)
     return encode_pairs(tokenizer, train_pairs[: d.max_train], d.max_length), val, test
-
-
-def write_cache(
-    cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8, progress: bool = True
-) -> TeacherCache:
-    """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
-    train section's temperature and policy's tau (so runs of that config can read it). A directory at
-    ``path`` or top_k < 1 is a ValueError before the teacher is loaded."""
-    path = cache_path(path)
-    if top_k < 1:
-        raise ValueError(f"top_k (eakd llm cache --top-k) must be >= 1, got {top_k}")
-    args = training_args(cfg)
-    teacher, tokenizer = load_teacher(cfg.model.teacher)
-    rows = split_rows(cfg, tokenizer)[0]
-    cache = build_cache(
-        teacher,
-        rows,
-        tokenizer.pad_token_id,
-        top_k=top_k,
-        temperature=args.temperature,
-        tau=cache_tau(args),
-        batch_size=batch_size,
-        vocab_size=args.vocab_size,
-        teacher_name=cfg.model.teacher,
-        progress=progress,
-    )
-    cache.save(path)
-    return cache
-
-
-def reuse_or_write_cache(
-    cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8
-) -> tuple[TeacherCache, bool]:
-    """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and top_k,
-    else a fresh one written there; whether it was reused)."""
-    args = training_args(cfg)
-    try:
-        old = TeacherCache.load(path) if Path(path).exists() else None
-    except ValueError:  # a cache of an older format is written again
-        old = None
-    if old is not None:
-        rows = split_rows(cfg, load_tokenizer(cfg.model.teacher))[0]
-        same = (old.teacher, old.top_k, old.temperature, old.tau, old.rows_fingerprint) == (
-            cfg.model.teacher,
-            top_k,
-            args.temperature,
-            cache_tau(args),
-            fingerprint(rows),
-        )
-        if same:
-            return old, True
-    return write_cache(cfg, path, top_k, batch_size), False
 
 
 def resume_checkpoint(args: EAKDConfig) -> str | None:
@@ -274,7 +213,7 @@ def make_trainer(
     cache = None if cfg.model.teacher_cache is None else TeacherCache.load(cfg.model.teacher_cache)
     if cache is not None:
         check_settings(cache.temperature, cache.tau, args.loss_settings())
-    return EAKDTrainer(
+    trainer = EAKDTrainer(
         model=student,
         teacher=teacher if cache is None else None,
         teacher_cache=cache,
@@ -283,6 +222,9 @@ def make_trainer(
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
         callbacks=callbacks,
     )
+    if progress.current() is not None:  # under a job's progress bar: no printed log dicts
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: Any) -> PreTrainedModel:
@@ -321,9 +263,9 @@ def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: A
         sft.model.warm_start_steps = 0
         sft.model.teacher_cache = cfg.model.teacher_cache  # only a speed-up: CE needs no teacher
         student = warm_start_student(sft, teacher, tokenizer)
-        make_trainer(
-            sft, training_args(sft), teacher, tokenizer, student, split_rows(sft, tokenizer)[0]
-        ).train()
+        progress.phase("warm start")
+        rows = split_rows(sft, tokenizer)[0]
+        make_trainer(sft, training_args(sft), teacher, tokenizer, student, rows, [StepProgress()]).train()
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         student.save_pretrained(tmp)
@@ -341,8 +283,12 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
     """Train the student by ``cfg`` (resuming by ``train.resume_from_checkpoint``) and evaluate it (see the
     module docstring); writes output_dir/results.json, the selected student in output_dir/student, and
     returns the results. A teacher cache that does not match the config's rows, temperature or tau is a
-    ValueError before training."""
+    ValueError before training. results["seconds"]: wall time of its parts (start: models, warm start, KL
+    at start; train, of which validation; test; total); each phase is reported to the active progress bar
+    (``eakd.llm.progress``)."""
+    begin = time.perf_counter()
     args = training_args(cfg)
+    name = "/".join(Path(args.output_dir).parts[-2:])
     resume = resume_checkpoint(args)
     if cfg.model.teacher_cache is not None:  # a mismatch fails before the models load
         cache = TeacherCache.load(cfg.model.teacher_cache)
@@ -352,15 +298,16 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
     teacher.to(args.device)
     rows, val, test = split_rows(cfg, tokenizer)
     e, max_length = cfg.eval, cfg.data.max_length
+    progress.phase(f"{name}: KL at start")
     kl_start = teacher_agreement(student, teacher, tokenizer, val, max_length, e.batch_size)["all"]["kl"]
-    print(
-        f"per-token KL(teacher || student) on validation before distillation: {kl_start:.3f} nats", flush=True
-    )
+    print(f"{name}: per-token KL(teacher || student) on validation at start: {kl_start:.3f} nats", flush=True)
     validation = BestValidation(tokenizer, val, e.every, e.max_new_tokens, e.batch_size)
-    trainer = make_trainer(cfg, args, teacher, tokenizer, student, rows, [validation])
+    trainer = make_trainer(cfg, args, teacher, tokenizer, student, rows, [validation, StepProgress()])
+    progress.phase(f"{name}: training")
     start = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - start
+    progress.phase(f"{name}: test evaluation")
     gen = {
         "max_new_tokens": e.max_new_tokens,
         "max_length": max_length,
@@ -380,6 +327,13 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
         "split_sizes": {"train": len(rows), "validation": len(val), "test": len(test)},
         "kl_at_start": kl_start,
         "train_seconds": train_s,
+        "seconds": {
+            "start": start - begin,
+            "train": train_s,
+            "validation": validation.seconds,
+            "test": 0.0,  # below
+            "total": 0.0,
+        },
         "train_loss": train_out.training_loss,
         "log_history": trainer.state.log_history,
         "validation": {"history": validation.history, "best": validation.best},
@@ -391,6 +345,8 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
     }
     if eval_teacher:
         result["teacher"] = evaluate(teacher, tokenizer, test, **gen)
+    end = time.perf_counter()
+    result["seconds"].update(test=end - start - train_s, total=end - begin)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))

@@ -29,6 +29,13 @@ from eakd.weighting import Policy, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
 LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
+# the input checks a loss defers to the device inside ``eakd.checks.deferred_checks()``, in the order of
+# ``TokenLossOutput.invalid``: what each flag means
+INPUT_CHECKS = {
+    "labels": "labels outside [0, V) that are not ignore_index",
+    "label_index": "a label_index that is not the positions of the batch's labels",
+    "teacher_cache": "teacher cache rows that do not match the batch (token count, or ids beyond V)",
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,10 @@ class TokenLossSettings:
     settings (tau None = the policy's default entropy temperature; h_ub None = ln V). weight_level: "token"
     or "sequence". weight_norm: "none" (the paper's weights) or "mean" (divided by their mean over the
     call's valid tokens: KD's loss scale, EA's emphasis; an extension). kd_weight, ce_weight: outer
-    weights of the distillation and hard-label terms. Every value is checked here (ValueError):
-    temperature, tau, h_ub > 0; beta, alpha in [0, 1]; weights finite >= 0."""
+    weights of the distillation and hard-label terms. fused: the divergence and both entropies from one
+    compiled pass over each chunk of logits (``eakd.losses.fused.fused_token_terms``; built-in weightings
+    only), instead of the eager divergence and a separate entropy pass. Every value is checked here
+    (ValueError): temperature, tau, h_ub > 0; beta, alpha in [0, 1]; weights finite >= 0."""
 
     divergence: str = "fkl"
     beta: float = 0.5
@@ -54,6 +63,7 @@ class TokenLossSettings:
     kd_weight: float = 1.0
     ce_weight: float = 0.0
     ignore_index: int = -100
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.divergence not in TOKEN_DIVERGENCES:
@@ -74,7 +84,9 @@ class TokenLossSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+        policy = self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+        if self.fused and policy is not None and policy.rule is None:
+            raise ValueError(f"fused needs a built-in weighting, not the custom policy {policy.name!r}")
 
     def policy(self) -> Policy | None:
         """The bound weight policy (its ``tau``: the entropy temperature in use); None when unweighted."""
@@ -83,14 +95,16 @@ class TokenLossSettings:
             kw = {}
         return get_policy(self.weighting, **kw)
 
+    def divergence_settings(self) -> dict[str, float]:
+        """The divergence's own settings: beta for jsd, alpha for skl and srkl."""
+        if self.divergence == "jsd":
+            return {"beta": self.beta}
+        return {"alpha": self.alpha} if self.divergence in ("skl", "srkl") else {}
+
     def divergence_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(log_q, log_p) -> (...) per-token divergence with beta/alpha bound."""
-        fn = TOKEN_DIVERGENCES[self.divergence]
-        if self.divergence == "jsd":
-            return lambda lq, lp: fn(lq, lp, beta=self.beta)
-        if self.divergence in ("skl", "srkl"):
-            return lambda lq, lp: fn(lq, lp, alpha=self.alpha)
-        return fn
+        fn, settings = TOKEN_DIVERGENCES[self.divergence], self.divergence_settings()
+        return lambda lq, lp: fn(lq, lp, **settings)
 
 
 class TokenLossOutput(NamedTuple):
@@ -98,7 +112,10 @@ class TokenLossOutput(NamedTuple):
     weights: (N,) detached per-token weights (0 at ignored tokens) or None when unweighted.
     per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
     h_t, h_s: (N,) teacher and student entropies in nats at the policy's tau, the ones the weights were
-    computed from (0 at ignored tokens), or None when the policy uses none (unweighted, uniform, custom)."""
+    computed from (0 at ignored tokens), or None when the policy uses none (unweighted, uniform, custom).
+    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (inside
+    ``eakd.checks.deferred_checks()``; the values computed from a flagged input are not meaningful), or
+    None when every input check ran on the host."""
 
     loss: torch.Tensor
     kd: torch.Tensor
@@ -107,6 +124,7 @@ class TokenLossOutput(NamedTuple):
     per_token: torch.Tensor
     h_t: torch.Tensor | None = None
     h_s: torch.Tensor | None = None
+    invalid: torch.Tensor | None = None
 
     def nonfinite(self) -> torch.Tensor:
         """(3,) bool on the loss's device, in ``LOSS_TERMS`` order: whether the weights (their sum), kd and
@@ -114,6 +132,13 @@ class TokenLossOutput(NamedTuple):
         value, and so its term, non-finite): no host sync, no pass over the (N, V) logits."""
         w = self.kd.new_zeros(()) if self.weights is None else self.weights.sum()
         return ~torch.isfinite(torch.stack([w.float(), self.kd.float(), self.ce.float()]))
+
+    def flags(self) -> torch.Tensor:
+        """(len(LOSS_TERMS) + len(INPUT_CHECKS),) bool on the loss's device: ``nonfinite()``, then
+        ``invalid`` (all False when the checks ran on the host). No host sync."""
+        bad = self.nonfinite()
+        invalid = bad.new_zeros(len(INPUT_CHECKS)) if self.invalid is None else self.invalid.to(bad.device)
+        return torch.cat([bad, invalid])
 
     def check_finite(self) -> TokenLossOutput:
         """This output, or ValueError naming its first non-finite term (``eakd.checks.check_finite``: a host

@@ -33,9 +33,13 @@ class EAKDConfig(TrainingArguments):
     the unweighted baseline. fused_loss: chunked fused-linear loss from the last hidden states and lm_head
     (never materialises the logits; works under DDP and FSDP2); False computes full logits (use it when
     the lm_head stays sharded outside the forward, e.g. FSDP1, DeepSpeed ZeRO-3). chunk_size: rows per
-    chunk. vocab_size: the real vocabulary when the two lm_heads differ only by padding rows.
+    chunk. fused: the divergence and the weights' entropies from one compiled pass per chunk
+    (``TokenLossSettings.fused``; opt-in, compiles on first use). vocab_size: the real vocabulary when
+    the two lm_heads differ only by padding rows.
     diag_samples: raw token samples kept per logging step for the diagnostics' histograms (the weight and
     entropy quantiles are over all valid tokens of each logging step's micro-batches).
+    logging_nan_inf_filter is False by default here (Trainer's True reads the loss back every step; a
+    non-finite loss stops the run through ``FiniteGuard`` instead).
     """
 
     divergence: str = field(default="fkl", metadata={"help": "fkl, rkl, jsd, skl, srkl or tvd"})
@@ -51,8 +55,11 @@ class EAKDConfig(TrainingArguments):
     ce_weight: float = 0.0
     fused_loss: bool = True
     chunk_size: int = 512
+    fused: bool = False
     vocab_size: int | None = None
     diag_samples: int = 256
+    # the FiniteGuard stops a run with a non-finite loss; Trainer's filter would read the loss every step
+    logging_nan_inf_filter: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,14 +79,16 @@ class EAKDConfig(TrainingArguments):
             weight_norm=self.weight_norm,
             kd_weight=self.kd_weight,
             ce_weight=self.ce_weight,
+            fused=self.fused,
         )
 
 
-def token_payload(out: TokenLossOutput, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def token_payload(out: TokenLossOutput, valid: torch.Tensor) -> dict[str, torch.Tensor]:
     """The diagnostics payload of one micro-batch: weights, h_t, h_s (when computed) and per_sample (the
-    unweighted per-token divergence), each (M,) over the M valid tokens of ``mask`` (N,)."""
+    unweighted per-token divergence), each (M,) at the M valid tokens: ``valid`` (N,) bool or (M,) flat
+    positions."""
     named = {"weights": out.weights, "h_t": out.h_t, "h_s": out.h_s, "per_sample": out.per_token}
-    return {k: v[mask] for k, v in named.items() if v is not None}
+    return {k: v[valid] for k, v in named.items() if v is not None}
 
 
 class EAKDTrainer(Trainer):
@@ -89,7 +98,9 @@ class EAKDTrainer(Trainer):
     with ``teacher_cache`` (offline mode: ``eakd.llm.cache.TeacherCache``, rows from its ``attach``; the
     teacher never runs). args: an ``EAKDConfig``. Every other Trainer argument (train_dataset,
     data_collator, callbacks, ...) passes through. Batches need input_ids, attention_mask and labels
-    (IGNORE_INDEX = -100 on prompt and padding).
+    (IGNORE_INDEX = -100 on prompt and padding); with ``label_index`` (``eakd.llm.data.collate`` adds it)
+    a training step reads nothing back to the host: the input checks are device-side flags that the
+    ``FiniteGuard`` reads at logging and checkpoint steps.
     """
 
     def __init__(
@@ -107,7 +118,8 @@ class EAKDTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.loss_settings = args.loss_settings()
         self.teacher = None if teacher is None else teacher.to(self.args.device).eval().requires_grad_(False)
-        self.teacher_cache = teacher_cache
+        # on the device once, so that each batch's rows are gathered there (no host read per step)
+        self.teacher_cache = None if teacher_cache is None else teacher_cache.to(self.args.device)
         self.run_log = RunLogCallback(args.diag_samples)
         self.add_callback(self.run_log)
         self.guard = FiniteGuard(self.args.device)
@@ -125,7 +137,11 @@ class EAKDTrainer(Trainer):
         if "cache_index" not in inputs:
             raise ValueError("offline mode needs batches with cache_index: rows from TeacherCache.attach")
         assert self.teacher_cache is not None
-        return self.teacher_cache.batch(inputs["cache_index"], inputs["labels"].device)
+        labels, index = inputs["labels"], inputs.get("label_index")
+        if index is None:  # counted from the cache's offsets: a host read
+            return self.teacher_cache.batch(inputs["cache_index"], labels.device)
+        counts = (labels[:, 1:] != self.loss_settings.ignore_index).sum(1)
+        return self.teacher_cache.batch(inputs["cache_index"], labels.device, index.numel(), counts)
 
     def _distill(
         self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items: Any
@@ -148,6 +164,7 @@ class EAKDTrainer(Trainer):
                 num_items,
                 args.vocab_size,
                 teacher_topk=topk,
+                label_index=inputs.get("label_index"),
             )
             return out, outputs
         outputs = model(**feed, output_hidden_states=True, logits_to_keep=1)
@@ -172,6 +189,7 @@ class EAKDTrainer(Trainer):
             num_items_in_batch=num_items,
             vocab_size=args.vocab_size,
             chunk_size=args.chunk_size,
+            label_index=inputs.get("label_index"),
         )
         return out, outputs
 
@@ -195,7 +213,7 @@ class EAKDTrainer(Trainer):
         ):
             scale = float(self.accelerator.num_processes)  # the count was summed over processes; DDP averages
         if model.training:
-            self.guard.update(out.nonfinite(), self.state.global_step + 1)
+            self.guard.update(out.flags(), self.state.global_step + 1)
             # kd, ce scaled as the Trainer reports the loss: the sum over a step's micro-batches is the step's
             # term (each micro-batch divided by the accumulation steps when it was normalised on its own)
             ga = (
@@ -208,8 +226,10 @@ class EAKDTrainer(Trainer):
                 self._terms_from = self.state.global_step
             logging = (self.state.global_step + 1) % max(int(args.logging_steps), 1) == 0
             if logging and self.run_log.diag is not None:  # main process only
-                mask = inputs["labels"][:, 1:].reshape(-1) != self.loss_settings.ignore_index
-                self.run_log.add(token_payload(out, mask))  # logging steps only: it syncs with the device
+                valid = inputs.get("label_index")
+                if valid is None:
+                    valid = inputs["labels"][:, 1:].reshape(-1) != self.loss_settings.ignore_index
+                self.run_log.add(token_payload(out, valid))  # logging steps only: it syncs with the device
         loss = out.loss * scale
         return (loss, outputs) if return_outputs else loss
 
