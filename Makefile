@@ -34,13 +34,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_overhead.py
+	$(PY) benchmarks/step_attribution.py
+	$(PY) benchmarks/engine_overhead.py
 
 bench-llm: $(STAMP)
 	$(PY) benchmarks/llm_loss_memory.py
 
+# DEMO_ARGS: more `eakd llm demo` options; passive OpenMP waits: no spinning on cores shared with other jobs
 demo-llm: $(STAMP)
 	$(PY) scripts/fetch.py smollm2 chatterbot
-	$(PY) -m eakd llm demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m eakd llm demo $(DEMO_ARGS)
 
 demo-det: $(STAMP)
 	$(PY) scripts/fetch.py deepforest mobilenet-weights

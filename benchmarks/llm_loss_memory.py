@@ -6,7 +6,8 @@ Variants, each in its own process (so one's allocations never hide another's):
   chunked     the same without the EA weights
   liger       Liger-Kernel's LigerFusedLinearJSDLoss (chunked, CPU, uncompiled), same beta and weights
 
-All fp32 on the CPU (or --device cuda). Peak = the process's peak resident memory during one forward +
+Inputs (hidden states, lm_heads) in --dtype (float32 default, or bfloat16: matmuls in bf16, reductions
+in float32), on the CPU (or --device cuda). Peak = the process's peak resident memory during one forward +
 backward, minus its resident memory once the inputs exist (Linux: VmHWM is reset through
 /proc/self/clear_refs); on CUDA, torch.cuda.max_memory_allocated above the inputs. Time = median of
 --repeats further runs. A dense run predicted to need more than 60% of the available memory is skipped
@@ -14,6 +15,7 @@ and its figure extrapolated linearly from the smaller size (marked "~").
 
     python benchmarks/llm_loss_memory.py                    # B*T in {2048, 8192}
     python benchmarks/llm_loss_memory.py --sizes 2048 --repeats 1
+    python benchmarks/llm_loss_memory.py --device cuda --dtype bfloat16 --sizes 8192 32768 --json out.json
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _mem_available() -> int:
 
 
 def worker(
-    variant: str, rows: int, repeats: int, chunk_size: int, device: str
+    variant: str, rows: int, repeats: int, chunk_size: int, device: str, dtype: str
 ) -> dict[str, float | str | int]:
     """Build the inputs, measure one forward+backward's peak memory, then time ``repeats`` more."""
     import torch
@@ -54,10 +56,11 @@ def worker(
     from eakd.llm import TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
 
     g = torch.Generator().manual_seed(0)
-    hidden = (torch.randn(rows, H, generator=g)).to(device).requires_grad_()
-    weight = (torch.randn(V, H, generator=g) * 0.02).to(device).requires_grad_()
-    t_hidden = torch.randn(rows, H, generator=g).to(device)
-    t_weight = (torch.randn(V, H, generator=g) * 0.02).to(device)
+    dt = getattr(torch, dtype)
+    hidden = (torch.randn(rows, H, generator=g)).to(device, dt).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) * 0.02).to(device, dt).requires_grad_()
+    t_hidden = torch.randn(rows, H, generator=g).to(device, dt)
+    t_weight = (torch.randn(V, H, generator=g) * 0.02).to(device, dt)
     labels = torch.randint(0, V, (rows,), generator=g).to(device)
     labels[: rows // 8] = -100
     ea = TokenLossSettings(divergence="jsd", beta=0.5, weighting="ea", kd_weight=0.5, ce_weight=0.5)
@@ -107,7 +110,14 @@ def worker(
         first = run_once()
         peak = _status("VmHWM") - base
     times = [run_once() for _ in range(repeats)] or [first]
-    return {"variant": variant, "rows": rows, "peak_mb": peak / 2**20, "time_s": statistics.median(times)}
+    return {
+        "variant": variant,
+        "rows": rows,
+        "device": device,
+        "dtype": dtype,
+        "peak_mb": peak / 2**20,
+        "time_s": statistics.median(times),
+    }
 
 
 def main() -> int:
@@ -117,11 +127,12 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk-size", type=int, default=512, help="rows per chunk, ours and Liger's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="of the inputs")
     p.add_argument("--worker", nargs=2, metavar=("VARIANT", "ROWS"), help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.repeats, a.chunk_size, a.device)))
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.repeats, a.chunk_size, a.device, a.dtype)))
         return 0
     results: dict[tuple[str, int], dict] = {}
     for rows in sorted(a.sizes):
@@ -132,7 +143,7 @@ def main() -> int:
                 scale = rows / ref["rows"]
                 if ref["peak_mb"] * scale * 2**20 > 0.6 * _mem_available():
                     results[(variant, rows)] = {
-                        "variant": variant,
+                        **ref,
                         "rows": rows,
                         "peak_mb": ref["peak_mb"] * scale,
                         "time_s": ref["time_s"] * scale,
@@ -151,6 +162,8 @@ def main() -> int:
                 str(a.chunk_size),
                 "--device",
                 a.device,
+                "--dtype",
+                a.dtype,
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -162,7 +175,10 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    print(f"\nforward+backward, V={V}, H={H}, fp32, {a.device}, chunk {a.chunk_size}; peak above the inputs")
+    print(
+        f"\nforward+backward, V={V}, H={H}, {a.dtype} inputs, {a.device}, chunk {a.chunk_size}; peak above "
+        "the inputs"
+    )
     print("| B*T | variant | peak MB | time s | peak / dense | time / dense | time / liger |")
     print("|---|---|---|---|---|---|---|")
     for rows in sorted(a.sizes):

@@ -34,7 +34,7 @@ TEACHER_SFT = [
     f"train.output_dir={TEACHER}",
 ]
 DEFAULTS = [
-    "--config", "configs/llm/base.yaml", "--steps", "-1", "--warm-start-steps", "180", "--eval-every", "20",
+    "--config", "llm/base", "--steps", "-1", "--warm-start-steps", "180", "--eval-every", "20",
     "--seeds", "0", "1", "2", "3", "4", "--methods", *METHODS, "--out", str(OUT), "--teacher-cache",
     "--eval-teacher", "--results", "results/llm_study.json", "--reuse",
     f"model.teacher={TEACHER / 'student'}",
@@ -47,7 +47,7 @@ def tune_teacher() -> None:
         return
     from eakd.llm.run import run
 
-    res = run(read_run_config("configs/llm/base.yaml", TEACHER_SFT))
+    res = run(read_run_config("llm/base", TEACHER_SFT))
     best = res["validation"]["best"]
     print(f"teacher tuned: validation ROUGE-L {best['rougeL']:.2f} at step {best['step']}", flush=True)
 

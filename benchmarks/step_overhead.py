@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
@@ -24,6 +26,42 @@ from eakd.vision.models import create_model
 from eakd.vision.task import ClassificationTask
 
 VARIANTS = ("kd", "ea-kd")
+
+
+def classification_setup(
+    device: torch.device, batch: int = 64, teacher: str = "resnet32x4", student: str = "resnet8x4"
+) -> tuple[dict[str, ClassificationTask], torch.optim.Optimizer, tuple[torch.Tensor, torch.Tensor]]:
+    """The step's parts, seeded: the tasks of ``VARIANTS`` (KD T 4, CE 0.1, KD 0.9; EA tau 3) sharing one
+    frozen teacher and one student (100 classes), their SGD optimiser, and a CIFAR-shaped batch
+    (images (batch, 3, 32, 32), labels (batch,)) on ``device``."""
+    torch.manual_seed(0)
+    t_model = create_model(teacher, num_classes=100).to(device).eval().requires_grad_(False)
+    s_model = create_model(student, num_classes=100).to(device)
+    common = {"temperature": 4.0, "kd_weight": 0.9, "ce_weight": 0.1}
+    tasks = {
+        "kd": ClassificationTask(s_model, t_model, DistillLoss("kd", "none", **common), None, None),
+        "ea-kd": ClassificationTask(s_model, t_model, DistillLoss("kd", "ea", tau=3.0, **common), None, None),
+    }
+    optimizer = torch.optim.SGD(s_model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, 100, (batch,), device=device)
+    s_model.train()
+    return tasks, optimizer, (images, labels)
+
+
+def train_step(
+    task: ClassificationTask,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    autocast: AbstractContextManager[Any] | None = None,
+) -> None:
+    """One training step as the engine runs it: ``task.training_step`` (under ``autocast`` when given),
+    backward of the summed terms, SGD step."""
+    with autocast or nullcontext():
+        terms = task.training_step(task.trainable, batch, 1.0)
+    torch.stack([v.float() for v in terms.values()]).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def main() -> None:
@@ -38,19 +76,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
     device = device or torch.device(args.device)
-    torch.manual_seed(0)
-    teacher = create_model("resnet32x4", num_classes=100).to(device).eval().requires_grad_(False)
-    student = create_model("resnet8x4", num_classes=100).to(device)
-    common = {"temperature": 4.0, "kd_weight": 0.9, "ce_weight": 0.1}
-    tasks = {
-        "kd": ClassificationTask(student, teacher, DistillLoss("kd", "none", **common), None, None),
-        "ea-kd": ClassificationTask(student, teacher, DistillLoss("kd", "ea", tau=3.0, **common), None, None),
-    }
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    batch = (
-        torch.randn(args.batch, 3, 32, 32, device=device),
-        torch.randint(0, 100, (args.batch,), device=device),
-    )
+    tasks, optimizer, batch = classification_setup(device, args.batch)
 
     clock = time.perf_counter if device.type == "cuda" else time.process_time
 
@@ -58,15 +84,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = clock()
-        terms = task.training_step(task.trainable, batch, 1.0)
-        sum(terms.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(task, optimizer, batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return clock() - start
 
-    student.train()
     for _ in range(args.warmup):
         for name in VARIANTS:
             step(tasks[name])

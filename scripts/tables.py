@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from eakd.detection.demo import format_table as detection_table
+from eakd.llm.study import demo_time as llm_demo_time
 from eakd.vision.demo import format_table as vision_table
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (not a package)
+from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
+from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
+
 RESULTS = ROOT / "results"
 MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
@@ -46,6 +51,10 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "fmnist_study": study(vision_table),
     "det_study": study(detection_table),
     "det_scenes": study(detection_table),
+    "loss_overhead": loss_overhead_table,
+    "step_attribution": step_attribution_table,
+    "engine_overhead": engine_overhead_table,
+    "demo_llm": llm_demo_time,
 }
 
 

@@ -11,11 +11,12 @@ rule to given entropies (a cached teacher's). ``ea_weights`` & co. are the rules
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import torch
 
@@ -23,6 +24,21 @@ from eakd.checks import check_finite, check_logit_pair, check_logits, check_posi
 from eakd.registry import Registry
 
 Tensor = torch.Tensor
+WEIGHTS_RANGE = "eakd.weights"  # the torch.profiler range of the weight path (benchmarks/step_attribution.py)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _profiled(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` inside a ``torch.profiler.record_function(WEIGHTS_RANGE)`` range (a few us when no profiler
+    runs), so that a profile attributes the weight path's operations to EA."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with torch.profiler.record_function(WEIGHTS_RANGE):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def _entropy(logits: Tensor, tau: float) -> Tensor:
@@ -126,6 +142,7 @@ class Policy:
     standardized: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @_profiled
     def entropies(
         self, student_logits: Tensor | None, teacher_logits: Tensor
     ) -> tuple[Tensor | None, Tensor]:
@@ -137,6 +154,7 @@ class Policy:
             h_s = None if student_logits is None else _entropy(prep(student_logits.detach().float()), tau)
         return h_s, h_t
 
+    @_profiled
     def from_entropies(
         self, h_s: Tensor | None, h_t: Tensor, num_classes: int, mask: Tensor | None = None
     ) -> Tensor:
@@ -149,6 +167,7 @@ class Policy:
         h_s = h_t if h_s is None else h_s
         return _finish(self.rule.fn(h_s.float(), h_t.float(), bound), mask)
 
+    @_profiled
     def compute(
         self, student_logits: Tensor | None, teacher_logits: Tensor, mask: Tensor | None = None
     ) -> Weighted:
