@@ -24,7 +24,7 @@ import torch
 
 from eakd.checks import check_finite, check_positive
 from eakd.distill import check_weight_norm
-from eakd.losses.token import TOKEN_DIVERGENCES
+from eakd.losses.token import TOKEN_DIVERGENCES, check_coefficient
 from eakd.weighting import Policy, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
@@ -49,7 +49,7 @@ class TokenLossSettings:
     weights of the distillation and hard-label terms. fused: the divergence and both entropies from one
     compiled pass over each chunk of logits (``eakd.losses.fused.fused_token_terms``; built-in weightings
     only), instead of the eager divergence and a separate entropy pass. Every value is checked here
-    (ValueError): temperature, tau, h_ub > 0; beta, alpha in [0, 1]; weights finite >= 0."""
+    (ValueError): temperature, tau, h_ub > 0; beta in [0, 1], alpha in [0, 1); weights finite >= 0."""
 
     divergence: str = "fkl"
     beta: float = 0.5
@@ -78,8 +78,7 @@ class TokenLossSettings:
             if value is not None:
                 check_positive(name, value)
         for name in ("beta", "alpha"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            check_coefficient(name, getattr(self, name))
         for name in ("kd_weight", "ce_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

@@ -36,7 +36,7 @@ from eakd.checks import (
     check_same_leading,
 )
 from eakd.losses.logit import _check_target
-from eakd.losses.token import TOKEN_DIVERGENCES, _check_unit
+from eakd.losses.token import TOKEN_DIVERGENCES, check_coefficient
 from eakd.weighting import Policy, Weighted, standardize
 
 Tensor = torch.Tensor
@@ -307,7 +307,7 @@ def fused_token_terms(
     defaults = {n: p.default for n, p in params.items() if n not in ("log_q", "log_p")}
     settings = _settings(divergence, divergence_settings, defaults)
     for name, value in settings.items():
-        _check_unit(name, value)
+        check_coefficient(name, value)
     _check_temperatures(temperature, tau)
     lead = zs.shape[:-1]
     if zt is not None:

@@ -29,9 +29,13 @@ def token_mask(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     return labels != ignore_index
 
 
-def _check_unit(name: str, value: float) -> None:
+def check_coefficient(name: str, value: float) -> None:
+    """A divergence's coefficient: JSD's ``beta`` in [0, 1]; the skew divergences' ``alpha`` in [0, 1) (at
+    1 they are 0 whatever the teacher, so a broken teacher would pass unseen). ValueError otherwise."""
+    if name == "alpha" and value == 1.0:
+        raise ValueError("alpha must be in [0, 1): at 1 the skew divergence is 0 whatever the teacher")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise ValueError(f"{name} must be in [0, {'1)' if name == 'alpha' else '1]'}, got {value}")
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,7 @@ def jsd_math(log_q: torch.Tensor, log_p: torch.Tensor, beta: float = 0.5) -> tor
     TRL's GKD convention: beta = 0 is defined as forward KL(p || q), beta = 1 as reverse KL(q || p)
     (the mixture formula itself tends to 0 at both ends); beta = 0.5 is the symmetric JSD.
     """
-    _check_unit("beta", beta)
+    check_coefficient("beta", beta)
     if beta == 0.0:
         return fkl_math(log_q, log_p)
     if beta == 1.0:
@@ -75,13 +79,13 @@ def jsd_math(log_q: torch.Tensor, log_p: torch.Tensor, beta: float = 0.5) -> tor
 
 def skl_math(log_q: torch.Tensor, log_p: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
     """Skew forward KL (DistiLLM): KL(p || alpha * p + (1 - alpha) * q); alpha = 0 is forward KL."""
-    _check_unit("alpha", alpha)
+    check_coefficient("alpha", alpha)
     return _kl(log_p, _log_mixture(log_p, log_q, alpha))
 
 
 def srkl_math(log_q: torch.Tensor, log_p: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
     """Skew reverse KL (DistiLLM): KL(q || alpha * q + (1 - alpha) * p); alpha = 0 is reverse KL."""
-    _check_unit("alpha", alpha)
+    check_coefficient("alpha", alpha)
     return _kl(log_q, _log_mixture(log_q, log_p, alpha))
 
 
