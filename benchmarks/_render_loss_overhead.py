@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from eakd.study import code_label
+
 COLUMNS = ("eager_none", "eager_ea", "fused_none", "fused_ea")
 
 
@@ -31,7 +33,7 @@ def render(result: dict[str, Any]) -> str:
             "",
             f"_Measured {p.get('date', '?')} on {m.get('device', '?')} ({m.get('cpus', '?')} CPU cores, "
             f"{s.get('threads', '?')} threads, {s.get('dtype', '?')}), torch {m.get('torch', '?')}, code "
-            f"{str(p.get('code', '?'))[:12]}; median {s.get('clock', 'wall')} time of interleaved "
+            f"{code_label(p)}; median {s.get('clock', 'wall')} time of interleaved "
             f"repeats; load average {result['load_start'][0]:.2f} at start, {result['load_end'][0]:.2f} at "
             "the end._",
         ]

@@ -19,6 +19,7 @@ from typing import Any
 
 from eakd.detection.demo import format_table as detection_table
 from eakd.llm.study import demo_time as llm_demo_time
+from eakd.study import code_label
 from eakd.vision.demo import format_table as vision_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def provenance_line(result: dict[str, Any]) -> str:
     m = p.get("machine", {})
     return (
         f"_Measured {p.get('date', '?')} on {m.get('cpus', '?')} CPU cores ({m.get('device', '?')}), torch "
-        f"{m.get('torch', '?')}, code {str(p.get('code', '?'))[:12]}; {len(result['seeds'])} seeds, "
+        f"{m.get('torch', '?')}, code {code_label(p)}; {len(result['seeds'])} seeds, "
         f"{result.get('wall_s', 0) / 60:.0f} min._"
     )
 

@@ -40,6 +40,13 @@ def _save(path: Path, result: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def code_label(prov: dict[str, Any]) -> str:
+    """A provenance's code version as tables print it: the commit shortened to 12 characters, with its
+    "+dirty" mark kept (numbers from uncommitted code say so); "?" when none was recorded."""
+    commit, plus, rest = str(prov.get("code", "?")).partition("+")
+    return commit[:12] + plus + rest
+
+
 def provenance() -> dict[str, Any]:
     """Where a result comes from: the code version (git commit, "+dirty" with uncommitted changes; else the
     package version), the date (UTC) and the machine (platform, CPUs, Python, torch, CUDA device if any)."""

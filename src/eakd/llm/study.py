@@ -17,7 +17,7 @@ from eakd.llm import progress
 from eakd.llm.models import load_teacher
 from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
 from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
-from eakd.study import run_study, study_table
+from eakd.study import code_label, run_study, study_table
 
 # train-section overrides per arm; everything else is shared
 METHODS: dict[str, dict[str, Any]] = {
@@ -239,5 +239,5 @@ def demo_time(result: dict[str, Any]) -> str:
         f"{d['wall_s'] / 60:.1f} min (teacher cache {sec.get('teacher_cache', 0):.0f} s, warm start "
         f"{sec.get('warm_start', 0):.0f} s, runs {sec.get('runs', 0):.0f} s) on {prov['machine']['cpus']} "
         f"CPU cores, load average {start:.1f} at start and {end:.1f} at the end; {prov['date']}, code "
-        f"{str(prov['code'])[:12]}._"
+        f"{code_label(prov)}._"
     )
