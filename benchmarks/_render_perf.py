@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from eakd.study import code_label
+
 
 def _spread(x: dict[str, float], scale: float = 100.0, digits: int = 2) -> str:
-    """``median (min-max)`` of a {median, min, max} dict, times ``scale``."""
-    return f"{scale * x['median']:.{digits}f} ({scale * x['min']:.{digits}f}-{scale * x['max']:.{digits}f})"
+    """``median (min-max)`` of a {median, min, max} dict, times ``scale`` (``min to max`` when min < 0)."""
+    sep = " to " if x["min"] < 0 else "-"
+    return (
+        f"{scale * x['median']:.{digits}f} ({scale * x['min']:.{digits}f}{sep}{scale * x['max']:.{digits}f})"
+    )
 
 
 def _measured(result: dict[str, Any], clock: str) -> str:
@@ -18,7 +23,7 @@ def _measured(result: dict[str, Any], clock: str) -> str:
     return (
         f"_Measured {p.get('date', '?')} on {m.get('device', '?')} ({m.get('cpus', '?')} CPU cores, "
         f"{result['threads']} torch thread(s)), torch {m.get('torch', '?')}, code "
-        f"{str(p.get('code', '?'))[:12]}; "
+        f"{code_label(p)}; "
         f"{clock}; load average {start:.2f} at the start, {end:.2f} at the end._"
     )
 
@@ -38,7 +43,8 @@ def _fused_note(cases: dict[str, Any]) -> str | None:
         "EA ms = the `eakd.weights` operations + the fused loss's self time (forward and backward) in the "
         "EA step minus that in an unweighted step of the same model, batch and optimiser, profiled in "
         "interleaved pairs: a difference of kernel times, not of whole steps, and as noisy as the two "
-        f"kernels. Fused loss medians: {'; '.join(parts)}."
+        "kernels. EA ms and the share's median come from the difference of the two kernels' medians, the "
+        f"share's min-max from the pairs. Fused loss medians: {'; '.join(parts)}."
     )
 
 
@@ -48,7 +54,7 @@ def _attribution_clock(run: dict[str, Any], fused: bool) -> str:
     if fused:
         steps = (
             f"{run['steps']} profiled steps (fused cases: pairs of an EA and an unweighted step) after "
-            f"{run['warmup']} warm-up steps (pairs)"
+            f"{run['warmup']} warm-up steps (of each weighting)"
         )
     return (
         f"{run['device']}{amp}; self CPU time of the profiled operations (time on their thread), median "
@@ -82,7 +88,7 @@ def step_attribution_table(result: dict[str, Any]) -> str:
     for name, c in cases.items():
         run = c.get("run", result)
         for known, names in runs:
-            if known is run:
+            if known == run:
                 names.append(name)
                 break
         else:

@@ -17,8 +17,8 @@ with weighting "ea" and "none", interleaved pair by pair (alternating which runs
 loss's operations are those inside the range ``eakd.fused_loss`` (eakd.llm.chunked, around the fused
 pass) and the compiled kernel's backward (``CompiledFunctionBackward``; nothing else in the step is
 compiled), outside ``eakd.weights``. This part is a difference of two kernel times from two steps (not of
-whole steps), so it carries their noise; one fraction per pair, and the difference of the kernel medians
-is recorded too (``fused_extra_cpu_ms``).
+whole steps), so it carries their noise: the reported median takes the difference of the two kernels'
+medians (``fused_extra_cpu_ms``) over the EA steps' median, the min and max are those of the pairs.
 
 Cases:
   classification  ResNet32x4 -> ResNet8x4, batch 64 x 3x32x32, KD T 4 + EA tau 3, through the engine's
@@ -26,7 +26,7 @@ Cases:
   llm-online      SmolLM2-135M-Instruct teacher (offline copy, scripts/fetch.py smollm2) -> 6-layer
                   student, 2 x 128 tokens, chunked fused-linear loss, FKL + EA tau 2, one
                   EAKDTrainer.training_step + AdamW step; the teacher runs in the step
-  llm-cache       the same against an offline top-k teacher cache (k 64; eakd.llm.cache): no teacher
+  llm-cache       the same against an offline top-k teacher cache (k 64; eakd.llm.cache): no teacher forward
   llm-online-fused, llm-cache-fused   the same two with the fused loss (``fused: true``), attributed as above
 --small: tiny sizes for a smoke run (ResNet8x4 -> ResNet8x4, batch 8; a random 4-layer Llama of V 2048).
 --llm-weights random: SmolLM2-135M's architecture randomly initialised (no offline copy needed; the
@@ -176,7 +176,9 @@ def profile_pairs(step: Callable[[str], None], warmup: int, steps: int, cuda: bo
 
 
 def summary(per_step: list[dict[str, float]]) -> dict[str, Any]:
-    """Median / min / max of each measure over the profiled steps, and the steps themselves."""
+    """Median / min / max of each measure over the profiled steps, and the steps themselves. The fused
+    cases' EA time and share: median = from the difference of the fused loss's medians with EA and
+    without (``fused_extra_*_ms``; robust to one pair disturbed by other jobs), min / max = of the pairs."""
     keys = [k for k in per_step[0] if all(k in s for s in per_step)]
     stats = {
         k: {
@@ -186,12 +188,15 @@ def summary(per_step: list[dict[str, float]]) -> dict[str, Any]:
         }
         for k in keys
     }
-    extra = {  # the fused cases: the difference of the fused loss's medians, with EA and without
-        f"fused_extra_{clock}_ms": stats[f"fused_ea_{clock}_ms"]["median"]
-        - stats[f"fused_none_{clock}_ms"]["median"]
-        for clock in ("cpu", "device")
-        if f"fused_ea_{clock}_ms" in stats
-    }
+    extra = {}
+    for clock in ("cpu", "device"):
+        if f"fused_ea_{clock}_ms" not in stats:
+            continue
+        diff = stats[f"fused_ea_{clock}_ms"]["median"] - stats[f"fused_none_{clock}_ms"]["median"]
+        extra[f"fused_extra_{clock}_ms"] = diff
+        stats[f"ea_{clock}_ms"]["median"] = stats[f"weights_{clock}_ms"]["median"] + diff
+        step = max(stats[f"step_{clock}_ms"]["median"], 1e-9)
+        stats[f"{clock}_fraction"]["median"] = stats[f"ea_{clock}_ms"]["median"] / step
     return {**stats, **extra, "per_step": per_step}
 
 
