@@ -28,3 +28,27 @@ def test_a_marked_table_is_replaced_and_unknown_names_are_errors():
     assert "hand-typed" not in new and new.startswith("a\n<!-- results:fmnist_study -->\n")
     with pytest.raises(ValueError, match="no renderer"):
         tables.regenerate("<!-- results:nosuch -->\n<!-- /results:nosuch -->")
+
+
+def test_provenance_marks_uncommitted_code_but_not_written_results(tmp_path):
+    import subprocess
+
+    from eakd.study import code_label, provenance
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "study.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = provenance(tmp_path)["code"]
+    assert len(clean) == 40 and "+" not in clean
+    (tmp_path / "results" / "study.json").write_text('{"runs": 1}\n')  # a study saving after a run
+    assert provenance(tmp_path)["code"] == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    dirty = provenance(tmp_path)
+    assert dirty["code"] == clean + "+dirty"
+    assert code_label(dirty) == clean[:12] + "+dirty"

@@ -47,16 +47,18 @@ def code_label(prov: dict[str, Any]) -> str:
     return commit[:12] + plus + rest
 
 
-def provenance() -> dict[str, Any]:
-    """Where a result comes from: the code version (git commit, "+dirty" with uncommitted changes; else the
-    package version), the date (UTC) and the machine (platform, CPUs, Python, torch, CUDA device if any)."""
-    repo = Path(__file__).resolve().parents[2]
+def provenance(repo: Path | None = None) -> dict[str, Any]:
+    """Where a result comes from: the code version (git commit of ``repo``, default this source tree, with
+    "+dirty" for uncommitted changes outside results/; else the package version), the date (UTC) and the
+    machine (platform, CPUs, Python, torch, CUDA device if any)."""
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
         )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        # results/ holds what studies write (a study saving after every run must not mark itself dirty)
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"]
+        dirty = subprocess.run(status, cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
         code = rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         from eakd import __version__
