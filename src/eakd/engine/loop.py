@@ -41,6 +41,11 @@ from eakd.engine.rundir import check_run_dir, clear_run_dir
 from eakd.engine.task import Task, build_task
 
 
+def best_text(metric: str, best: dict[str, Any]) -> str:
+    """The best evaluation so far for the log: ``best top1=0.81 (epoch 3)``."""
+    return f"best {metric}={best['value']:.4g} (epoch {best['epoch']})"
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed python, numpy and torch (all devices); ``deterministic`` also asks for deterministic kernels."""
     random.seed(seed)
@@ -179,10 +184,11 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
                 if k not in ("epoch", "step", "lr") and isinstance(v, float) and math.isfinite(v):
                     writer.add_scalar(f"epoch/{k}", v, progress.step)
             writer.flush()
-        best_text = f"best {task.metric}={best['value']:.4g} (epoch {best['epoch']})"
-        eval_text = fmt_metrics(progress.last)
+        eval_text = ""
+        if progress.last:  # an evaluation has run (this epoch or before)
+            eval_text = f" | eval: {fmt_metrics(progress.last)} | {best_text(task.metric, best)}"
         log(
-            f"epoch {epoch}/{t.epochs} train: {fmt_metrics(train_means)} | eval: {eval_text} | {best_text} "
+            f"epoch {epoch}/{t.epochs} train: {fmt_metrics(train_means)}{eval_text} "
             f"| {progress.samples_per_s:.0f} samples/s"
         )
         if t.ckpt_every > 0 and (epoch % t.ckpt_every == 0 or epoch == t.epochs):
@@ -204,8 +210,10 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     }
     if main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
-        last_text = fmt_metrics(progress.last)
-        log(f"done: best {task.metric}={best['value']:.4g} (epoch {best['epoch']}), last {last_text}")
+        done = "no evaluation"
+        if progress.last:
+            done = f"{best_text(task.metric, best)}, last {fmt_metrics(progress.last)}"
+        log(f"done: {done}")
     if writer is not None:
         writer.close()
     accelerator.end_training()
