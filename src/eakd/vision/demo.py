@@ -23,14 +23,17 @@ from typing import Any
 
 import torch
 import yaml
+from torch.utils.data import Dataset, Subset
 
 from eakd.args import ArgumentParser, one_line
 from eakd.engine.catalog import config_root
 from eakd.engine.config import Config, load_config, to_dict
 from eakd.engine.loop import train
+from eakd.engine.task import build_task
 from eakd.paths import cache_dir
 from eakd.report import report_command
 from eakd.study import run_study, study_table
+from eakd.vision.datasets import build_dataset
 
 # student settings: overrides of demo/kd (which is EA-KD as it stands)
 # DKD (alpha 1, beta 8, T 4, CE 1) with its warm-up scaled to the short budget (1 of 5 epochs); MLKD
@@ -42,7 +45,8 @@ DKD = [
     "distill.warmup_epochs=1.0",
     "distill.hparams={alpha: 1.0, beta: 8.0, temperature: 4.0}",
 ]
-MLKD = ["data.two_views=true", "distill.method=mlkd", "distill.hparams={temperature: 4.0}"]
+MLKD_CIFAR = ["data.two_views=true", "distill.method=mlkd", "distill.hparams={temperature: 4.0}"]
+MLKD = [*MLKD_CIFAR, "optim.lr=0.005"]
 SETTINGS: dict[str, list[str]] = {
     "no-kd": ["distill.method=none", "distill.weighting=none", "distill.ce_weight=1.0"],
     "kd": ["distill.weighting=none"],
@@ -55,6 +59,7 @@ SETTINGS: dict[str, list[str]] = {
     "mlkd": [*MLKD, "distill.weighting=none"],
     "ea-mlkd": [*MLKD, "distill.weighting=ea"],
 }
+VALIDATION_SIZE = 5000  # training images outside the student subset, for recipe pilots (validation_set)
 DEMO_SETTINGS = ["no-kd", "kd", "ea-kd"]
 METRICS = {"last_top1": "last top-1 (%)", "best_top1": "best top-1 (%)", "train_s": "train s/run"}
 # what each arm is compared with, paired by seed: its method without the weights
@@ -87,7 +92,7 @@ def check_data(cfg: Config) -> None:
     Fashion-MNIST at its default place (no data.root) that is not there yet is downloaded there first
     (torchvision); FileNotFoundError when that fails too (no internet), naming the folder.
     """
-    from eakd.vision.datasets import build_dataset, data_root, find_fashion_mnist
+    from eakd.vision.datasets import data_root, find_fashion_mnist
 
     d = cfg.data
     if d.name == "fashion_mnist" and d.root is None and not d.download and find_fashion_mnist() is None:
@@ -104,15 +109,47 @@ def check_data(cfg: Config) -> None:
     build_dataset(d.name, d.root, train=False, download=d.download, **d.options)
 
 
-def train_logged(config: Path, overrides: list[str], log: Path) -> dict[str, Any]:
-    """``eakd train config overrides`` with its console output sent to ``log``; returns the run summary."""
+def validation_set(cfg: Config, size: int = VALIDATION_SIZE) -> Dataset:
+    """``size`` training images outside the student subset (``data.train_subset``), spread evenly over the
+    rest of the training split, with the eval transform: for choosing a recipe without the test set."""
+    d = cfg.data
+    full = build_dataset(d.name, d.root, train=True, download=d.download, augment=False, **d.options)
+    n = len(full)  # type: ignore[arg-type]
+    taken = set(torch.linspace(0, n - 1, d.train_subset or n).round().long().tolist())
+    rest = [i for i in range(n) if i not in taken]
+    if len(rest) < size:
+        raise ValueError(f"only {len(rest)} training images lie outside the student subset, need {size}")
+    keep = torch.linspace(0, len(rest) - 1, size).round().long().tolist()
+    subset = Subset(full, [rest[i] for i in keep])
+    subset.classes = full.classes  # type: ignore[attr-defined]
+    return subset
+
+
+def train_logged(config: Path, overrides: list[str], log: Path, validation: bool = False) -> dict[str, Any]:
+    """``eakd train config overrides`` with its console output sent to ``log``; returns the run summary.
+
+    validation: evaluate on ``validation_set`` instead of the test split (recipe pilots)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        return train(load_config(config, overrides))
+        cfg = load_config(config, overrides)
+        task = None
+        if validation:
+            task = build_task(cfg)
+            task.eval_set = validation_set(cfg)  # type: ignore[attr-defined]
+        return train(cfg, task)
 
 
-def train_student(setting: str, seed: int, out: Path, common: list[str], teacher: Path) -> dict[str, float]:
-    """One student run of the study (``setting`` of SETTINGS); its best / last top-1 (%) and size."""
+def train_student(
+    setting: str,
+    seed: int,
+    out: Path,
+    common: list[str],
+    teacher: Path,
+    arms: dict[str, list[str]] | None = None,
+    validation: bool = False,
+) -> dict[str, float]:
+    """One student run of a study: arm ``setting`` of ``arms`` (default SETTINGS) at ``seed``; its best /
+    last top-1 (%) on the test split (on ``validation_set`` with ``validation``), time and size."""
     name = f"{setting}-seed{seed}"
     overrides = [
         *common,
@@ -121,9 +158,9 @@ def train_student(setting: str, seed: int, out: Path, common: list[str], teacher
         f"experiment.seed={seed}",
         f"model.teacher_checkpoint={teacher}",
         "train.overwrite=true",  # a demo's runs are rebuilt, not resumed (a study reuses finished ones)
-        *SETTINGS[setting],
+        *(arms or SETTINGS)[setting],
     ]
-    summary = train_logged(config_dir() / "kd.yaml", overrides, out / "logs" / f"{name}.log")
+    summary = train_logged(config_dir() / "kd.yaml", overrides, out / "logs" / f"{name}.log", validation)
     return {
         "best_top1": float(summary["best"]["value"]),
         "last_top1": float(summary["last"]["metrics"]["top1"]),
