@@ -16,9 +16,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
+from eakd.engine.config import load_config
+from eakd.losses.logit import kd_loss
+from eakd.losses.mlkd import mlkd_loss
 from eakd.study import run_study
-from eakd.vision.demo import MLKD_CIFAR, SETTINGS, teacher_run, train_student
+from eakd.vision.arms import MLKD_CIFAR, SETTINGS
+from eakd.vision.datasets import build_datasets
+from eakd.vision.demo import config_dir, teacher_run, train_student
+from eakd.vision.models import create_model, load_checkpoint
 
 VARIANTS: dict[str, list[str]] = {
     "kd": SETTINGS["kd"],
@@ -27,6 +34,34 @@ VARIANTS: dict[str, list[str]] = {
     "mlkd-lr0.005": [*MLKD_CIFAR, "distill.weighting=none", "optim.lr=0.005"],
     "mlkd-one-view": [*MLKD_CIFAR, "distill.weighting=none", "data.two_views=false"],  # no strong view
 }
+
+
+def loss_scale(teacher: Path, batches: int = 30) -> dict[str, float]:
+    """What MLKD's loss weighs here: the teacher's top-1 (%) on the weak and the strong (AutoAugment) views
+    of the student subset, and MLKD's terms per view (each summed over its 5 temperatures) beside plain
+    KD's (T 4) for a freshly initialised student (seed 0), means over ``batches`` batches of 64."""
+    torch.manual_seed(0)
+    cfg = load_config(config_dir() / "kd.yaml", SETTINGS["mlkd"])
+    train_set, _, _ = build_datasets(cfg.data)
+    t_model = create_model(cfg.model.teacher, num_classes=10, in_channels=1).eval()
+    load_checkpoint(t_model, teacher)
+    student = create_model(cfg.model.student, num_classes=10, in_channels=1)
+    sums = torch.zeros(9)
+    n = 0
+    with torch.no_grad():
+        for i, (weak, strong, y) in enumerate(DataLoader(train_set, batch_size=64, shuffle=True)):
+            if i == batches:
+                break
+            tw, ts = t_model(weak)[0], t_model(strong)[0]
+            sw, ss = student(weak)[0], student(strong)[0]
+            a, b = mlkd_loss(sw, tw), mlkd_loss(ss, ts)
+            hits = [(tw.argmax(1) == y).sum() * 100.0 / len(y), (ts.argmax(1) == y).sum() * 100.0 / len(y)]
+            terms = [a["kd"].mean(), a["cc"], a["bc"], b["kd"].mean(), b["cc"], b["bc"]]
+            sums += torch.stack([*hits, *terms, kd_loss(sw, tw, 4.0).mean()]).float()
+            n += 1
+    names = ["teacher_top1_weak", "teacher_top1_strong", "weak_kd", "weak_cc", "weak_bc", "strong_kd"]
+    names += ["strong_cc", "strong_bc", "kd_t4"]
+    return {k: float(v) / n for k, v in zip(names, sums, strict=True)}
 
 
 def main() -> int:
@@ -46,11 +81,11 @@ def main() -> int:
         arms=VARIANTS,
         validation=True,
     )
-    protocol = {"split": "validation", "variants": {v: VARIANTS[v] for v in args.variants}}
     start = time.perf_counter()
     run_study(
-        train_one, args.variants, args.seeds, args.out, protocol, args.jobs, 1, True,
-        Path("results/fmnist_mlkd_pilot.json"), {"teacher": teacher},
+        train_one, args.variants, args.seeds, args.out, {"split": "validation"}, args.jobs, 1, True,
+        Path("results/fmnist_mlkd_pilot.json"),
+        {"teacher": teacher, "scale": loss_scale(Path(teacher["checkpoint"]))}, VARIANTS,
     )  # fmt: skip
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

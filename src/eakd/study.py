@@ -148,6 +148,7 @@ def run_study(
         "definitions": defs,
         "runs": runs,
         "provenance": provenance(),
+        "wall_s": earlier,
         **(info or {}),
     }
     todo = [(arm, seed) for seed in result["seeds"] for arm in arms if seed in plan[arm]]
@@ -164,6 +165,9 @@ def run_study(
         print(f"  {arm} seed {seed}: {text}", flush=True)
 
     print(f"{len(todo)} runs to do, {sum(map(len, runs.values()))} kept from earlier", flush=True)
+    for path in (out / "study.json", results):  # the plan and the kept runs, before the first run ends
+        if path is not None:
+            _save(path, result)
     if jobs <= 1:
         for arm, seed in todo:
             done(arm, seed, train_one(arm, seed))
