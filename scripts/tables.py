@@ -22,6 +22,7 @@ from eakd.detection.demo import format_table as detection_table
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
+from eakd.vision.demo import current_runs
 from eakd.vision.demo import format_table as vision_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,21 +51,33 @@ def study(render: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]],
 
 
 def fmnist_claims(result: dict[str, Any]) -> str:
-    """The paper's findings beside the Fashion-MNIST study's paired differences (last-epoch test top-1)."""
-    return claims_table(result, PAPER_CLAIMS, "last_top1", "last top-1 (pp)")
+    """The paper's findings beside the Fashion-MNIST study's paired differences (last-epoch test top-1);
+    superseded arms (``eakd.vision.demo.superseded``) read as pending."""
+    return claims_table(current_runs(result), PAPER_CLAIMS, "last_top1", "last top-1 (pp)")
 
 
 def mlkd_pilot(result: dict[str, Any]) -> str:
     """The MLKD pilot's variants on the validation split: mean ± std over seeds and each seed's value."""
     labels = {"last_top1": "last val top-1 (%)", "best_top1": "best val top-1 (%)", "train_s": "train s/run"}
-    return study_table(result, labels)
+    c = result["scale"]
+    views = {v: c[f"{v}_kd"] + c[f"{v}_cc"] + c[f"{v}_bc"] for v in ("weak", "strong")}
+    terms = ", ".join(
+        f"{v} view kd {c[f'{v}_kd']:.1f} + cc {c[f'{v}_cc']:.1f} + bc {c[f'{v}_bc']:.1f}" for v in views
+    )
+    total = sum(views.values())
+    scale = (
+        f"scale (fresh student, means over 30 batches of 64): teacher top-1 {c['teacher_top1_weak']:.1f} % "
+        f"on weak views, {c['teacher_top1_strong']:.1f} % on strong views; MLKD's terms {terms}: "
+        f"{total:.1f}, {total / c['kd_t4']:.1f}x plain KD at T 4 ({c['kd_t4']:.2f})"
+    )
+    return f"{scale}\n\n{study_table(result, labels)}"
 
 
 def fmnist_summary(result: dict[str, Any]) -> str:
     """One sentence per primary comparison of the Fashion-MNIST study, as the README quotes it."""
     parts = []
     for arm, ref in PRIMARY_PAIRS:
-        mean, half, n = paired_gain(result, arm, ref, "last_top1")
+        mean, half, n = paired_gain(current_runs(result), arm, ref, "last_top1")
         if n == 0:
             parts.append(f"{arm} - {ref}: pending")
         else:

@@ -230,18 +230,35 @@ def student_sizes(result: dict[str, Any]) -> str:
     return "; ".join(texts)
 
 
+def superseded(result: dict[str, Any]) -> list[str]:
+    """The arms of a study result whose recorded override list differs from SETTINGS' (to be rerun)."""
+    recorded = result.get("definitions", {})
+    return [arm for arm in result["arms"] if arm in recorded and recorded[arm] != SETTINGS.get(arm)]
+
+
+def current_runs(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without the runs of its superseded arms (for verdicts on today's arms)."""
+    old = set(superseded(result))
+    return {**result, "runs": {a: r for a, r in result["runs"].items() if a not in old}}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The teacher and student sizes, then ``eakd.study.study_table`` of best and last top-1 against each
-    arm's reference (REFERENCE)."""
+    arm's reference (REFERENCE), and the arms whose definition has changed since they ran."""
     teacher = result["teacher"]
-    return "\n".join(
-        [
-            f"teacher: top-1 {teacher['last']['metrics']['top1']:.2f} % ({teacher['trainable_params']:,} "
-            f"parameters); student: {student_sizes(result)}, {len(result['seeds'])} seeds",
+    lines = [
+        f"teacher: top-1 {teacher['last']['metrics']['top1']:.2f} % ({teacher['trainable_params']:,} "
+        f"parameters); student: {student_sizes(result)}, {len(result['seeds'])} seeds",
+        "",
+        study_table(result, METRICS, REFERENCE, compare=["last_top1", "best_top1"]),
+    ]
+    old = superseded(result)
+    if old:
+        lines += [
             "",
-            study_table(result, METRICS, REFERENCE, compare=["last_top1", "best_top1"]),
+            f"superseded (run with an earlier override list; the study reruns them): {', '.join(old)}",
         ]
-    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
