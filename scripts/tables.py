@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from eakd.detection.demo import format_table as detection_table
+from eakd.engine.catalog import list_configs
+from eakd.engine.config import Config, load_config
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
@@ -86,6 +88,93 @@ def fmnist_summary(result: dict[str, Any]) -> str:
     return "Last-epoch test top-1 (points), 95 % CI: " + "; ".join(parts) + "."
 
 
+RECIPE_COLUMNS = {  # column title -> the recipe fields it shows (short names, see recipe())
+    "epochs": ["epochs"], "milestones": ["milestones"], "lr": ["lr"], "wd": ["wd"], "batch": ["batch"],
+    "warm-up": ["warmup"], "CE / KD": ["ce", "kd"], "T": ["T"], "alpha / beta": ["alpha", "beta"],
+    "tau": ["tau"], "H_ub": ["h_ub"],
+}  # fmt: skip
+
+
+def recipe(cfg: Config) -> dict[str, Any]:
+    """A CIFAR-100 config's recipe under the short names of results/cifar100_recipes.json (None: not set)."""
+    d, h = cfg.distill, cfg.distill.hparams
+    ea = d.weighting != "none"
+    return {
+        "epochs": cfg.train.epochs,
+        "milestones": cfg.schedule.milestones,
+        "lr": cfg.optim.lr,
+        "wd": cfg.optim.weight_decay,
+        "batch": cfg.train.batch_size,
+        "warmup": d.warmup_epochs,
+        "ce": d.ce_weight,
+        "kd": d.kd_weight if d.method != "none" else None,
+        "T": h.get("temperature", h.get("init_temperature")),
+        "alpha": h.get("alpha"),
+        "beta": h.get("beta"),
+        "tau": d.tau if ea else None,
+        "h_ub": (d.h_ub or "ln 100") if ea else None,
+    }
+
+
+def published_recipe(source: dict[str, Any], method: str, pair: str) -> dict[str, Any] | None:
+    """What one source publishes for a method and pair; None when it does not cover the method."""
+    if method not in source.get("methods", {}):
+        return None
+    parts = [
+        source.get("solver", {}),
+        source.get("pairs", {}).get(pair, {}),
+        source["methods"][method],
+        source.get("method_pairs", {}).get(method, {}).get(pair, {}),
+    ]
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def recipe_differences(published: dict[str, Any]) -> dict[str, tuple[list[str], list[tuple[str, str, Any]]]]:
+    """Per packaged CIFAR-100 config (``method/pair`` or ``method/pair_authors``): the sources that cover
+    its method, and (source, field, published value) wherever ours differs."""
+    out = {}
+    for name in list_configs("cifar100/*/*"):
+        method, pair = name.split("/")[1:]
+        if method in ("base", "pairs") or pair == "base":
+            continue
+        ours = recipe(load_config(name))
+        base_pair = pair.removesuffix("_authors")
+        refs = {s: published_recipe(src, method, base_pair) for s, src in published.items()}
+        refs = {s: ref for s, ref in refs.items() if ref is not None}
+        found = [(s, k, v) for s, ref in refs.items() for k, v in ref.items() if ours[k] != v]
+        out[name.removeprefix("cifar100/")] = (list(refs), found)
+    return out
+
+
+def _show(v: Any) -> str:
+    """A recipe value as a table cell."""
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return "/".join(f"{x:g}" for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def recipes_table(result: dict[str, Any]) -> str:
+    """Our CIFAR-100 configs field by field beside the published recipes: our value, then ``≠ source value``
+    for each source that published another (the reasons below the table)."""
+    lines = [
+        f"| config | checked against | {' | '.join(RECIPE_COLUMNS)} |",
+        "|---" * (len(RECIPE_COLUMNS) + 2) + "|",
+    ]
+    for name, (sources, found) in recipe_differences(result["published"]).items():
+        ours = recipe(load_config(f"cifar100/{name}"))
+        cells = []
+        for fields in RECIPE_COLUMNS.values():
+            cell = " / ".join(_show(ours[f]) for f in fields)
+            cell = "-" if all(ours[f] is None for f in fields) else cell
+            cells.append(cell + "".join(f" ≠ {s} {_show(v)}" for s, k, v in found if k in fields))
+        lines.append(f"| {name} | {', '.join(sources) or '-'} | {' | '.join(cells)} |")
+    reasons = "\n".join(f"- {k}: {v}." for k, v in result["reasons"].items())
+    sources = "\n".join(f"- {k}: {v}." for k, v in result["sources"].items())
+    return "\n".join(lines) + f"\n\nWhere ours differs, and why:\n\n{reasons}\n\nSources:\n\n{sources}"
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo": study(vision_table),
     "fmnist_study": study(vision_table),
@@ -98,6 +187,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
+    "cifar100_recipes": recipes_table,
 }
 
 
