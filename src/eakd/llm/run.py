@@ -44,15 +44,21 @@ from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
-from eakd.llm.trainer import EAKDConfig, EAKDTrainer
+from eakd.llm.settings import TokenLossSettings
+from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
-# the train keys a study's arms differ by: left out of the warm start (CE only, the same for every arm)
-ARM_KEYS = ("divergence", "beta", "alpha", "weighting", "tau", "h_ub", "weight_level", "weight_norm")
+# the train keys a study's arms differ by (declared in TokenLossSettings): left out of the warm start
+ARM_KEYS = tuple(f.name for f in dataclasses.fields(TokenLossSettings) if f.metadata["arm"])
 
 
 def _train_key(key: str) -> str:
-    """A key of the train section must be an EAKDConfig field (error with the nearest field name)."""
+    """A key of the train section must be an EAKDConfig field (error with the nearest field name, or the
+    new name of a renamed key)."""
+    if key in RENAMED:
+        raise PydanticCustomError(
+            "renamed_train_key", f"renamed: did you mean 'train.{RENAMED[key]}'? (the same setting)"
+        )
     if key not in TRAIN_KEYS:
         close = difflib.get_close_matches(key, TRAIN_KEYS, n=1)
         hint = f" (did you mean 'train.{close[0]}'?)" if close else ""

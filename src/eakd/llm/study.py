@@ -17,18 +17,22 @@ from eakd.llm import progress
 from eakd.llm.models import load_teacher
 from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
 from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
+from eakd.llm.settings import TokenLossSettings
 from eakd.study import code_label, run_study, study_table
 
-# train-section overrides per arm; everything else is shared
+# train-section overrides per arm (``TokenLossSettings`` fields), everything else is shared; the unweighted
+# arms name tau 2 too: they read the study's tau-2 teacher cache (their loss uses no entropies)
 METHODS: dict[str, dict[str, Any]] = {
-    "kd": {"divergence": "fkl", "weighting": "none"},
+    "kd": {"divergence": "fkl", "weighting": "none", "tau": 2.0},
     "ea-kd": {"divergence": "fkl", "weighting": "ea", "tau": 2.0},
     "ea-kd-tau1": {"divergence": "fkl", "weighting": "ea", "tau": 1.0},
-    "kd-ce": {"divergence": "fkl", "weighting": "none", "kd_weight": 0.5, "ce_weight": 0.5},
+    "kd-ce": {"divergence": "fkl", "weighting": "none", "tau": 2.0, "kd_weight": 0.5, "ce_weight": 0.5},
     "ea-kd-ce": {"divergence": "fkl", "weighting": "ea", "tau": 2.0, "kd_weight": 0.5, "ce_weight": 0.5},
     "inverse-kd": {"divergence": "fkl", "weighting": "inverse", "tau": 2.0},
     "ea-kd-norm": {"divergence": "fkl", "weighting": "ea", "tau": 2.0, "weight_norm": "mean"},
 }
+for _arm in METHODS.values():  # every arm is valid loss settings (checked on import)
+    TokenLossSettings(**_arm)
 # each arm against KD, paired by seed (the +CE arms too: what the hard-label term adds shows against KD)
 REFERENCE = {arm: "kd" for arm in METHODS if arm != "kd"}
 METRICS = {
