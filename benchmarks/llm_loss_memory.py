@@ -63,7 +63,7 @@ def worker(
     t_weight = (torch.randn(V, H, generator=g) * 0.02).to(device, dt)
     labels = torch.randint(0, V, (rows,), generator=g).to(device)
     labels[: rows // 8] = -100
-    ea = TokenLossSettings(divergence="jsd", beta=0.5, weighting="ea", kd_weight=0.5, ce_weight=0.5)
+    ea = TokenLossSettings(divergence="jsd", beta=0.5, weighting="ea", tau=2.0, kd_weight=0.5, ce_weight=0.5)
     plain = TokenLossSettings(divergence="jsd", beta=0.5, weighting=None, kd_weight=0.5, ce_weight=0.5)
 
     if variant == "dense":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eakd.llm import progress
+from eakd.llm.cache import CACHE_BATCH, TOP_K
 from eakd.llm.models import load_teacher
 from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
 from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
@@ -47,7 +48,6 @@ METRICS = {
     "run_s": "all s/run",
 }
 COMPARE = ["rougeL", "rougeL_greedy", "rougeL_last"]
-CACHE_BATCH = 8  # rows per teacher batch when writing a cache
 # seconds per batch or step of each progress kind (``eakd.llm.progress.KINDS``; "train" from the teacher
 # cache, "train_online" with the teacher; batches of 8 rows to train and cache, of 16 to evaluate; a
 # generation of 48 tokens, greedy or sampled) for SmolLM2-135M and its 6-layer student, measured once on
@@ -144,7 +144,7 @@ def llm_study(
     out_dir: str | Path,
     eval_teacher: bool = False,
     teacher_cache: bool = False,
-    top_k: int = 64,
+    top_k: int = TOP_K,
     results: Path | None = None,
     reuse: bool = False,
     show_progress: bool = False,
