@@ -181,10 +181,10 @@ def test_nonfinite_flags_match_eager() -> None:
                 with pytest.raises(ValueError, match="non-finite"):
                     loss(bad, zt, y)
             continue
-        for loss in losses:
-            loss(zs, zt, y)
-            loss(bad, zt, y)
-        assert losses[0].pop_nonfinite() == losses[1].pop_nonfinite() == {"weights": 2, "loss_kd": 2}
+        for loss in losses:  # deferred: the terms and weights themselves say it, for the runner's guard
+            assert torch.isfinite(loss(zs, zt, y)["loss_kd"])
+            assert not torch.isfinite(loss(bad, zt, y)["loss_kd"])
+            assert not torch.isfinite(loss.last["weights"]).all()
 
 
 def test_refusals() -> None:

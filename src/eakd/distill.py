@@ -89,12 +89,9 @@ class DistillLoss(nn.Module):
     input that reaches the loss is caught at O(N) cost, never with another pass over the (N, K) logits.
     ``sync_checks=True`` (default): a non-finite value raises ValueError in the call, naming the term;
     the checks read values back to the host (device syncs). ``sync_checks=False`` (for training loops):
-    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); instead
-    ``self.nonfinite`` maps "weights" and each returned term ("loss_kd", "loss_ce", ...) to a 0-dim int64
-    tensor on the inputs' device: the call number (1-based, counted since the last ``pop_nonfinite``) of
-    the first call in which that value was NaN or inf, 0 while it stayed finite; ``self.calls`` counts the
-    calls. A loop reads them at its logging steps with ``pop_nonfinite()`` (one sync; it resets both) and
-    stops when it returns anything: the updates from that call on used a non-finite loss.
+    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); a NaN
+    or inf weight or input makes the returned terms non-finite, which the runner's guard
+    (``eakd.engine.guard``) records on the device and reads at its logging steps.
     """
 
     def __init__(
@@ -153,8 +150,6 @@ class DistillLoss(nn.Module):
         self.weight_norm = weight_norm
         self.sync_checks = sync_checks
         self.last: dict[str, torch.Tensor | None] = {}
-        self.nonfinite: dict[str, torch.Tensor] = {}
-        self.calls = 0
 
     def forward(
         self,
@@ -170,31 +165,18 @@ class DistillLoss(nn.Module):
             out = self._terms(
                 student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask
             )
+        if not self.sync_checks:
+            return out
         weights = self.last["weights"]
         values = out if weights is None else {"weights": weights, **out}
-        flags = {name: nonfinite(v) for name, v in values.items()}
-        if self.sync_checks:
-            is_bad = torch.stack(list(flags.values())).tolist()  # one host read for all the checks
-            bad = [name for name, b in zip(flags, is_bad, strict=True) if b]
-            if bad:
-                raise ValueError(
-                    f"{self.method} loss: {' and '.join(bad)} non-finite (NaN or inf); check the student and "
-                    "teacher inputs and the weight policy"
-                )
-            return out
-        self.calls += 1
-        for name, flag in flags.items():
-            first = self.nonfinite.get(name, torch.zeros((), dtype=torch.int64, device=flag.device))
-            self.nonfinite[name] = torch.where(flag & (first == 0), self.calls, first)
+        is_bad = torch.stack([nonfinite(v) for v in values.values()]).tolist()  # one host read for all
+        bad = [name for name, b in zip(values, is_bad, strict=True) if b]
+        if bad:
+            raise ValueError(
+                f"{self.method} loss: {' and '.join(bad)} non-finite (NaN or inf); check the student and "
+                "teacher inputs and the weight policy"
+            )
         return out
-
-    def pop_nonfinite(self) -> dict[str, int]:
-        """{term: call number of its first non-finite value} since the last pop ({} if all were finite);
-        one host sync; resets ``nonfinite`` and ``calls`` (see the class docstring)."""
-        names = list(self.nonfinite)
-        firsts = torch.stack([self.nonfinite[n] for n in names]).tolist() if names else []
-        self.nonfinite, self.calls = {}, 0
-        return {name: first for name, first in zip(names, firsts, strict=True) if first}
 
     def _terms(
         self,

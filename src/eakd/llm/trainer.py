@@ -99,7 +99,7 @@ class EAKDTrainer(Trainer):
         self.teacher_cache = None if teacher_cache is None else teacher_cache.to(self.args.device)
         self.run_log = RunLogCallback(args.diag_samples)
         self.add_callback(self.run_log)
-        self.guard = FiniteGuard(self.args.device)
+        self.guard = FiniteGuard()
         self.add_callback(self.guard)
         self._terms = torch.zeros(2, device=self.args.device)  # kd, ce summed since the last training log
         self._terms_from: int | None = None  # the global step they were first added at
