@@ -35,6 +35,7 @@ from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.guard import FirstBadStep, NonFiniteLossError
 from eakd.engine.task import Task
 
+
 def check_guard(guard: FirstBadStep, accelerator: Accelerator, run_dir: Path) -> None:
     """Read the guard over all processes; raise ``NonFiniteLossError`` naming the first step and term."""
     n = len(guard.first)

@@ -34,8 +34,8 @@ from eakd.engine.config import Config, dump_config
 from eakd.engine.data import GlobalBatches, eval_loader
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.epoch import Console, Run, fmt_metrics, train_epoch
-from eakd.engine.guard import FirstBadStep
 from eakd.engine.files import atomic_write_text
+from eakd.engine.guard import FirstBadStep
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
 from eakd.engine.rundir import check_run_dir, clear_run_dir
