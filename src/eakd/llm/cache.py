@@ -30,7 +30,7 @@ from eakd.checks import check_flag, check_positive
 from eakd.llm import progress as demo_progress
 from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.settings import TokenLossSettings
-from eakd.llm.sparse import KINDS, check_sampled, draw_tail, draw_uniforms
+from eakd.llm.sparse import KINDS, check_sampled, draw_uniforms, sparse_rows
 from eakd.weighting import entropy
 
 CACHE_FORMAT = "eakd-teacher-cache-3"
@@ -394,7 +394,8 @@ def build_cache(
         raise ValueError("no rows to cache")
     if top_k < 1 or batch_size < 1 or not 0 <= samples <= top_k:
         raise ValueError(
-            f"top_k and batch_size must be >= 1 and samples in [0, top_k], got {top_k}, {batch_size}, {samples}"
+            f"top_k and batch_size must be >= 1 and samples in [0, top_k], got {top_k}, {batch_size}, "
+            f"{samples}"
         )
     generator = torch.Generator().manual_seed(seed)
     device = next(teacher.parameters()).device
@@ -413,13 +414,12 @@ def build_cache(
         valid = labels != IGNORE_INDEX
         z = logits[valid][:, :v].float()
         full = torch.log_softmax(z / temperature, dim=-1)
-        idx = full.topk(top_k - samples, dim=-1).indices
-        if samples:
-            uniforms = draw_uniforms(valid.sum(1).tolist(), samples, generator)
-            idx = torch.cat([idx, draw_tail(full, idx, uniforms)], dim=1)
+        idx, lp, tail = sparse_rows(
+            full, top_k, samples, draw_uniforms(valid.sum(1).tolist(), samples, generator)
+        )
         ids.append(idx.to(torch.int32).cpu())
-        logprobs.append(full.gather(-1, idx).cpu())
-        tails.append(full.scatter(-1, idx[:, : top_k - samples], -torch.inf).logsumexp(-1).cpu())
+        logprobs.append(lp.cpu())
+        tails.append(tail.cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
         demo_progress.note("cache")

@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm import progress
-from eakd.llm.cache import TeacherCache, check_settings
+from eakd.llm.cache import TOP_K, TeacherCache, check_settings
 from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
@@ -123,6 +123,19 @@ class EvalSection:
 
 
 @section
+class CacheSection:
+    """The teacher cache ``eakd llm cache``, the demo and the studies write for this config (a run reads
+    whatever ``model.teacher_cache`` holds). sparse: "topk" (the teacher's top_k tokens, the rest spread
+    evenly) or "sampled" (its top ``exact`` tokens, then top_k - exact tokens drawn from the rest by
+    ``seed``: unbiased, ``eakd.llm.sparse``); top_k: tokens stored per labelled token (8 bytes each)."""
+
+    sparse: Literal["topk", "sampled"] = "topk"
+    top_k: PosInt = TOP_K
+    exact: NonNegInt = 0
+    seed: NonNegInt = 0
+
+
+@section
 class LLMRunConfig:
     """A whole LLM run. imports: modules imported first (they register plugins, e.g. weight policies).
     train: EAKDConfig / TrainingArguments keyword arguments (an unknown key is a ConfigError on loading;
@@ -132,6 +145,7 @@ class LLMRunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    cache: CacheSection = field(default_factory=CacheSection)
     train: dict[Annotated[str, AfterValidator(_train_key)], Any] = field(default_factory=dict)
 
 
@@ -216,7 +230,7 @@ def checked_cache(cfg: LLMRunConfig, args: EAKDConfig) -> TeacherCache | None:
     if cfg.model.teacher_cache is None:
         return None
     cache = TeacherCache.load(cfg.model.teacher_cache)
-    check_settings(cache.temperature, cache.tau, args.loss_settings())
+    check_settings(cache.temperature, cache.tau, args.loss_settings(), cache.samples)
     return cache
 
 

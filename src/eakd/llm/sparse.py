@@ -31,9 +31,9 @@ def check_sampled(s: TokenLossSettings) -> None:
     ``teacher_expectation`` (fkl, skl); ValueError in one line otherwise."""
     if getattr(get_loss(s.divergence), "teacher_expectation", None) is None:
         raise ValueError(
-            f"divergence {s.divergence!r} cannot train from a sampled teacher cache: it is not an expectation "
-            "under the teacher (it weighs tokens by the student's probability, which the teacher's draws "
-            "miss); use fkl or skl, or a top-k cache (eakd llm cache --sparse topk)"
+            f"divergence {s.divergence!r} cannot train from a sampled teacher cache: it is not an "
+            "expectation under the teacher (it weighs tokens by the student's probability, which the "
+            "teacher's draws miss); use fkl or skl, or a top-k cache (eakd llm cache --sparse topk)"
         )
 
 
@@ -54,6 +54,17 @@ def draw_tail(log_p: Tensor, exact_ids: Tensor, uniforms: Tensor) -> Tensor:
         u = uniforms[i : i + DRAW_ROWS].to(cdf.device) * cdf[:, -1:]
         out.append(torch.searchsorted(cdf, u, right=True).clamp_max(log_p.shape[-1] - 1))
     return torch.cat(out) if out else exact_ids.new_empty(0, uniforms.shape[1])
+
+
+def sparse_rows(log_p: Tensor, top_k: int, samples: int, uniforms: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A cache's rows from the teacher's log-probabilities log_p (n, V) at T: (ids (n, top_k) int64, their
+    log-probs (n, top_k), tail_logmass (n,)), the top top_k - samples ids then ``samples`` drawn by
+    ``draw_tail`` from uniforms (n, samples); tail_logmass: the log-mass outside the top ids."""
+    ids = log_p.topk(top_k - samples, dim=-1).indices
+    tail = log_p.scatter(-1, ids, -torch.inf).logsumexp(-1)
+    if samples:
+        ids = torch.cat([ids, draw_tail(log_p, ids, uniforms)], dim=1)
+    return ids, log_p.gather(-1, ids), tail
 
 
 def slot_masses(logprobs: Tensor, tail_logmass: Tensor, samples: int) -> Tensor:

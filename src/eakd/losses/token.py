@@ -8,9 +8,10 @@ float32 whatever the input dtype, and no T^2 factor (as in TRL's GKD and DistiLL
 keeps its math as ``loss.on_log_probs`` for callers that already have the log-probabilities (the
 compiled single pass, ``eakd.losses.fused``). A divergence that is an expectation under the teacher,
 D = sum_v p_v g(log_q_v, log_p_v), also keeps g as ``loss.teacher_expectation`` (else None): a sampled
-teacher cache estimates D without bias from tokens drawn from p (``eakd.llm.sparse``). A user's own ``@register_loss`` divergence of logits works
-wherever these do (``eakd llm train``'s ``train.divergence``). Positions to ignore (labels ==
-ignore_index) are masked by the caller at the reduction::
+teacher cache estimates D without bias from tokens drawn from p (``eakd.llm.sparse``). A user's own
+``@register_loss`` divergence of logits works wherever these do (``eakd llm train``'s
+``train.divergence``) but a sampled cache. Positions to ignore (labels == ignore_index) are masked by the
+caller at the reduction::
 
     per_token = get_loss("fkl")(student_logits, teacher_logits)        # (B, T)
     loss = weighted_mean(per_token, weights, mask=token_mask(labels))
