@@ -280,7 +280,8 @@ def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: A
         "save_strategy": "no",
         "resume_from_checkpoint": None,
     }
-    recipe = json.loads(json.dumps({**dataclasses.asdict(sft), "eval": None}, default=str))
+    kept = {k: v for k, v in dataclasses.asdict(sft).items() if k != "cache"}  # CE reads no teacher cache
+    recipe = json.loads(json.dumps({**kept, "eval": None}, default=str))
     if not (folder / "config.json").is_file():
         if not m.warm_start_steps:
             raise FileNotFoundError(
