@@ -11,7 +11,7 @@ import torch
 
 import eakd
 from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
-from eakd.llm.cache import topk_log_probs
+from eakd.llm.sparse import topk_log_probs
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,49 +29,13 @@ from eakd.checks import check_flag, check_positive
 from eakd.llm import progress as demo_progress
 from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.settings import TokenLossSettings
-from eakd.llm.sparse import KINDS, check_sampled, draw_uniforms, sparse_rows
+from eakd.llm.sparse import KINDS, check_settings, draw_uniforms, sparse_rows, topk_log_probs
 from eakd.weighting import entropy
 
 CACHE_FORMAT = "eakd-teacher-cache-3"
 TOP_K = 64  # teacher log-probs kept per token by default
 CACHE_BATCH = 8  # rows per teacher batch when writing a cache
 LOGPROB_SLACK = 1e-4  # float32 rounding above 0 tolerated in stored log-probabilities
-
-
-def topk_log_probs(
-    ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, tail_logmass: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
-    as given, the remaining mass (exp(tail_logmass) (M,), else 1 - sum(top-k)) spread evenly over the other
-    V - k tokens."""
-    lp = logprobs.float()
-    k = ids.shape[-1]
-    if tail_logmass is None:
-        tail_logmass = (1.0 - lp.double().exp().sum(-1)).clamp_min(1e-30).log().float()
-    rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
-    out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
-    return out.scatter_(-1, ids.long(), lp)
-
-
-def check_settings(temperature: float, tau: float, s: TokenLossSettings, samples: int = 0) -> None:
-    """A cache of log-probs at ``temperature`` and entropies at ``tau`` (with ``samples`` drawn tokens per
-    row) must match the loss settings ``s`` (the temperature; the policy's tau, built-in policies only; a
-    divergence that can use drawn tokens, ``eakd.llm.sparse.check_sampled``)."""
-    if samples:
-        check_sampled(s)
-    if abs(temperature - s.temperature) > 1e-6:
-        raise ValueError(
-            f"the teacher cache holds log-probs at temperature {temperature}, the loss uses {s.temperature}; "
-            "write the cache again with `eakd llm cache` for this train.temperature"
-        )
-    policy = s.policy()
-    if policy is not None and policy.rule is None:
-        raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
-    if policy is not None and policy.tau is not None and abs(tau - policy.tau) > 1e-6:
-        raise ValueError(
-            f"the teacher cache holds entropies at tau {tau}, the loss's policy uses tau {policy.tau}; "
-            "write the cache again with `eakd llm cache` for this train.tau"
-        )
 
 
 class TeacherTopK(NamedTuple):

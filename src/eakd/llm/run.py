@@ -39,12 +39,13 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm import progress
-from eakd.llm.cache import TOP_K, TeacherCache, check_settings
+from eakd.llm.cache import TOP_K, TeacherCache
 from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
 from eakd.llm.settings import TokenLossSettings
+from eakd.llm.sparse import check_settings
 from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]

@@ -1,6 +1,8 @@
-"""The sampled teacher cache: per labelled token, the teacher's top few tokens kept exactly and the rest of
-its distribution represented by tokens drawn from it, so that the divergence estimated from the cache is
-unbiased (a top-k cache spreads the rest evenly instead, which biases the student; docs/llm.md).
+"""A sparse teacher (a cache's k tokens per labelled token) in the loss: the top-k rebuild
+(``topk_log_probs``), the settings a cache must match (``check_settings``), and the sampled cache: per
+labelled token, the teacher's top few tokens kept exactly and the rest of its distribution represented by
+tokens drawn from it, so that the divergence estimated from the cache is unbiased (a top-k cache spreads
+the rest evenly instead, which biases the student; docs/llm.md).
 
 A cache row holds k = exact + samples tokens (``eakd.llm.cache``'s layout, kind "sampled"): the teacher's
 top ``exact`` tokens, then ``samples`` independent draws from the teacher's distribution at the
@@ -15,6 +17,8 @@ random. The others refuse a sampled cache (``check_sampled``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,6 +38,42 @@ def check_sampled(s: TokenLossSettings) -> None:
             f"divergence {s.divergence!r} cannot train from a sampled teacher cache: it is not an "
             "expectation under the teacher (it weighs tokens by the student's probability, which the "
             "teacher's draws miss); use fkl or skl, or a top-k cache (eakd llm cache --sparse topk)"
+        )
+
+
+def topk_log_probs(
+    ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, tail_logmass: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
+    as given, the remaining mass (exp(tail_logmass) (M,), else 1 - sum(top-k)) spread evenly over the other
+    V - k tokens."""
+    lp = logprobs.float()
+    k = ids.shape[-1]
+    if tail_logmass is None:
+        tail_logmass = (1.0 - lp.double().exp().sum(-1)).clamp_min(1e-30).log().float()
+    rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
+    out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
+    return out.scatter_(-1, ids.long(), lp)
+
+
+def check_settings(temperature: float, tau: float, s: TokenLossSettings, samples: int = 0) -> None:
+    """A cache of log-probs at ``temperature`` and entropies at ``tau`` (with ``samples`` drawn tokens per
+    row) must match the loss settings ``s`` (the temperature; the policy's tau, built-in policies only; a
+    divergence that can use drawn tokens, ``eakd.llm.sparse.check_sampled``)."""
+    if samples:
+        check_sampled(s)
+    if abs(temperature - s.temperature) > 1e-6:
+        raise ValueError(
+            f"the teacher cache holds log-probs at temperature {temperature}, the loss uses {s.temperature}; "
+            "write the cache again with `eakd llm cache` for this train.temperature"
+        )
+    policy = s.policy()
+    if policy is not None and policy.rule is None:
+        raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
+    if policy is not None and policy.tau is not None and abs(tau - policy.tau) > 1e-6:
+        raise ValueError(
+            f"the teacher cache holds entropies at tau {tau}, the loss's policy uses tau {policy.tau}; "
+            "write the cache again with `eakd llm cache` for this train.tau"
         )
 
 
