@@ -1,0 +1,106 @@
+"""Pilots for the detection study on the Fashion-MNIST scenes: which recipe makes distillation transfer?
+
+    python benchmarks/det_scenes_pilots.py [--only NAME ...] [--seeds 0] [--out runs/det_pilots]
+
+Each pilot trains the scenes student (det/scenes_student) with the overrides of ``PILOTS[NAME]`` on top of
+``BASE`` against the teacher of the study (runs/det_scenes/teacher/best.pt: ``python
+benchmarks/det_scenes_study.py`` trains it first), and evaluates it once, after its last epoch, on the VAL
+split (the test split is never read here). Every finished pilot is saved to results/det_pilots.json at once
+(setting, overrides, seed, val AP, AP50, AP75, AP by size, train seconds); a pilot already in that file with
+the same overrides is skipped. docs/detection.md's pilot table is generated from the file
+(``python scripts/tables.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eakd.detection.demo import SETTINGS, config_dir, scenes_dir
+from eakd.engine.files import atomic_write_text
+from eakd.study import provenance
+
+RESULTS = Path("results/det_pilots.json")
+TEACHER = Path("runs/det_scenes/teacher/best.pt")
+# the study's student with 500 labelled images (the teacher had 2,000) and 500 steps of batch 4
+BASE = ["data.train_subset=500", "train.epochs=4"]
+PILOTS: dict[str, list[str]] = {
+    "student": SETTINGS["student"],
+    "kd T=1": [*SETTINGS["kd"], "distill.hparams.temperature=1.0"],
+    "kd T=4": [*SETTINGS["kd"], "distill.hparams.temperature=4.0"],
+    "feat w=1": [*SETTINGS["student"], "distill.hparams.feature_weight=1.0"],
+    "feat w=4": [*SETTINGS["student"], "distill.hparams.feature_weight=4.0"],
+    "ea-feat w=4": [*SETTINGS["ea-kd"], "distill.kd_weight=0", "distill.hparams.feature_weight=4.0"],
+    "feat+kd w=4 T=1": [*SETTINGS["kd"], "distill.hparams.feature_weight=4.0"],
+}
+
+
+def pilot(name: str, seed: int, out: Path) -> dict[str, Any]:
+    """Train one pilot; its record: name, overrides, seed, val metrics (%), train seconds."""
+    from eakd.engine import load_config, train
+
+    overrides = [*BASE, *PILOTS[name]]
+    run = [
+        f"data.root={scenes_dir()}",
+        f"experiment.output_dir={out}",
+        f"experiment.name={name.replace(' ', '_').replace('=', '')}-seed{seed}",
+        f"experiment.seed={seed}",
+        f"model.teacher_checkpoint={TEACHER}",
+        "train.overwrite=true",
+        *overrides,
+    ]
+    epochs = load_config(config_dir() / "scenes_student.yaml", run).train.epochs
+    summary = train(load_config(config_dir() / "scenes_student.yaml", [*run, f"train.eval_every={epochs}"]))
+    metrics = summary["last"]["metrics"]
+    keep = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+    prov = provenance()
+    return {
+        "name": name,
+        "overrides": overrides,
+        "seed": seed,
+        "val": {k: float(metrics[k]) for k in keep if k in metrics},
+        "train_s": float(summary["train_time_s"]),
+        "code": prov["code"],
+        "date": prov["date"],
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(PILOTS), help="pilots to run (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/det_pilots"))
+    args = parser.parse_args(argv)
+    if not TEACHER.is_file():
+        print(
+            f"error: no teacher at {TEACHER}: run python benchmarks/det_scenes_study.py first",
+            file=sys.stderr,
+        )
+        return 2
+    torch.set_num_threads(1)
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"pilots": []}
+    for seed in args.seeds:
+        for name in args.only or list(PILOTS):
+            overrides = [*BASE, *PILOTS[name]]
+            if any(
+                p["name"] == name and p["seed"] == seed and p["overrides"] == overrides
+                for p in result["pilots"]
+            ):
+                continue
+            record = pilot(name, seed, args.out)
+            result["pilots"] = [
+                p for p in result["pilots"] if not (p["name"] == name and p["seed"] == seed)
+            ] + [record]
+            result["machine"] = provenance()["machine"]
+            atomic_write_text(RESULTS, json.dumps(result, indent=1) + "\n")
+            print(f"pilot {name} seed {seed}: val AP {record['val']['AP']:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
