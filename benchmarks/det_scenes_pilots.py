@@ -14,8 +14,10 @@ docs/detection.md's pilot table is generated from the file (``python scripts/tab
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,20 @@ def pilot_table(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "", f"BASE: {base} on det/scenes_student; val split (300 images), last epoch."])
 
 
+def record_pilot(record: dict[str, Any]) -> None:
+    """Add ``record`` to RESULTS under a lock (pilots may run in parallel processes), replacing an earlier
+    record of the same name, seed and teacher."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "eakd_det_pilots.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"pilots": []}
+        key = (record["name"], record["seed"], record["teacher"])
+        result["pilots"] = [p for p in result["pilots"] if (p["name"], p["seed"], p["teacher"]) != key]
+        result["pilots"].append(record)
+        result["machine"] = provenance()["machine"]
+        atomic_write_text(RESULTS, json.dumps(result, indent=1) + "\n")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(PILOTS), help="pilots to run (default: all)")
@@ -111,19 +127,14 @@ def main(argv: list[str]) -> int:
         return 2
     teacher = teacher_info(args.teacher)
     torch.set_num_threads(1)
-    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"pilots": []}
     for seed in args.seeds:
         for name in args.only or list(PILOTS):
-            overrides = [*BASE, *PILOTS[name]]
-            key = (name, seed, overrides, teacher)
-            if any((p["name"], p["seed"], p["overrides"], p["teacher"]) == key for p in result["pilots"]):
+            key = (name, seed, [*BASE, *PILOTS[name]], teacher)
+            done = json.loads(RESULTS.read_text())["pilots"] if RESULTS.is_file() else []
+            if any((p["name"], p["seed"], p["overrides"], p["teacher"]) == key for p in done):
                 continue
             record = pilot(name, seed, args.out, args.teacher)
-            result["pilots"] = [
-                p for p in result["pilots"] if (p["name"], p["seed"], p["teacher"]) != (name, seed, teacher)
-            ] + [record]
-            result["machine"] = provenance()["machine"]
-            atomic_write_text(RESULTS, json.dumps(result, indent=1) + "\n")
+            record_pilot(record)
             print(f"pilot {name} seed {seed}: val AP {record['val']['AP']:.2f}", flush=True)
     return 0
 
