@@ -62,17 +62,17 @@ def pilot(name: str, seed: int, out: Path, teacher: Path) -> dict[str, Any]:
         "train.overwrite=true",
         *overrides,
     ]
+    prov = provenance()  # the code the pilot runs
     epochs = load_config(config_dir() / "scenes_student.yaml", run).train.epochs
     summary = train(load_config(config_dir() / "scenes_student.yaml", [*run, f"train.eval_every={epochs}"]))
     metrics = summary["last"]["metrics"]
     keep = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
-    prov = provenance()
     return {
         "name": name,
         "overrides": overrides,
         "seed": seed,
         "teacher": teacher_info(teacher),
-        "val": {k: float(metrics[k]) for k in keep if k in metrics},
+        "val": {k: float(metrics[k]) for k in keep if metrics.get(k, -1) >= 0},  # -1: no box of that size
         "train_s": float(summary["train_time_s"]),
         "code": prov["code"],
         "date": prov["date"],
