@@ -132,3 +132,13 @@ def test_scenes_demo_table_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         demo(["--data", "scenes", "--help"])
     assert stop.value.code == 0 and "--data {trees,scenes}" in capsys.readouterr().out
+
+
+def test_a_study_refuses_runs_of_another_teacher() -> None:
+    from eakd.detection.demo import check_teacher
+
+    teacher = {"best": {"metric": "AP", "value": 58.7, "epoch": 6}}
+    check_teacher(teacher, {"teacher": {"best": {"value": 58.7}}})
+    check_teacher(teacher, {})  # an earlier result without a teacher: nothing to compare
+    with pytest.raises(ValueError, match="best AP 58.7, the earlier study's 55.0"):
+        check_teacher(teacher, {"teacher": {"best": {"value": 55.0}}})

@@ -176,18 +176,49 @@ def demo_study(
     """The teacher, then every setting x seed through ``eakd.study.run_study``.
 
     data: "trees" or "scenes" (``demo_data``). results: also save the study there (``results/``). reuse:
-    keep the finished runs of an earlier study.json of the same protocol (a stopped study resumes). The
-    result has the data name under "data" and the teacher's summary under "teacher".
+    keep the finished runs of an earlier study (``results``, then ``out/study.json``) of the same protocol,
+    of the arms whose overrides (SETTINGS) are unchanged, so a stopped study resumes, on another machine
+    too; ValueError when that study's teacher had another AP than this one (``check_teacher``). The result
+    has the data name under "data" and the teacher's summary under "teacher".
     """
     spec = demo_data(data)
     common = [f"experiment.output_dir={out}", *spec.common, *(extra or [])]
     teacher = teacher_run(spec, out, common, teacher_epochs)
     students = [*common, *([] if student_epochs is None else [f"train.epochs={student_epochs}"])]
-    arms = {arm: SETTINGS[arm] for arm in settings}  # a changed arm definition changes the protocol
-    protocol = {"data": data, "overrides": students, "teacher_epochs": teacher_epochs, "arms": arms}
+    # no machine paths (output folder, data root): a study resumes from its results file on another machine
+    epochs = [] if student_epochs is None else [f"train.epochs={student_epochs}"]
+    protocol = {"data": data, "overrides": [*(extra or []), *epochs], "teacher_epochs": teacher_epochs}
+    for path in (results, out / "study.json"):
+        if reuse and path is not None and path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier.get("protocol") == protocol:
+                check_teacher(teacher, earlier)
     train_one = partial(train_student, data=spec, common=students, teacher=out / "teacher" / "best.pt")
     info = {"data": data, "teacher": teacher}
-    return run_study(train_one, settings, seeds, out, protocol, reuse=reuse, results=results, info=info)
+    definitions = {arm: SETTINGS[arm] for arm in settings}
+    return run_study(
+        train_one,
+        settings,
+        seeds,
+        out,
+        protocol,
+        reuse=reuse,
+        results=results,
+        info=info,
+        definitions=definitions,
+    )
+
+
+def check_teacher(teacher: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Refuse to mix runs distilled from different teachers: ValueError when the study result ``earlier``
+    recorded a teacher whose best AP differs from ``teacher``'s (this machine's, reused or retrained)."""
+    recorded = earlier.get("teacher", {}).get("best", {}).get("value")
+    here = teacher["best"]["value"]
+    if recorded is not None and recorded != here:
+        raise ValueError(
+            f"the teacher here has best AP {here}, the earlier study's {recorded}: its runs cannot be reused "
+            "with this teacher (move the study file away to start anew)"
+        )
 
 
 def _ap(m: dict[str, float]) -> str:
