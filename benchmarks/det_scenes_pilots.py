@@ -38,7 +38,6 @@ PILOTS: dict[str, list[str]] = {  # in the order of priority
     "kd T=1": [*SETTINGS["kd"], "distill.hparams.temperature=1.0"],
     "kd T=4": [*SETTINGS["kd"], "distill.hparams.temperature=4.0"],
     "feat w=1": [*SETTINGS["student"], "distill.hparams.feature_weight=1.0"],
-    "feat+kd w=4 T=1": [*SETTINGS["kd"], "distill.hparams.feature_weight=4.0"],
 }
 
 

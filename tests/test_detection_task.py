@@ -140,5 +140,5 @@ def test_a_study_refuses_runs_of_another_teacher() -> None:
     teacher = {"best": {"metric": "AP", "value": 58.7, "epoch": 6}}
     check_teacher(teacher, {"teacher": {"best": {"value": 58.7}}})
     check_teacher(teacher, {})  # an earlier result without a teacher: nothing to compare
-    with pytest.raises(ValueError, match="best AP 58.7, the earlier study's 55.0"):
+    with pytest.raises(ValueError, match=r"best AP 58\.7, the earlier study's 55\.0"):
         check_teacher(teacher, {"teacher": {"best": {"value": 55.0}}})
