@@ -113,18 +113,20 @@ def _train(config: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: int | None) -> dict[str, Any]:
-    """The teacher in ``out/teacher``: reused when it finished earlier, else trained. With ``data.test``,
+    """The teacher in ``out/teacher``: reused when it finished earlier (its summary.json exists), else
+    trained (a stopped teacher is trained anew: ``train.overwrite``). With ``data.test``,
     its best.pt (chosen on the configs' eval set) is evaluated once on the test split: "test" (AP, AP50,
     AP75 in %), kept in ``out/teacher/test.json``."""
     from eakd.engine import evaluate_run, load_config
 
     t_dir = out / "teacher"
-    if (t_dir / "best.pt").is_file():
+    if (t_dir / "summary.json").is_file():
         print(f"reusing the teacher in {t_dir}", flush=True)
         summary = json.loads((t_dir / "summary.json").read_text())
     else:
         epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
-        summary = _train(config_dir() / data.teacher, [*common, "experiment.name=teacher", *epochs])
+        overrides = [*common, "experiment.name=teacher", "train.overwrite=true", *epochs]
+        summary = _train(config_dir() / data.teacher, overrides)
     if data.test:
         if not (t_dir / "test.json").is_file():
             cfg = load_config(config_dir() / data.teacher, [*common, "experiment.name=teacher", *data.test])
