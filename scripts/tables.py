@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (
 from _render_cache_bias import render as llm_cache_bias_table  # noqa: E402
 from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
 from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
+from det_scenes_pilots import pilot_table  # noqa: E402
 
 RESULTS = ROOT / "results"
 MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
@@ -184,6 +185,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "fmnist_mlkd_pilot": study(mlkd_pilot),
     "det_study": study(detection_table),
     "det_scenes": study(detection_table),
+    "det_pilots": pilot_table,
     "loss_overhead": loss_overhead_table,
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
