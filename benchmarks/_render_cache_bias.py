@@ -29,7 +29,7 @@ def render(result: dict[str, Any]) -> str:
         cos = [s["cosine"] for s in g["per_step"]]
         err = statistics.mean(s["rel_error"] for s in g["per_step"])
         lines.append(
-            f"| {_label(name, c)} | {proto['bytes_per_token'][name]} | {g['exact_mass_mean']:.3f} | "
+            f"| {_label(name, c)} | {proto['bytes_per_token'][name]} | {max(g['exact_mass_mean'], 0.0):.3f} | "
             f"{statistics.mean(cos):.4f}, {min(cos):.4f} | {err:.3f} | {g['summed']['cosine']:.4f} | "
             f"{g['summed']['rel_error']:.3f} |"
         )
@@ -44,7 +44,7 @@ def render(result: dict[str, Any]) -> str:
 
 def verdict(result: dict[str, Any]) -> str:
     """Per size k: the cache whose summed gradient is closest to the online one (the bias that training
-    accumulates), and the one closest per step."""
+    accumulates), and the one closest per step; then the distilled student closest to the online one."""
     proto, grads = result["protocol"], result["gradients"]
     parts = []
     for k in sorted({c["k"] for c in proto["caches"].values()}):
@@ -56,7 +56,14 @@ def verdict(result: dict[str, Any]) -> str:
             f"at k = {k} the summed gradient is closest to the online teacher's with {best}, "
             f"a step's with {one}"
         )
-    return "Read off the table: " + "; ".join(parts) + "."
+    dist = result["distillation"]
+    trained = [n for n in dist if n not in ("start", "online")]
+    near = min(trained, key=lambda n: abs(dist[n]["kl"] - dist["online"]["kl"]))
+    parts.append(
+        f"after the distillation the student closest to the online-trained one in KL to the teacher is "
+        f"{_label(near, proto['caches'][near])}'s"
+    )
+    return "Read off the tables: " + "; ".join(parts) + "."
 
 
 def provenance(result: dict[str, Any]) -> str:
