@@ -28,8 +28,9 @@ def render(result: dict[str, Any]) -> str:
         c = proto["caches"][name]
         cos = [s["cosine"] for s in g["per_step"]]
         err = statistics.mean(s["rel_error"] for s in g["per_step"])
+        kept = max(g["exact_mass_mean"], 0.0)  # -0.0 when nothing is kept exactly
         lines.append(
-            f"| {_label(name, c)} | {proto['bytes_per_token'][name]} | {max(g['exact_mass_mean'], 0.0):.3f} | "
+            f"| {_label(name, c)} | {proto['bytes_per_token'][name]} | {kept:.3f} | "
             f"{statistics.mean(cos):.4f}, {min(cos):.4f} | {err:.3f} | {g['summed']['cosine']:.4f} | "
             f"{g['summed']['rel_error']:.3f} |"
         )
