@@ -29,17 +29,19 @@ def table(result: dict[str, Any]) -> str:
 
     pairs, a = result["pairs"], result["settings"]
     med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
-    ratio = statistics.median((p["generate_s"] + p["onpolicy_step_s"]) / p["teacher_forced_s"] for p in pairs)
+    ratios = [(p["generate_s"] + p["onpolicy_step_s"]) / p["teacher_forced_s"] for p in pairs]
+    ratio = statistics.median(ratios)
     gen_share = statistics.median(p["generate_s"] / (p["generate_s"] + p["onpolicy_step_s"]) for p in pairs)
     prov, load, cpus = result["provenance"], result["loadavg"], result["provenance"]["machine"]["cpus"]
     per_response = lambda key: statistics.mean(p[key] for p in pairs) / a["batch_size"]  # noqa: E731
     return "\n".join([
-        "| step (batch of 8, teacher online) | median s | / teacher-forced (median of paired ratios) |",
+        "| step (batch of 8, teacher online) | median s | / teacher-forced (paired: median (min-max)) |",
         "|---|---|---|",
         f"| teacher-forced (dataset responses) | {med('teacher_forced_s'):.2f} | 1 |",
         f"| on-policy (lmbda 1): generation | {med('generate_s'):.2f} | |",
         f"| on-policy (lmbda 1): step on the generated responses | {med('onpolicy_step_s'):.2f} | |",
-        f"| on-policy (lmbda 1): total | {med('generate_s') + med('onpolicy_step_s'):.2f} | {ratio:.1f} |",
+        f"| on-policy (lmbda 1): total | {med('generate_s') + med('onpolicy_step_s'):.2f} | {ratio:.1f} "
+        f"({min(ratios):.1f}-{max(ratios):.1f}) |",
         "",
         f"_Measured {prov['date']} on {cpus} CPU cores shared with other jobs (load average "
         f"{load[0]:.1f} at the start, {load[1]:.1f} at the end), {a['threads']} torch thread(s), torch "
