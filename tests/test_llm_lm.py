@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_llm import PAIRS, make_teacher, make_tokenizer  # noqa: E402
+from tiny_llm import PAIRS, make_teacher, make_tokenizer
 
-from eakd.llm import lm_study  # noqa: E402
-from eakd.llm.lm_metrics import CONFIDENCE, lm_metrics, teacher_states  # noqa: E402
-from eakd.llm.models import make_student  # noqa: E402
-from eakd.llm.text import lm_rows, pick, text_blocks  # noqa: E402
+from eakd.llm import lm_study
+from eakd.llm.lm_metrics import CONFIDENCE, lm_metrics, teacher_states
+from eakd.llm.models import make_student
+from eakd.llm.text import lm_rows, pick, text_blocks
 
 WORDS = sorted({w for p in PAIRS for w in (p["prompt"] + " " + p["response"]).split()})
 
@@ -75,7 +75,8 @@ def test_metrics_equal_a_plain_reference() -> None:
     target = ids[:, 1:].flatten()
     nll = F.cross_entropy(s_logits, target, reduction="none")
     t_nll = F.cross_entropy(t_logits, target, reduction="none")
-    kl = F.kl_div(s_logits.log_softmax(-1), t_logits.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    log_q, log_p = s_logits.log_softmax(-1), t_logits.log_softmax(-1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
     top1 = (s_logits.argmax(-1) == t_logits.argmax(-1)).float()
     p_max = t_logits.softmax(-1).max(-1).values
     bins = {"all": torch.ones_like(p_max, dtype=torch.bool)}
