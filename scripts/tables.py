@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from eakd.detection.demo import format_table as detection_table
+from eakd.llm.lm_study import pilot_table as llm_lm_pilot_table
+from eakd.llm.lm_study import table as llm_lm_table
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import code_label
 from eakd.vision.demo import format_table as vision_table
@@ -37,7 +39,7 @@ def provenance_line(result: dict[str, Any]) -> str:
     m = p.get("machine", {})
     return (
         f"_Measured {p.get('date', '?')} on {m.get('cpus', '?')} CPU cores ({m.get('device', '?')}), torch "
-        f"{m.get('torch', '?')}, code {code_label(p)}; {len(result['seeds'])} seeds, "
+        f"{m.get('torch', '?')}, code {code_label(p)}; {len(result.get('seeds', [0]))} seeds, "
         f"{result.get('wall_s', 0) / 60:.0f} min._"
     )
 
@@ -56,6 +58,8 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
+    "llm_lm_pilot": study(llm_lm_pilot_table),
+    "llm_lm_study": study(llm_lm_table),
 }
 
 

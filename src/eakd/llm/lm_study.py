@@ -35,7 +35,7 @@ from eakd.llm.run_cache import cache_tau
 from eakd.llm.study import METHODS
 from eakd.llm.text import Row, lm_rows
 from eakd.llm.trainer import EAKDConfig, EAKDTrainer
-from eakd.study import run_study
+from eakd.study import run_study, study_table
 
 # train settings per arm (forward KL at T = 1); everything else is shared
 ARMS: dict[str, dict[str, Any]] = {
@@ -51,7 +51,8 @@ class LMSettings:
     block; train_blocks: training blocks (one epoch: train_blocks / batch_size optimiser steps);
     eval_blocks: blocks per evaluation set; eval_sets: the sets every run is evaluated on ("validation"
     in the pilot, "test" and "ood" in the study). lr with ``warmup_steps`` then cosine decay; top_k: the
-    teacher cache's size; threads: torch threads (0: leave torch's default)."""
+    teacher cache's size; chunk_size: rows per chunk of the fused loss; eval_batch: blocks per evaluation
+    batch."""
 
     teacher: str = "smollm2"
     data: str | None = None
@@ -66,7 +67,6 @@ class LMSettings:
     top_k: int = 64
     chunk_size: int = 512
     eval_batch: int = 4
-    threads: int = 0
 
     @property
     def steps(self) -> int:
@@ -128,8 +128,6 @@ def prepare(s: LMSettings, out: Path, arms: list[str] | None = None) -> Setup:
     """Load the teacher, cut the blocks (training blocks and each of ``s.eval_sets``, drawn by seed 0),
     read or build the teacher caches of ``arms`` (default: all of ``ARMS``) under ``out`` and the teacher
     states of the evaluation sets (in memory)."""
-    if s.threads:
-        torch.set_num_threads(s.threads)
     teacher, tokenizer = load_teacher(s.teacher)
     sizes = {"train": s.train_blocks, **{name: s.eval_blocks for name in s.eval_sets}}
     rows = lm_rows(tokenizer, s.block_len, sizes, s.data)
@@ -217,3 +215,64 @@ def lm_study(
     protocol = json.loads(json.dumps(protocol))  # as it reads back from the file (tuples are lists)
     run = partial(train_one, setup)
     return run_study(run, arms, seeds, setup.out, protocol, reuse=reuse, results=results, info=info)
+
+
+# the study's table: the primary metric first (docs/llm.md), then the secondary ones and the diagnostics
+METRICS = {
+    "test_ppl": "test ppl",
+    "test_kl": "test KL",
+    "test_top1": "test top-1 agr.",
+    "ood_ppl": "Moby Dick ppl",
+    "ood_kl": "Moby Dick KL",
+    "test_kl_low": "KL p_max<0.5",
+    "test_kl_mid": "KL 0.5-0.9",
+    "test_kl_high": "KL p_max>=0.9",
+    "train_s": "train s/run",
+}
+COMPARE = ["test_ppl", "test_kl", "test_top1", "ood_ppl", "ood_kl"]
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: the untrained student and the teacher on the test speeches, then ``study_table`` with
+    each arm minus ``kd`` paired by seed (once two seeds are in) and the runs done of those planned."""
+    start = result["start"]
+    planned = len(result["arms"]) * len(result["seeds"])
+    done = sum(len(r) for r in result["runs"].values())
+    sizes = f"{result['student_params'] / 1e6:.1f}M parameters, teacher {result['teacher_params'] / 1e6:.1f}M"
+    head = (
+        f"{done} of {planned} runs done. Before distillation the student ({sizes}) has test ppl "
+        f"{start['test_ppl']:.1f}, KL "
+        f"{start['test_kl']:.2f} nats, top-1 agr. {start['test_top1']:.3f}; the teacher's test ppl is "
+        f"{start['test_teacher_ppl']:.1f} (Moby Dick {start['ood_teacher_ppl']:.1f})."
+    )
+    seeds = max((len(r) for r in result["runs"].values()), default=0)
+    reference = {arm: "kd" for arm in result["arms"] if arm != "kd"} if seeds >= 2 else None
+    return f"{head}\n\n{study_table(result, METRICS, reference, compare=COMPARE)}"
+
+
+def pilot_table(result: dict[str, Any]) -> str:
+    """Markdown of the pilot (benchmarks/llm_lm_study.py pilot): the untrained students by depth, then each
+    kd run, all on the validation speeches."""
+    steps = result["base"]["train_blocks"] // result["base"]["batch_size"]
+    lines = [
+        "| student | params | steps | lr | val ppl | val KL | val top-1 | KL p_max>=0.9 | KL p_max<0.5 "
+        "| s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for layers, m in result["start"].items():
+        lines.append(
+            f"| {layers} layers, untrained | {m['params'] / 1e6:.1f}M | 0 | - | {m['validation_ppl']:.1f} | "
+            f"{m['validation_kl']:.2f} | {m['validation_top1']:.3f} | {m['validation_kl_high']:.2f} | "
+            f"{m['validation_kl_low']:.2f} | - |"
+        )
+    for name, m in result["runs"].items():
+        c = m["changes"]
+        lines.append(
+            f"| {c['layers']} layers, kd ({name}) | | {steps} | {c['lr']:g} | {m['validation_ppl']:.1f} | "
+            f"{m['validation_kl']:.2f} | {m['validation_top1']:.3f} | {m['validation_kl_high']:.2f} | "
+            f"{m['validation_kl_low']:.2f} | {m['step_s']:.2f} |"
+        )
+    any_start = next(iter(result["start"].values()), None)
+    if any_start is not None:
+        lines += ["", f"Teacher: validation ppl {any_start['validation_teacher_ppl']:.1f}."]
+    return "\n".join(lines)
