@@ -37,10 +37,10 @@ def provenance_line(result: dict[str, Any]) -> str:
     """Where the numbers come from: code version, date, machine."""
     p = result.get("provenance", {})
     m = p.get("machine", {})
+    seeds = f"{len(result['seeds'])} seeds, " if "seeds" in result else ""
     return (
         f"_Measured {p.get('date', '?')} on {m.get('cpus', '?')} CPU cores ({m.get('device', '?')}), torch "
-        f"{m.get('torch', '?')}, code {code_label(p)}; {len(result.get('seeds', [0]))} seeds, "
-        f"{result.get('wall_s', 0) / 60:.0f} min._"
+        f"{m.get('torch', '?')}, code {code_label(p)}; {seeds}{result.get('wall_s', 0) / 60:.0f} min._"
     )
 
 

@@ -241,7 +241,7 @@ def table(result: dict[str, Any]) -> str:
     sizes = f"{result['student_params'] / 1e6:.1f}M parameters, teacher {result['teacher_params'] / 1e6:.1f}M"
     head = (
         f"{done} of {planned} runs done. Before distillation the student ({sizes}) has test ppl "
-        f"{start['test_ppl']:.1f}, KL "
+        f"{start['test_ppl']:.4g}, KL "
         f"{start['test_kl']:.2f} nats, top-1 agr. {start['test_top1']:.3f}; the teacher's test ppl is "
         f"{start['test_teacher_ppl']:.1f} (Moby Dick {start['ood_teacher_ppl']:.1f})."
     )
@@ -261,14 +261,14 @@ def pilot_table(result: dict[str, Any]) -> str:
     ]
     for layers, m in result["start"].items():
         lines.append(
-            f"| {layers} layers, untrained | {m['params'] / 1e6:.1f}M | 0 | - | {m['validation_ppl']:.1f} | "
+            f"| {layers} layers, untrained | {m['params'] / 1e6:.1f}M | 0 | - | {m['validation_ppl']:.4g} | "
             f"{m['validation_kl']:.2f} | {m['validation_top1']:.3f} | {m['validation_kl_high']:.2f} | "
             f"{m['validation_kl_low']:.2f} | - |"
         )
     for name, m in result["runs"].items():
         c = m["changes"]
         lines.append(
-            f"| {c['layers']} layers, kd ({name}) | | {steps} | {c['lr']:g} | {m['validation_ppl']:.1f} | "
+            f"| {c['layers']} layers, kd ({name}) | | {steps} | {c['lr']:g} | {m['validation_ppl']:.4g} | "
             f"{m['validation_kl']:.2f} | {m['validation_top1']:.3f} | {m['validation_kl_high']:.2f} | "
             f"{m['validation_kl_low']:.2f} | {m['step_s']:.2f} |"
         )
