@@ -108,6 +108,7 @@ def _no_times(result: dict) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_resumed_study_adds_only_the_missing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = make_tokenizer()
     make_teacher(tok).save_pretrained(tmp_path / "teacher")
