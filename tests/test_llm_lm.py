@@ -141,6 +141,7 @@ def test_a_resumed_study_adds_only_the_missing_runs(tmp_path: Path, monkeypatch:
     committed.write_text(json.dumps(partial))
     text = lm_study.table(partial)  # the docs' table of a partial study
     assert "4 of 6 runs done" in text and "ea-kd - kd (95 % CI, 1 paired seeds)" in text
+    assert "0 of 6 runs done" in lm_study.table({**partial, "runs": {arm: {} for arm in arms}})
     calls = []
     train_one = lm_study.train_one
     monkeypatch.setattr(lm_study, "train_one", lambda s, a, k: calls.append((a, k)) or train_one(s, a, k))

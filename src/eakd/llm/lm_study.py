@@ -194,18 +194,15 @@ def lm_study(
     reuse: bool = False,
 ) -> dict[str, Any]:
     """Every arm x seed through ``eakd.study.run_study`` (seed-major, saved after every run to
-    ``setup.out/study.json`` and ``results``); ``reuse``: keep the finished runs of the same protocol,
-    also from ``results`` when the output folder has no study yet (a fresh machine). The result also
+    ``setup.out/study.json`` and ``results``; the arms' definitions are ``ARMS``); ``reuse``: keep the
+    finished runs of the same settings and arm definitions, from ``results`` first (a fresh machine has
+    no output folder). The result also
     holds the initial student's metrics with the token counts and the teacher's perplexity ("start") and
     both models' sizes."""
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
-    old = setup.out / "study.json"
-    if reuse and results is not None and results.is_file() and not old.is_file():
-        shutil.copyfile(results, old)  # resume on a fresh machine from the committed results file
-    s = setup.settings
-    protocol = {"settings": dataclasses.asdict(s), "arms": {arm: ARMS[arm] for arm in arms}}
+    protocol = {"settings": dataclasses.asdict(setup.settings)}
     student = initial_student(setup)
     info = {
         "start": student_metrics(setup, student, teacher=True),
@@ -213,8 +210,18 @@ def lm_study(
         "teacher_params": num_params(setup.teacher),
     }
     protocol = json.loads(json.dumps(protocol))  # as it reads back from the file (tuples are lists)
-    run = partial(train_one, setup)
-    return run_study(run, arms, seeds, setup.out, protocol, reuse=reuse, results=results, info=info)
+    run, definitions = partial(train_one, setup), {arm: ARMS[arm] for arm in arms}
+    return run_study(
+        run,
+        arms,
+        seeds,
+        setup.out,
+        protocol,
+        reuse=reuse,
+        results=results,
+        info=info,
+        definitions=definitions,
+    )
 
 
 # the study's table: the primary metric first (docs/llm.md), then the secondary ones and the diagnostics
