@@ -62,7 +62,7 @@ class LMSettings:
     eval_blocks: int = 64
     eval_sets: tuple[str, ...] = ("test", "ood")
     batch_size: int = 4
-    lr: float = 5e-4
+    lr: float = 2e-3
     warmup_steps: int = 10
     top_k: int = 64
     chunk_size: int = 512
