@@ -73,6 +73,7 @@ def lm_metrics(
     was_training = student.training
     student.eval()
     ids, device = _ids(rows), next(student.parameters()).device
+    head_device = next(teacher_head.parameters()).device
     if states.shape[:2] != (ids.shape[0], ids.shape[1] - 1):
         raise ValueError(f"teacher states {tuple(states.shape)} do not match blocks {tuple(ids.shape)}")
     parts: dict[str, list[torch.Tensor]] = {"nll": [], "kl": [], "top1": [], "t_nll": [], "p_max": []}
@@ -80,7 +81,7 @@ def lm_metrics(
         batch = ids[i : i + batch_size].to(device)
         target = batch[:, 1:].reshape(-1)
         log_q = torch.log_softmax(student(input_ids=batch).logits[:, :-1].float(), -1).flatten(0, 1)
-        t_logits = teacher_head(states[i : i + batch_size].to(device)).float()
+        t_logits = teacher_head(states[i : i + batch_size].to(head_device)).float().to(device)
         log_p = torch.log_softmax(t_logits, -1).flatten(0, 1)
         parts["nll"].append(-log_q.gather(1, target[:, None])[:, 0])
         parts["t_nll"].append(-log_p.gather(1, target[:, None])[:, 0])
