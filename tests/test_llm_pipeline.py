@@ -125,7 +125,8 @@ def test_text_splits_by_speech(tmp_path: Path) -> None:
     for year in range(1790, 1800):
         (speeches / f"{year}.txt").write_text(f"speech of {year}")
     (tmp_path / "moby-dick" / "data").mkdir(parents=True)
-    (tmp_path / "moby-dick" / "data" / "book.txt").write_text("Call me Ishmael.")
+    (tmp_path / "moby-dick" / "data" / "data.txt").write_text("Call me Ishmael.")
+    (tmp_path / "moby-dick" / "data" / "chapter_1.txt").write_text("Call me")  # a part of data.txt
     splits = load_text_splits(tmp_path, val_size=2, test_size=3, seed=1)
     assert [len(splits[k]) for k in ("train", "validation", "test", "ood")] == [5, 2, 3, 1]
     speeches = sorted(t for k in ("train", "validation", "test") for t in splits[k])
