@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (
 from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
 from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
 from det_scenes_pilots import pilot_table  # noqa: E402
+from llm_onpolicy_cost import table as onpolicy_cost_table  # noqa: E402
 
 RESULTS = ROOT / "results"
 MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
@@ -192,6 +193,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
     "cifar100_recipes": recipes_table,
+    "llm_onpolicy_cost": onpolicy_cost_table,
     "llm_lm_pilot": study(llm_lm_pilot_table),
     "llm_lm_study": study(llm_lm_table),
 }
