@@ -31,6 +31,7 @@ from eakd.vision.demo import format_table as vision_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (not a package)
+from _render_cache_bias import render as llm_cache_bias_table  # noqa: E402
 from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
 from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
 from det_scenes_pilots import pilot_table  # noqa: E402
@@ -192,6 +193,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
+    "llm_cache_bias": llm_cache_bias_table,
     "cifar100_recipes": recipes_table,
     "llm_onpolicy_cost": onpolicy_cost_table,
     "llm_lm_pilot": study(llm_lm_pilot_table),

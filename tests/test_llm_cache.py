@@ -11,7 +11,7 @@ import torch
 
 import eakd
 from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
-from eakd.llm.cache import topk_log_probs
+from eakd.llm.sparse import topk_log_probs
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
 
@@ -260,7 +260,7 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     out = tmp_path / "cache.safetensors"
     assert main(["cache", str(config), "--top-k", "4", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert summary["rows"] == 2 and summary["top_k"] == 4 and 0 < summary["top_k_mass_mean"] <= 1
+    assert summary["rows"] == 2 and summary["top_k"] == 4 and 0 < summary["exact_mass_mean"] <= 1
     assert main(["train", str(config), f"model.teacher_cache={out}"]) == 0
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["config"]["model"]["teacher_cache"] == str(out) and result["train_rows"] == 2

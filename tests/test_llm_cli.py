@@ -162,8 +162,17 @@ def _cli_case(name: str, tmp_path: Path) -> tuple[list[str], str]:
         "folder not a model": (["train", str(config), f"model.teacher={tmp_path}"], "is not a model folder"),
         "missing cache": (["train", str(config), "model.teacher_cache=none.safetensors"], "does not exist"),
         "cache is a directory": (["train", str(config), f"model.teacher_cache={tmp_path}"], "is a directory"),
-        "top-k 0": (["cache", str(config), "--top-k", "0"], "top_k (eakd llm cache --top-k) must be >= 1"),
+        "top-k 0": (["cache", str(config), "--top-k", "0"], "'cache.top_k': input should be greater than 0"),
         "out is a directory": (["cache", str(config), "--out", str(tmp_path / "outdir")], "is a directory"),
+        "sparse unknown": (["cache", str(config), "--sparse", "random"], "'cache.sparse': input should be"),
+        "sampled all exact": (
+            ["cache", str(config), "--sparse", "sampled", "--exact", "64"],
+            "cache.exact < ",
+        ),
+        "sampled rkl": (
+            ["cache", str(config), "train.divergence=rkl", "--sparse", "sampled"],
+            "divergence 'rkl' cannot train from a sampled teacher cache",
+        ),
         "missing data": (["train", str(config), "data.source=none.jsonl"], "data file none.jsonl does not"),
     }[name]
 
@@ -184,6 +193,9 @@ def _cli_case(name: str, tmp_path: Path) -> tuple[list[str], str]:
         "cache is a directory",
         "top-k 0",
         "out is a directory",
+        "sparse unknown",
+        "sampled all exact",
+        "sampled rkl",
         "missing data",
     ],
 )

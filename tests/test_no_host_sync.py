@@ -118,9 +118,10 @@ def test_engine_reads_do_not_grow_with_the_steps(tmp_path):
     assert few == many, f"{few} read-backs for 2 steps, {many} for 8: a read-back per step"
 
 
-def llm_trainer(tmp_path, chunked: bool, cached: bool, **train):
+def llm_trainer(tmp_path, chunked: bool, cached: bool, samples: int = 0, **train):
     """An EAKDTrainer on the tiny teacher (tests/tiny_llm.py) and a 2-layer student, teacher online or
-    from a top-k cache, never logging (logging_steps beyond the steps run); and one collated batch."""
+    from a top-k cache (sampled with ``samples`` > 0), never logging (logging_steps beyond the steps
+    run); and one collated batch."""
     from functools import partial
 
     from tiny_llm import PAIRS, make_teacher, make_tokenizer
@@ -138,7 +139,9 @@ def llm_trainer(tmp_path, chunked: bool, cached: bool, **train):
                       chunked=chunked, chunk_size=8, ce_weight=0.5, tau=2.0, **train)  # fmt: skip
     cache = None
     if cached:
-        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False)
+        cache = build_cache(
+            teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False, samples=samples
+        )
         rows = cache.attach(rows)
     trainer = EAKDTrainer(
         model=student,
@@ -172,6 +175,19 @@ def test_llm_compute_loss_reads_nothing_back(tmp_path, chunked, cached, train):
             trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()
     assert seen == []
     trainer.guard.check()  # the flags of those steps, read once: all clear
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])
+def test_llm_sampled_cache_reads_nothing_back(tmp_path, chunked):
+    """The same with a sampled teacher cache (its estimate of the divergence, EA weights)."""
+    trainer, batch = llm_trainer(tmp_path, chunked, True, samples=3)
+    model = trainer.model.train()
+    n_items = (batch["labels"][:, 1:] != -100).sum()
+    trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()  # warm-up
+    with counted_reads(ignore=MODEL_MASKS) as seen:
+        trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()
+    assert seen == []
+    trainer.guard.check()
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])

@@ -2,12 +2,14 @@
 (``eakd llm cache``) and read by training runs instead of running the teacher at every step; a batch's
 share of it is a ``TeacherTopK``, which both loss paths take as the teacher.
 
-The cache is one safetensors file: ``ids`` (M, k) int32 top-k token ids, ``logprobs`` (M, k) float32
+The cache is one safetensors file: ``ids`` (M, k) int32 token ids, ``logprobs`` (M, k) float32 their
 teacher log-probabilities at the distillation temperature, ``tail_logmass`` (M,) float32 log of the mass
-outside the top-k (exact, from the full logits), ``entropy`` (M,) float32 teacher entropy in nats at the
-entropy temperature tau, ``offsets`` (R + 1,) int64 (row r owns tokens offsets[r]:offsets[r+1]), over
-the M labelled tokens of R encoded rows, in order; its metadata holds V, k, the temperatures, the teacher
-name and a fingerprint of the rows' token ids and labels, so a cache is never used with other data.
+outside the first k - samples ids (exact, from the full logits), ``entropy`` (M,) float32 teacher entropy
+in nats at the entropy temperature tau, ``offsets`` (R + 1,) int64 (row r owns tokens
+offsets[r]:offsets[r+1]), over the M labelled tokens of R encoded rows, in order; its metadata holds its
+kind, V, k, samples, the seed, the temperatures, the teacher name and a fingerprint of the rows' token ids
+and labels, so a cache is never used with other data. Kind "topk" (samples 0): the ids are the teacher's
+top k. Kind "sampled": the top k - samples, then ``samples`` draws from the rest (``eakd.llm.sparse``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,45 +29,13 @@ from eakd.checks import check_flag, check_positive
 from eakd.llm import progress as demo_progress
 from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.settings import TokenLossSettings
+from eakd.llm.sparse import KINDS, check_settings, draw_uniforms, sparse_rows, topk_log_probs
 from eakd.weighting import entropy
 
-CACHE_FORMAT = "eakd-teacher-cache-2"
+CACHE_FORMAT = "eakd-teacher-cache-3"
 TOP_K = 64  # teacher log-probs kept per token by default
 CACHE_BATCH = 8  # rows per teacher batch when writing a cache
 LOGPROB_SLACK = 1e-4  # float32 rounding above 0 tolerated in stored log-probabilities
-
-
-def topk_log_probs(
-    ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, tail_logmass: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
-    as given, the remaining mass (exp(tail_logmass) (M,), else 1 - sum(top-k)) spread evenly over the other
-    V - k tokens."""
-    lp = logprobs.float()
-    k = ids.shape[-1]
-    if tail_logmass is None:
-        tail_logmass = (1.0 - lp.double().exp().sum(-1)).clamp_min(1e-30).log().float()
-    rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
-    out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
-    return out.scatter_(-1, ids.long(), lp)
-
-
-def check_settings(temperature: float, tau: float, s: TokenLossSettings) -> None:
-    """A cache of log-probs at ``temperature`` and entropies at ``tau`` must match the loss settings ``s``
-    (the temperature; the policy's tau, built-in policies only)."""
-    if abs(temperature - s.temperature) > 1e-6:
-        raise ValueError(
-            f"the teacher cache holds log-probs at temperature {temperature}, the loss uses {s.temperature}; "
-            "write the cache again with `eakd llm cache` for this train.temperature"
-        )
-    policy = s.policy()
-    if policy is not None and policy.rule is None:
-        raise ValueError("a teacher cache works with the built-in weight policies, not custom callables")
-    if policy is not None and policy.tau is not None and abs(tau - policy.tau) > 1e-6:
-        raise ValueError(
-            f"the teacher cache holds entropies at tau {tau}, the loss's policy uses tau {policy.tau}; "
-            "write the cache again with `eakd llm cache` for this train.tau"
-        )
 
 
 class TeacherTopK(NamedTuple):
@@ -79,7 +48,9 @@ class TeacherTopK(NamedTuple):
     None: 1 - sum(top-k), which float rounding floors when the top-k hold nearly all the mass). That mass
     is spread evenly over the other V - k tokens. mismatch: a 0-dim bool flag on the device, True when the
     batch's labelled tokens and the cache rows it was gathered from differed in count
-    (``TeacherCache.batch`` with ``tokens``), or None.
+    (``TeacherCache.batch`` with ``tokens``), or None. samples: 0 for a top-k cache; for a sampled one,
+    the last ``samples`` of the k ids are draws from the teacher outside the first k - samples, and
+    tail_logmass is the mass outside those (``eakd.llm.sparse``: the divergence is estimated from them).
     """
 
     ids: torch.Tensor
@@ -90,6 +61,7 @@ class TeacherTopK(NamedTuple):
     tau: float
     tail_logmass: torch.Tensor | None = None
     mismatch: torch.Tensor | None = None
+    samples: int = 0
 
     def rows(self, i: int, j: int) -> TeacherTopK:
         """The cache of valid tokens i:j."""
@@ -99,7 +71,9 @@ class TeacherTopK(NamedTuple):
         )
 
     def log_probs(self, vocab_size: int) -> torch.Tensor:
-        """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs``."""
+        """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs`` (top-k only)."""
+        if self.samples:
+            raise ValueError("a sampled teacher cache has no full distribution: see eakd.llm.sparse")
         return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
 
     def checked(self, s: TokenLossSettings, rows: int, vocab: int) -> tuple[TeacherTopK, torch.Tensor]:
@@ -117,6 +91,8 @@ class TeacherTopK(NamedTuple):
                 f"{tuple(self.logprobs.shape)}, entropy {tuple(self.entropy.shape)}; "
                 "expected (M, k), (M, k), (M,)"
             )
+        if self.samples and self.tail_logmass is None:
+            raise ValueError("a sampled teacher cache needs its tail_logmass (the mass its draws share)")
         if self.tail_logmass is not None and self.tail_logmass.shape != self.entropy.shape:
             raise ValueError(f"teacher cache tail_logmass {tuple(self.tail_logmass.shape)} is not (M,)")
         if self.ids.shape[0] != rows:
@@ -128,7 +104,7 @@ class TeacherTopK(NamedTuple):
             raise ValueError(
                 f"the teacher cache's vocabulary ({self.vocab_size}) is smaller than the loss's ({vocab})"
             )
-        check_settings(self.temperature, self.tau, s)
+        check_settings(self.temperature, self.tau, s, self.samples)
         bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
         if self.mismatch is not None:
             msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
@@ -176,15 +152,20 @@ class TeacherCache:
     tau: float
     teacher: str
     rows_fingerprint: str
+    samples: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        """ids (M, k) integer in [0, V) with k = top_k in [1, V]; logprobs (M, k) finite and <= 0;
-        tail_logmass (M,) <= 0 (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0;
-        offsets (R + 1,) integer from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over
-        the values when the cache is built or loaded, never per training step."""
+        """ids (M, k) integer in [0, V) with k = top_k in [1, V]; samples in [0, k] (then tail_logmass
+        finite: the draws share that mass); logprobs (M, k) finite and <= 0; tail_logmass (M,) <= 0
+        (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0; offsets (R + 1,) integer
+        from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over the values when the cache
+        is built or loaded, never per training step."""
         ids, m = self.ids, self.ids.shape[0] if self.ids.dim() else 0
         if self.top_k < 1 or self.top_k > self.vocab_size:
             raise ValueError(f"top_k {self.top_k} is not in [1, vocab_size {self.vocab_size}]")
+        if not 0 <= self.samples <= self.top_k:
+            raise ValueError(f"samples {self.samples} is not in [0, top_k {self.top_k}]")
         if ids.dim() != 2 or ids.shape[1] != self.top_k or ids.is_floating_point():
             raise ValueError(f"ids {tuple(ids.shape)} {ids.dtype} are not integer (M, top_k={self.top_k})")
         if self.logprobs.shape != ids.shape:
@@ -205,7 +186,8 @@ class TeacherCache:
             )
         checks = {
             "logprobs": self.logprobs.isfinite() & (self.logprobs <= LOGPROB_SLACK),
-            "tail_logmass": ~self.tail_logmass.isnan() & (self.tail_logmass <= LOGPROB_SLACK),
+            "tail_logmass": (self.tail_logmass.isfinite() if self.samples else ~self.tail_logmass.isnan())
+            & (self.tail_logmass <= LOGPROB_SLACK),
             "entropy": self.entropy.isfinite() & (self.entropy >= -LOGPROB_SLACK),
         }
         for name, ok in checks.items():
@@ -253,6 +235,7 @@ class TeacherCache:
             self.tau,
             self.tail_logmass[sel].to(device),
             None if mismatch is None else mismatch.to(device),
+            self.samples,
         )
 
     def attach(self, rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
@@ -273,8 +256,11 @@ class TeacherCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CACHE_FORMAT,
+            "kind": KINDS[bool(self.samples)],
             "vocab_size": str(self.vocab_size),
             "top_k": str(self.top_k),
+            "samples": str(self.samples),
+            "seed": str(self.seed),
             "temperature": repr(self.temperature),
             "tau": repr(self.tau),
             "teacher": self.teacher,
@@ -316,6 +302,8 @@ class TeacherCache:
                 f"{meta.get('format')!r}); {fix}"
             )
         try:
+            if meta["kind"] != KINDS[int(meta["samples"]) > 0]:
+                raise ValueError(f"kind {meta['kind']!r} does not match samples {meta['samples']}")
             return cls(
                 t["ids"],
                 t["logprobs"],
@@ -328,6 +316,8 @@ class TeacherCache:
                 float(meta["tau"]),
                 meta["teacher"],
                 meta["rows_fingerprint"],
+                int(meta["samples"]),
+                int(meta["seed"]),
             )
         except KeyError as err:
             raise ValueError(f"teacher cache {path} lacks {err}; {fix}") from None
@@ -335,8 +325,9 @@ class TeacherCache:
             raise ValueError(f"teacher cache {path} is inconsistent: {err}; {fix}") from None
 
     def coverage(self) -> torch.Tensor:
-        """(M,) teacher probability mass inside the top-k per token, at the cache's temperature."""
-        return self.logprobs.double().exp().sum(-1).float()
+        """(M,) teacher probability mass kept exactly per token (the top k - samples), at the cache's
+        temperature."""
+        return -torch.expm1(self.tail_logmass.double()).float()
 
 
 @torch.no_grad()
@@ -351,16 +342,25 @@ def build_cache(
     vocab_size: int | None = None,
     teacher_name: str = "",
     progress: bool = True,
+    samples: int = 0,
+    seed: int = 0,
 ) -> TeacherCache:
     """Run the teacher once over the encoded rows and keep, per labelled token (the position predicting a
-    label), the top-k log-probs at ``temperature`` and the full entropy at ``tau``.
+    label), the top-k log-probs at ``temperature`` and the full entropy at ``tau``; with ``samples`` > 0
+    (a sampled cache) the top k - samples, then ``samples`` tokens drawn from the rest of the teacher at
+    ``temperature`` with their log-probs (``eakd.llm.sparse``; the draws depend on ``seed`` and the rows
+    only, not on ``batch_size`` or the device).
 
     vocab_size: the real vocabulary when the lm_head has padding rows (rows beyond it are dropped).
     """
     if not rows:
         raise ValueError("no rows to cache")
-    if top_k < 1 or batch_size < 1:
-        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
+    if top_k < 1 or batch_size < 1 or not 0 <= samples <= top_k:
+        raise ValueError(
+            f"top_k and batch_size must be >= 1 and samples in [0, top_k], got {top_k}, {batch_size}, "
+            f"{samples}"
+        )
+    generator = torch.Generator().manual_seed(seed)
     device = next(teacher.parameters()).device
     v = vocab_size
     ids, logprobs, tails, ents, counts = [], [], [], [], []
@@ -377,10 +377,12 @@ def build_cache(
         valid = labels != IGNORE_INDEX
         z = logits[valid][:, :v].float()
         full = torch.log_softmax(z / temperature, dim=-1)
-        lp, idx = full.topk(top_k, dim=-1)
+        idx, lp, tail = sparse_rows(
+            full, top_k, samples, draw_uniforms(valid.sum(1).tolist(), samples, generator)
+        )
         ids.append(idx.to(torch.int32).cpu())
         logprobs.append(lp.cpu())
-        tails.append(full.scatter_(-1, idx, -torch.inf).logsumexp(-1).cpu())
+        tails.append(tail.cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
         demo_progress.note("cache")
@@ -397,4 +399,6 @@ def build_cache(
         float(tau),
         teacher_name,
         fingerprint(rows),
+        samples,
+        seed,
     )

@@ -2,9 +2,10 @@
 (``eakd.llm.chunked``): both select the M labelled rows first, then compute on (n, V) rows of logits.
 
 A teacher is one of three row sources (``TeacherRows``): its logits (``LogitRows``), its last hidden
-states and lm_head (``HeadRows``), or an offline top-k cache (``CachedRows``); each gives a chunk of rows
-as a ``TeacherChunk``: logits (the cache's as T * log-probs, whose softmax at T is the cached
-distribution), and what the cache knows already (its log-probs at T and entropy at tau). The rest is
+states and lm_head (``HeadRows``), or an offline cache (``CachedRows``); each gives a chunk of rows
+as a ``TeacherChunk``: logits (a top-k cache's as T * log-probs, whose softmax at T is the cached
+distribution), and what the cache knows already (its log-probs at T and entropy at tau); a sampled cache
+gives its rows instead of logits, and the divergence is estimated from them (``eakd.llm.sparse``). The rest is
 functions of rows: the divergence and the policy's weights (``divergence_and_weights``), the
 row-dependent weight steps (``finish_weights``: per-sequence means, mean normalisation) and the reduced
 terms (``row_terms``). See ``eakd.llm.settings`` for the formula.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from eakd.checks import check_flag, check_positive, check_positive_values
 from eakd.llm.cache import TeacherTopK
 from eakd.llm.settings import TokenLossSettings
+from eakd.llm.sparse import sampled_divergence
 from eakd.losses.reduce import weighted_mean
 from eakd.weighting import Policy, Weighted, normalise_weights
 
@@ -28,13 +30,15 @@ COMPILED_RANGE = "eakd.compiled_pass"  # the torch.profiler range of the compile
 
 
 class TeacherChunk(NamedTuple):
-    """The teacher at n rows. logits (n, V): whose softmax at T is the teacher. log_probs (n, V) float32:
-    its log-probabilities at T when known (a cache), else None. entropy (n,): its entropy in nats at the
-    policy's tau when known (a cache), else None."""
+    """The teacher at n rows. logits (n, V): whose softmax at T is the teacher (None for a sampled cache).
+    log_probs (n, V) float32: its log-probabilities at T when known (a top-k cache), else None. entropy
+    (n,): its entropy in nats at the policy's tau when known (a cache), else None. sampled: a sampled
+    cache's n rows (``TeacherTopK`` with samples > 0), else None."""
 
-    logits: Tensor
+    logits: Tensor | None
     log_probs: Tensor | None = None
     entropy: Tensor | None = None
+    sampled: TeacherTopK | None = None
 
 
 class TeacherRows(Protocol):
@@ -66,13 +70,16 @@ class HeadRows(NamedTuple):
 
 
 class CachedRows(NamedTuple):
-    """An offline top-k teacher (``TeacherTopK``) of the M labelled rows, rebuilt over ``vocab`` tokens."""
+    """An offline teacher (``TeacherTopK``) of the M labelled rows: a top-k cache rebuilt over ``vocab``
+    tokens, or a sampled cache's rows as they are."""
 
     topk: TeacherTopK
     vocab: int
 
     def chunk(self, i: int, j: int) -> TeacherChunk:
         rows = self.topk.rows(i, j)
+        if rows.samples:
+            return TeacherChunk(None, None, rows.entropy.float(), rows)
         log_p = rows.log_probs(self.vocab)
         return TeacherChunk(log_p * self.topk.temperature, log_p, rows.entropy.float())
 
@@ -187,7 +194,12 @@ def divergence_and_weights(
     """(the per-token divergence (n,) float32 of student rows zs (n, V) against the teacher chunk, the
     policy's weights and entropies (n,) | None without a policy). compiled: both from one compiled pass
     (``eakd.losses.fused.fused_token_terms``, built-in divergences and policies); else the registered
-    divergence and ``row_weights``."""
+    divergence and ``row_weights``. A sampled cache's divergence is its estimate (``sampled_divergence``,
+    eager: it reads k tokens per row), whatever ``compiled``."""
+    if t.sampled is not None:
+        c = t.sampled
+        per_token = sampled_divergence(s, zs, c.ids, c.logprobs, c.tail_logmass, c.samples)  # type: ignore[arg-type]
+        return per_token, None if policy is None else row_weights(policy, zs, t)
     if not compiled:
         return s.divergence_fn()(zs, t.logits), None if policy is None else row_weights(policy, zs, t)
     from eakd.losses.fused import fused_token_terms

@@ -39,11 +39,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm import progress
-from eakd.llm.cache import TeacherCache, check_settings
+from eakd.llm.cache import TOP_K, TeacherCache
 from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
+from eakd.llm.sparse import check_settings
 from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
@@ -123,6 +124,19 @@ class EvalSection:
 
 
 @section
+class CacheSection:
+    """The teacher cache ``eakd llm cache``, the demo and the studies write for this config (a run reads
+    whatever ``model.teacher_cache`` holds). sparse: "topk" (the teacher's top_k tokens, the rest spread
+    evenly) or "sampled" (its top ``exact`` tokens, then top_k - exact tokens drawn from the rest by
+    ``seed``: unbiased, ``eakd.llm.sparse``); top_k: tokens stored per labelled token (8 bytes each)."""
+
+    sparse: Literal["topk", "sampled"] = "topk"
+    top_k: PosInt = TOP_K
+    exact: NonNegInt = 0
+    seed: NonNegInt = 0
+
+
+@section
 class LLMRunConfig:
     """A whole LLM run. imports: modules imported first (they register plugins, e.g. weight policies).
     train: EAKDConfig / TrainingArguments keyword arguments (an unknown key is a ConfigError on loading;
@@ -132,6 +146,7 @@ class LLMRunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    cache: CacheSection = field(default_factory=CacheSection)
     train: dict[Annotated[str, AfterValidator(_train_key)], Any] = field(default_factory=dict)
 
 
@@ -222,7 +237,7 @@ def checked_cache(cfg: LLMRunConfig, args: EAKDConfig) -> TeacherCache | None:
     if cfg.model.teacher_cache is None:
         return None
     cache = TeacherCache.load(cfg.model.teacher_cache)
-    check_settings(cache.temperature, cache.tau, args.loss_settings())
+    check_settings(cache.temperature, cache.tau, args.loss_settings(), cache.samples)
     return cache
 
 
@@ -272,7 +287,8 @@ def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: A
         "save_strategy": "no",
         "resume_from_checkpoint": None,
     }
-    recipe = json.loads(json.dumps({**dataclasses.asdict(sft), "eval": None}, default=str))
+    kept = {k: v for k, v in dataclasses.asdict(sft).items() if k != "cache"}  # CE reads no teacher cache
+    recipe = json.loads(json.dumps({**kept, "eval": None}, default=str))
     if not (folder / "config.json").is_file():
         if not m.warm_start_steps:
             raise FileNotFoundError(

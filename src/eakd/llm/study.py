@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eakd.llm import progress
-from eakd.llm.cache import CACHE_BATCH, TOP_K
+from eakd.llm.cache import CACHE_BATCH
 from eakd.llm.models import load_teacher
 from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
 from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
@@ -154,7 +154,6 @@ def llm_study(
     out_dir: str | Path,
     eval_teacher: bool = False,
     teacher_cache: bool = False,
-    top_k: int = TOP_K,
     results: Path | None = None,
     reuse: bool = False,
     show_progress: bool = False,
@@ -204,10 +203,12 @@ def llm_study(
             if path not in written:
                 written.add(path)
                 progress.phase("teacher cache")
-                cache, reused = reuse_or_write_cache(cfg, path, top_k, CACHE_BATCH)
+                cache, reused = reuse_or_write_cache(cfg, path, CACHE_BATCH)
                 mass, how = float(cache.coverage().mean()), "reused" if reused else "written"
+                exact = cache.top_k - cache.samples
                 print(
-                    f"teacher cache {path} ({how}): {cache.ids.shape[0]} tokens, top-{top_k} mass {mass:.3f}"
+                    f"teacher cache {path} ({how}): {cache.ids.shape[0]} tokens, {cache.top_k} per token "
+                    f"({cache.samples} drawn), top-{exact} mass {mass:.3f}"
                 )
                 done(work["cache"])
         seconds["teacher_cache"] = time.perf_counter() - start
