@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from contextlib import nullcontext
 from numbers import Real
 from typing import Any
 
@@ -12,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eakd.checks import check_positive, deferred_checks, nonfinite
+from eakd.checks import check_positive, nonfinite
 from eakd.losses.fused import check_fusable, fused_weighted
 from eakd.losses.logit import linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
 from eakd.weighting import Policy, check_weight_norm, get_policy, normalise_weights, standardize
 
-INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats")
+# what a loss is called with (those its signature names); defer: whether its value checks wait (eakd.checks)
+INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats", "defer")
 
 
 def _accepted(fn: Any) -> set[str]:
@@ -89,7 +89,7 @@ class DistillLoss(nn.Module):
     input that reaches the loss is caught at O(N) cost, never with another pass over the (N, K) logits.
     ``sync_checks=True`` (default): a non-finite value raises ValueError in the call, naming the term;
     the checks read values back to the host (device syncs). ``sync_checks=False`` (for training loops):
-    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); a NaN
+    no check syncs or raises (the losses and weights get ``defer=True``, ``eakd.checks``); a NaN
     or inf weight or input makes the returned terms non-finite, which the runner's guard
     (``eakd.engine.guard``) records on the device and reads at its logging steps.
     """
@@ -161,10 +161,7 @@ class DistillLoss(nn.Module):
         epoch: float | None = None,
         mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        with nullcontext() if self.sync_checks else deferred_checks():
-            out = self._terms(
-                student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask
-            )
+        out = self._terms(student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask)
         if not self.sync_checks:
             return out
         weights = self.last["weights"]
@@ -188,19 +185,22 @@ class DistillLoss(nn.Module):
         epoch: float | None,
         mask: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """The reduced terms of one call (unchecked); sets ``self.last``."""
+        """The reduced terms of one call (value checks deferred unless ``sync_checks``); sets ``last``."""
+        defer = not self.sync_checks
         teacher_logits = teacher_logits.detach()
         if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
             self.module.set_epoch(epoch)
         if self.fused:
             weighted, raw = fused_weighted(
                 self.policy, self.method, student_logits, teacher_logits, target, mask,
-                self.standardize_logits, self.hparams,
+                self.standardize_logits, self.hparams, defer,
             )  # fmt: skip
         else:
             policy = self.policy
-            weighted = None if policy is None else policy.compute(student_logits, teacher_logits, mask)
-            raw = self._eager(student_logits, teacher_logits, target, student_feats, teacher_feats)
+            weighted = None
+            if policy is not None:
+                weighted = policy.compute(student_logits, teacher_logits, mask, defer=defer)
+            raw = self._eager(student_logits, teacher_logits, target, student_feats, teacher_feats, defer)
         weights = None if weighted is None else normalise_weights(weighted.weights, mask, self.weight_norm)
         terms = raw if isinstance(raw, dict) else {"kd": raw}
         scale = self.kd_weight * (1.0 if epoch is None else linear_warmup(epoch, self.warmup_epochs))
@@ -231,6 +231,7 @@ class DistillLoss(nn.Module):
         target: torch.Tensor | None,
         student_feats: Any,
         teacher_feats: Any,
+        defer: bool,
     ) -> Any:
         """The registered loss's output on the (optionally standardised) inputs it accepts."""
         zs, zt = student_logits, teacher_logits
@@ -242,6 +243,7 @@ class DistillLoss(nn.Module):
             "target": target,
             "student_feats": student_feats,
             "teacher_feats": teacher_feats,
+            "defer": defer,
         }
         missing = [n for n in self.inputs if given[n] is None]
         if missing:

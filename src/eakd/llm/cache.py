@@ -102,11 +102,13 @@ class TeacherTopK(NamedTuple):
         """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs``."""
         return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
 
-    def checked(self, s: TokenLossSettings, rows: int, vocab: int) -> tuple[TeacherTopK, torch.Tensor]:
+    def checked(
+        self, s: TokenLossSettings, rows: int, vocab: int, defer: bool = False
+    ) -> tuple[TeacherTopK, torch.Tensor]:
         """(this cache, a 0-dim bool flag): it must match the loss settings (temperature; the policy's tau,
         built-in policies only), the batch's count of labelled tokens and the vocabulary (ValueError).
-        Its ids must be < vocab and ``mismatch`` False: eager, a ValueError (a host read); deferred
-        (``eakd.checks.deferred_checks``), the ids are clamped below vocab and the flag is set."""
+        Its ids must be < vocab and ``mismatch`` False: a ValueError (a host read); with ``defer`` (no host
+        read), the ids are clamped below vocab and the flag is set."""
         if (
             self.ids.shape != self.logprobs.shape
             or self.ids.dim() != 2
@@ -132,11 +134,12 @@ class TeacherTopK(NamedTuple):
         bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
         if self.mismatch is not None:
             msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
-            bad = check_flag(msg, self.mismatch)
+            bad = check_flag(msg, self.mismatch, defer=defer)
         topk = self
         if self.vocab_size > vocab and rows:  # a loaded cache's ids are < its vocab_size already
             beyond = (self.ids >= vocab).any()
-            bad = bad | check_flag(f"teacher cache token ids reach beyond the vocabulary {vocab}", beyond)
+            msg = f"teacher cache token ids reach beyond the vocabulary {vocab}"
+            bad = bad | check_flag(msg, beyond, defer=defer)
             topk = self._replace(ids=self.ids.clamp_max(vocab - 1))
         return topk, bad
 

@@ -30,8 +30,8 @@ from eakd.weighting import Policy, check_weight_norm, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
 LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
-# the input checks a loss defers to the device inside ``eakd.checks.deferred_checks()``, in the order of
-# ``TokenLossOutput.invalid``: what each flag means
+# the input checks a loss defers to the device when called with ``defer=True`` (``eakd.checks``), in the
+# order of ``TokenLossOutput.invalid``: what each flag means
 INPUT_CHECKS = {
     "labels": "labels outside [0, V) that are not ignore_index",
     "label_index": "a label_index that is not the positions of the batch's labels",
@@ -143,12 +143,15 @@ class TokenLossSettings:
         params = inspect.signature(get_loss(self.divergence)).parameters
         return {name: getattr(self, name) for name in DIVERGENCE_SETTINGS if name in params}
 
-    def divergence_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def divergence_fn(self, defer: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(student logits (..., V), teacher logits (..., V)) -> (...) per-token divergence, settings and
-        temperature bound."""
+        temperature bound; ``defer`` passed on to a divergence that takes it (``eakd.checks``)."""
         fn, kw = get_loss(self.divergence), self.divergence_settings()
-        if "temperature" in inspect.signature(fn).parameters:
+        params = inspect.signature(fn).parameters
+        if "temperature" in params:
             kw["temperature"] = self.temperature
+        if "defer" in params:
+            kw["defer"] = defer
         return lambda zs, zt: fn(zs, zt, **kw)
 
 
@@ -158,9 +161,9 @@ class TokenLossOutput(NamedTuple):
     per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
     h_t, h_s: (N,) teacher and student entropies in nats at the policy's tau, the ones the weights were
     computed from (0 at ignored tokens), or None when the policy uses none (unweighted, uniform, custom).
-    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (inside
-    ``eakd.checks.deferred_checks()``; the values computed from a flagged input are not meaningful), or
-    None when every input check ran on the host."""
+    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (a loss called with
+    ``defer=True``; the values computed from a flagged input are not meaningful), or None when every
+    input check ran on the host."""
 
     loss: torch.Tensor
     kd: torch.Tensor
@@ -187,7 +190,7 @@ class TokenLossOutput(NamedTuple):
 
     def check_finite(self) -> TokenLossOutput:
         """This output, or ValueError naming its first non-finite term (``eakd.checks.check_finite``: a host
-        sync per term, none inside ``deferred_checks()``)."""
+        sync per term; a loss called with ``defer=True`` skips it and reports ``flags()``)."""
         if self.weights is not None:
             check_finite("the loss's weights", self.weights)
         check_finite("the loss's kd term", self.kd)
