@@ -24,9 +24,7 @@ def _check_target(target: torch.Tensor, logits: torch.Tensor) -> None:
     check_same_device("logits", logits, "target labels", target)
 
 
-def _divisor(
-    temperature: float | torch.Tensor, logits: torch.Tensor, defer: bool
-) -> float | torch.Tensor:
+def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor, defer: bool) -> float | torch.Tensor:
     """Check a temperature and shape it to divide logits (..., K).
 
     A float, or a tensor of shape () (one learnable temperature) or (...) (one per sample, e.g. CTKD's
