@@ -137,7 +137,7 @@ def llm_trainer(tmp_path, chunked: bool, cached: bool, **train):
                       chunked=chunked, chunk_size=8, ce_weight=0.5, tau=2.0, **train)  # fmt: skip
     cache = None
     if cached:
-        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False)
+        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0)
         rows = cache.attach(rows)
     trainer = EAKDTrainer(
         model=student,

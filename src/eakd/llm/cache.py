@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from eakd.checks import check_flag, check_positive
-from eakd.llm import progress as demo_progress
 from eakd.llm.data import IGNORE_INDEX, collate
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.settings import TokenLossSettings
 from eakd.weighting import entropy
 
@@ -353,12 +352,13 @@ def build_cache(
     batch_size: int = CACHE_BATCH,
     vocab_size: int | None = None,
     teacher_name: str = "",
-    progress: bool = True,
+    progress: ProgressHook = QUIET,
 ) -> TeacherCache:
     """Run the teacher once over the encoded rows and keep, per labelled token (the position predicting a
     label), the top-k log-probs at ``temperature`` and the full entropy at ``tau``.
 
     vocab_size: the real vocabulary when the lm_head has padding rows (rows beyond it are dropped).
+    Each batch is reported to ``progress`` ("cache", ``eakd.llm.progress``).
     """
     if not rows:
         raise ValueError("no rows to cache")
@@ -368,8 +368,7 @@ def build_cache(
     v = vocab_size
     ids, logprobs, tails, ents, counts = [], [], [], [], []
     starts = range(0, len(rows), batch_size)
-    quiet = not progress or demo_progress.current() is not None  # the job's own bar reports the batches
-    for start in tqdm(starts, desc="teacher cache", unit="batch", disable=quiet):
+    for start in starts:
         batch = collate(list(rows[start : start + batch_size]), pad_token_id)
         feed = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
         logits = teacher(**feed).logits[:, :-1]
@@ -386,7 +385,7 @@ def build_cache(
         tails.append(full.scatter_(-1, idx, -torch.inf).logsumexp(-1).cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
-        demo_progress.note("cache")
+        progress.note("cache")
     n = torch.cat(counts)
     return TeacherCache(
         torch.cat(ids),

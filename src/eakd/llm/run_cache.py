@@ -8,6 +8,7 @@ from pathlib import Path
 from eakd.engine.config import ConfigError
 from eakd.llm.cache import CACHE_BATCH, TOP_K, TeacherCache, build_cache, cache_path, fingerprint
 from eakd.llm.models import load_teacher, load_tokenizer
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.run import LLMRunConfig, split_rows, training_args
 from eakd.llm.trainer import EAKDConfig
 
@@ -27,10 +28,11 @@ def write_cache(
     path: str | Path,
     top_k: int = TOP_K,
     batch_size: int = CACHE_BATCH,
-    progress: bool = True,
+    progress: ProgressHook = QUIET,
 ) -> TeacherCache:
     """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
-    train section's temperature and policy's tau (so runs of that config can read it). A directory at
+    train section's temperature and policy's tau (so runs of that config can read it), its batches
+    reported to ``progress`` (``eakd.llm.progress``). A directory at
     ``path`` or top_k < 1 is a ValueError before the teacher is loaded."""
     path = cache_path(path)
     if top_k < 1:
@@ -55,7 +57,11 @@ def write_cache(
 
 
 def reuse_or_write_cache(
-    cfg: LLMRunConfig, path: str | Path, top_k: int = TOP_K, batch_size: int = CACHE_BATCH
+    cfg: LLMRunConfig,
+    path: str | Path,
+    top_k: int = TOP_K,
+    batch_size: int = CACHE_BATCH,
+    progress: ProgressHook = QUIET,
 ) -> tuple[TeacherCache, bool]:
     """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and top_k,
     else a fresh one written there; whether it was reused)."""
@@ -75,4 +81,4 @@ def reuse_or_write_cache(
         )
         if same:
             return old, True
-    return write_cache(cfg, path, top_k, batch_size), False
+    return write_cache(cfg, path, top_k, batch_size, progress), False
