@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eakd.checks import check_positive, nonfinite
-from eakd.losses.fused import check_fusable, fused_weighted
+from eakd.losses.fused import Fused, check_fused, fused_weighted, unfusable, use_fused
 from eakd.losses.logit import linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
@@ -67,12 +67,14 @@ class DistillLoss(nn.Module):
     weights) or "mean" (the weights divided by their mean over the batch's valid samples, so the loss keeps
     KD's scale and only the emphasis changes; an extension, ``normalise_weights``). Remaining keyword
     arguments go to the loss (its temperature, alpha, beta, ...) or, for a loss with learnable parts, to
-    its constructor. sync_checks: see below. fused: compute the loss and the policy's entropies in one
-    compiled pass over each logit row (``eakd.losses.fused``: torch.compile, compiled on the first call;
-    same values, gradients and diagnostics as the eager path, less time; the entropies share the loss's
-    exps when tau == temperature, and for "kd" also when tau / temperature is a small fraction such as the
-    paper's 3 / 4). Methods "kd" and "dkd" with a built-in policy and a float temperature only; anything
-    else is refused here.
+    its constructor. sync_checks: see below. fused: True computes the loss and the policy's entropies in
+    one compiled pass over each logit row (``eakd.losses.fused``: torch.compile, compiled on the first
+    call; same values, gradients and diagnostics as the eager path, less time; the entropies share the
+    loss's exps when tau / temperature is 1 or a small fraction such as the paper's 3 / 4); methods "kd"
+    and "dkd" with a built-in policy and a float temperature only, anything else is refused here. False:
+    the eager path. "auto" (default): the compiled pass where it is faster, i.e. for such settings when
+    the logits hold at least ``eakd.losses.fused.AUTO_MIN_NUMEL`` elements and torch.compile works here,
+    else eager (``use_fused``).
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
     teacher_feats, epoch where needed (a loss module with ``set_epoch``, such as CTKD's curriculum, is
@@ -108,7 +110,7 @@ class DistillLoss(nn.Module):
         warmup_epochs: float = 0.0,
         weight_norm: str = "none",
         sync_checks: bool = True,
-        fused: bool = False,
+        fused: Fused = "auto",
         **hparams: Any,
     ) -> None:
         super().__init__()
@@ -140,9 +142,11 @@ class DistillLoss(nn.Module):
             policy_kw["standardized"] = True
         self.policy: Policy | None = get_policy(weighting, **policy_kw)
         self.weighting = weighting if isinstance(weighting, str) or weighting is None else "callable"
-        if fused:
-            check_fusable(method, self.policy, hparams)
-        self.fused = fused
+        check_fused(fused)
+        reason = unfusable(method, self.policy, hparams)
+        if fused is True and reason is not None:
+            raise ValueError(reason)
+        self.fused, self.fusable = fused, reason is None
         self.standardize_logits = standardize_logits
         self.kd_weight = kd_weight
         self.ce_weight = ce_weight
@@ -190,7 +194,7 @@ class DistillLoss(nn.Module):
         teacher_logits = teacher_logits.detach()
         if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
             self.module.set_epoch(epoch)
-        if self.fused:
+        if use_fused(self.fused, self.fusable, student_logits.numel()):
             weighted, raw = fused_weighted(
                 self.policy, self.method, student_logits, teacher_logits, target, mask,
                 self.standardize_logits, self.hparams, defer,

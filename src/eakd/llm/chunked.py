@@ -52,13 +52,15 @@ def check_head(name: str, weight: torch.Tensor, bias: torch.Tensor | None, width
 
 class Job(NamedTuple):
     """What the chunks compute: the settings and their bound policy, the labelled rows, rows per chunk,
-    and whether the value checks wait for the caller (``defer``, ``eakd.checks``)."""
+    whether the value checks wait for the caller (``defer``, ``eakd.checks``) and whether the chunks take
+    the compiled pass (``compiled``, decided once per call on a full chunk's size)."""
 
     settings: TokenLossSettings
     policy: Policy | None
     rows: Rows
     chunk_size: int
     defer: bool
+    compiled: bool
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -110,7 +112,7 @@ class _ChunkedDistill(torch.autograd.Function):
             with torch.enable_grad():
                 z = zs.detach().float().requires_grad_()
                 per, weighted = divergence_and_weights(
-                    s, None if prepass else policy, z, teacher.chunk(i, j), s.fused, job.defer
+                    s, None if prepass else policy, z, teacher.chunk(i, j), job.compiled, job.defer
                 )
                 if weighted is not None:
                     _store(stats, weighted, i, j)
@@ -222,7 +224,8 @@ def chunked_distill_loss(
         teacher = HeadRows(t_hidden, teacher_weight.detach()[:v], t_bias)
     hidden = student_hidden.reshape(-1, h_size).index_select(0, rows.valid)
     b_s = None if student_bias is None else student_bias[:v]
-    job = Job(s, s.policy(), rows, chunk_size, defer)
+    compiled = s.compiled(min(chunk_size, max(rows.labels.numel(), 1)) * v)
+    job = Job(s, s.policy(), rows, chunk_size, defer, compiled)
     loss, kd, ce, *per_row = _ChunkedDistill.apply(hidden, student_weight[:v], b_s, teacher, job)
     per_token, *stats = [scatter(x, rows) for x in per_row]
     weights = stats[0] if stats else None

@@ -63,7 +63,8 @@ def distill_loss_from_logits(
     z = zs.reshape(-1, v).index_select(0, rows.valid)
     policy = s.policy()
     teacher_rows = teacher.chunk(0, z.shape[0])
-    per_token, weighted = divergence_and_weights(s, policy, z, teacher_rows, s.fused, defer)
+    compiled = s.compiled(z.numel())
+    per_token, weighted = divergence_and_weights(s, policy, z, teacher_rows, compiled, defer)
     weights = None if weighted is None else finish_weights(weighted.weights, rows, s)
     total, kd, ce = row_terms(z, rows.labels, per_token, weights, s, rows.denom, defer)
     h_s = h_t = None

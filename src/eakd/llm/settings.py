@@ -19,11 +19,12 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from eakd.checks import check_finite, check_positive
+from eakd.losses.fused import check_fused, use_fused
 from eakd.losses.registry import get_loss
 from eakd.losses.token import check_coefficient
 from eakd.weighting import Policy, check_weight_norm, get_policy
@@ -93,10 +94,11 @@ class TokenLossSettings:
     kd_weight: float = setting(1.0, "weight of the distillation term")
     ce_weight: float = setting(0.0, "weight of the student's hard-label cross-entropy (never reweighted)")
     ignore_index: int = setting(-100, "the label of tokens without a loss (prompt, padding)")
-    fused: bool = setting(
-        False,
-        "the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; built-in "
-        "divergences and weightings)",
+    fused: bool | Literal["auto"] = setting(
+        "auto",
+        "true: the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; "
+        "built-in divergences and weightings); false: eager; auto: compiled where faster (a built-in "
+        "divergence and weighting, chunks past eakd.losses.fused.AUTO_MIN_NUMEL, torch.compile working)",
     )
 
     def __post_init__(self) -> None:
@@ -117,14 +119,27 @@ class TokenLossSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        policy = self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
-        if self.fused and policy is not None and policy.rule is None:
-            raise ValueError(f"fused needs a built-in weighting, not the custom policy {policy.name!r}")
-        if self.fused and not hasattr(fn, "on_log_probs"):
-            raise ValueError(
+        self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+        check_fused(self.fused)
+        reason = self.unfusable()
+        if self.fused is True and reason is not None:
+            raise ValueError(reason)
+
+    def unfusable(self) -> str | None:
+        """Why these settings have no compiled pass, or None when they have one."""
+        policy = self.policy()
+        if policy is not None and policy.rule is None:
+            return f"fused needs a built-in weighting, not the custom policy {policy.name!r}"
+        if not hasattr(get_loss(self.divergence), "on_log_probs"):
+            return (
                 f"fused needs a divergence with a log-probability form (register_divergence), "
                 f"not {self.divergence!r}"
             )
+        return None
+
+    def compiled(self, numel: int) -> bool:
+        """Whether a chunk of ``numel`` logits takes the compiled pass (``eakd.losses.fused.use_fused``)."""
+        return use_fused(self.fused, self.unfusable() is None, numel)
 
     @classmethod
     def of(cls, config: Any) -> TokenLossSettings:

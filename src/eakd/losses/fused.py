@@ -19,11 +19,12 @@ the results follow ``eakd.checks`` (eager, or no host read with ``defer=True``),
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -48,6 +49,41 @@ MAX_POWER = 4  # u^a and u^b by at most two squarings: cheaper than a second exp
 Powers = tuple[int, int] | None
 
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+Fused = bool | Literal["auto"]  # the ``fused`` setting: force the compiled pass, force eager, or choose
+# logits of at least this many elements (N * K per call or chunk) take the compiled pass under "auto":
+# below it the compiled kernel's fixed cost loses to eager (benchmarks/loss_overhead.py --crossover)
+AUTO_MIN_NUMEL = 2**16
+
+
+def check_fused(fused: Any) -> None:
+    """``fused`` must be True, False or "auto" (ValueError otherwise)."""
+    if not (fused is True or fused is False or fused == "auto"):
+        raise ValueError(f"fused must be true, false or 'auto', got {fused!r}")
+
+
+def _probe(x: Tensor) -> Tensor:
+    return (x - x.amax()).exp().sum()
+
+
+@functools.cache
+def compile_works() -> bool:
+    """Whether torch.compile builds and runs a small kernel here (tried once per process; a missing C
+    compiler or an unsupported platform makes it False)."""
+    try:
+        torch.compile(_probe, dynamic=True)(torch.ones(8))
+    except Exception:  # any failure of the compiler stack means: stay eager
+        return False
+    return True
+
+
+def use_fused(fused: Fused, fusable: bool, numel: int) -> bool:
+    """Whether a call takes the compiled single pass. True / False force it (True needs fusable settings,
+    refused when they are built); "auto": when the settings are ``fusable``, the logits hold at least
+    ``AUTO_MIN_NUMEL`` elements and ``compile_works()``, else the eager path (the same values)."""
+    if fused != "auto":
+        return bool(fused)
+    return fusable and numel >= AUTO_MIN_NUMEL and compile_works()
 
 
 def shared_powers(temperature: float, tau: float | None) -> Powers:
@@ -350,17 +386,19 @@ def fused_token_terms(
     return _shaped(loss, h_s, h_t2, h_t, lead)
 
 
-def check_fusable(method: str, policy: Policy | None, hparams: dict[str, Any]) -> None:
-    """``DistillLoss(fused=True)``'s settings: a fused method, a built-in policy, a float temperature."""
+def unfusable(method: str, policy: Policy | None, hparams: dict[str, Any]) -> str | None:
+    """Why ``DistillLoss``'s settings have no compiled pass (a fused method, a built-in policy, a float
+    temperature are needed), or None when they have one."""
     if method not in FUSED_LOGIT:
-        raise ValueError(f"fused=True supports method {' or '.join(map(repr, FUSED_LOGIT))}, got {method!r}")
+        return f"fused=True supports method {' or '.join(map(repr, FUSED_LOGIT))}, got {method!r}"
     if policy is not None and policy.rule is None:
-        raise ValueError(
+        return (
             f"fused=True needs a built-in weighting (ea, er, base, interact, inverse, uniform, none), "
             f"got the custom policy {policy.name!r}"
         )
     if isinstance(hparams.get("temperature"), Tensor):
-        raise ValueError("fused=True needs a float temperature setting, not a tensor (CTKD: use fused=False)")
+        return "fused=True needs a float temperature setting, not a tensor (CTKD: use fused=False)"
+    return None
 
 
 def fused_weighted(
