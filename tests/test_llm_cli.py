@@ -12,7 +12,7 @@ from eakd.cli import main as eakd_main
 from eakd.engine.config import ConfigError, load_config
 from eakd.llm.cli import budget_note, main
 from eakd.llm.run import LLMRunConfig, training_args
-from eakd.llm.study import METHODS, table
+from eakd.llm.study import METHODS, REFERENCE, method_config, table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "eakd" / "configs" / "llm"
 
@@ -79,7 +79,13 @@ def test_cli_user_errors_print_one_line_and_exit_2(
 
 
 def test_study_methods_and_table() -> None:
-    assert list(METHODS) == ["kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm"]
+    assert list(METHODS) == [
+        "kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm", "gkd", "ea-gkd"
+    ]  # fmt: skip
+    assert REFERENCE["ea-gkd"] == "gkd" and METHODS["ea-gkd"]["lmbda"] == 0.5
+    # on-policy arms run the teacher online in a study that trains the others from its cache
+    assert method_config(LLMRunConfig(), "ea-gkd", 0, "out", teacher_cache=True).model.teacher_cache is None
+    assert method_config(LLMRunConfig(), "ea-kd", 0, "out", teacher_cache=True).model.teacher_cache
     assert METHODS["ea-kd-norm"]["weight_norm"] == "mean" and METHODS["ea-kd-ce"]["ce_weight"] == 0.5
     kd = {"0": {"rougeL": 10.0, "perplexity": 5.0, "train_s": 3.0}, "1": {"rougeL": 12.0, "perplexity": 7.0}}
     result = {"arms": ["kd", "ea-kd"], "seeds": [0], "runs": {"kd": {"0": kd["0"]}, "ea-kd": {"0": kd["1"]}}}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import eakd
-from eakd.llm.settings import TokenLossSettings
+from eakd.llm.settings import GenerationSettings, TokenLossSettings
 
 pytest.importorskip("transformers")
 from eakd.llm.cli import evaluate_cmd
@@ -21,19 +21,22 @@ from eakd.llm.study import METHODS
 from eakd.llm.trainer import EAKDConfig
 
 SRC = Path(eakd.__file__).parent
-SETTINGS = [f.name for f in dataclasses.fields(TokenLossSettings)]
+DECLARED = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (TokenLossSettings, GenerationSettings)}
+SETTINGS = [name for names in DECLARED.values() for name in names]
 
 
 def test_every_setting_has_help_text() -> None:
-    for f in dataclasses.fields(TokenLossSettings):
-        assert f.metadata.get("help"), f"{f.name} has no help text"
+    for cls in DECLARED:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{f.name} has no help text"
     for f in dataclasses.fields(EAKDConfig):
         if f.name in ("chunked", "chunk_size", "vocab_size", "diag_samples"):
             assert f.metadata.get("help"), f"{f.name} has no help text"
 
 
 def test_no_loss_setting_is_declared_twice() -> None:
-    """No settings or config class of eakd.llm re-declares a TokenLossSettings field: they reach EAKDConfig
+    """No settings or config class of eakd.llm re-declares a TokenLossSettings or GenerationSettings field
+    (EvalSection's max_new_tokens is the evaluation's): they reach EAKDConfig
     by inheritance, and the run config, the study and the CLI read them from there. (The teacher cache's
     ``temperature`` and ``tau`` are data it holds, and EvalSection's ``temperature`` the sampling one.)"""
     declared: dict[str, list[str]] = {}
@@ -45,7 +48,8 @@ def test_no_loss_setting_is_declared_twice() -> None:
                         declared.setdefault(stmt.target.id, []).append(f"{path.name}:{node.name}")
     twice = {k: v for k, v in declared.items() if k in SETTINGS and len(v) > 1}
     assert not twice, f"declared more than once: {twice}"
-    assert all(declared[name] == ["settings.py:TokenLossSettings"] for name in SETTINGS)
+    for cls, names in DECLARED.items():
+        assert all(declared[name] == [f"settings.py:{cls.__name__}"] for name in names)
 
 
 def test_defaults_agree_between_entry_points(tmp_path: Path) -> None:
@@ -100,7 +104,8 @@ def test_study_arms_and_warm_start_keys_come_from_the_declaration() -> None:
     assert set(ARM_KEYS) <= set(SETTINGS)
     for arm in METHODS.values():
         assert set(arm) <= set(SETTINGS)
-        TokenLossSettings(**arm)
+        TokenLossSettings(**{k: v for k, v in arm.items() if k in DECLARED[TokenLossSettings]})
+        GenerationSettings(**{k: v for k, v in arm.items() if k in DECLARED[GenerationSettings]})
 
 
 def test_cli_eval_defaults_are_the_run_config_sections(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -173,6 +173,23 @@ def test_llm_compute_loss_reads_nothing_back(tmp_path, chunked, cached, train):
     trainer.guard.check()  # the flags of those steps, read once: all clear
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])
+def test_llm_compute_loss_on_generated_responses_reads_nothing_back(tmp_path, chunked):
+    """On-policy data (lmbda 1): generating a micro-batch's responses reads back (the step's one sync, before
+    the loss); the loss on the generated batch, as the Trainer runs it, reads nothing back."""
+    trainer, batch = llm_trainer(tmp_path, chunked, False, lmbda=1.0, max_new_tokens=6)
+    model = trainer.model.train()
+    generated = trainer._responses(batch, 0)
+    assert generated is not batch
+    n_items = (generated["labels"][:, 1:] != -100).sum()
+    trainer.compute_loss(model, generated, num_items_in_batch=n_items).backward()  # warm-up
+    with counted_reads(ignore=MODEL_MASKS) as seen:
+        for _ in range(3):
+            trainer.compute_loss(model, generated, num_items_in_batch=n_items).backward()
+    assert seen == []
+    trainer.guard.check()
+
+
 def test_llm_compute_loss_without_label_index_reads_back(tmp_path):
     """The count sees a read-back: a batch without the collator's label_index is compacted with nonzero."""
     trainer, batch = llm_trainer(tmp_path, True, False)

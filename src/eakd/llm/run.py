@@ -43,12 +43,12 @@ from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
 from eakd.llm.progress import QUIET, ProgressHook
-from eakd.llm.settings import TokenLossSettings
 from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
-# the train keys a study's arms differ by (declared in TokenLossSettings): left out of the warm start
-ARM_KEYS = tuple(f.name for f in dataclasses.fields(TokenLossSettings) if f.metadata["arm"])
+# the train keys a study's arms differ by (declared in TokenLossSettings and GenerationSettings): left out
+# of the warm start
+ARM_KEYS = tuple(f.name for f in dataclasses.fields(EAKDConfig) if f.metadata.get("arm"))
 
 
 def _train_key(key: str) -> str:
@@ -166,9 +166,15 @@ def training_args(cfg: LLMRunConfig) -> EAKDConfig:
         "disable_tqdm": True,
     }
     try:
-        return EAKDConfig(**{**defaults, **cfg.train})
+        args = EAKDConfig(**{**defaults, **cfg.train})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config section 'train': {err}") from err
+    if cfg.model.teacher_cache is not None and args.generation().generates():
+        raise ConfigError(
+            "model.teacher_cache holds the teacher on the dataset's responses only: train.lmbda > 0 or "
+            "train.seq_kd (generated responses) need the teacher online; drop one of them"
+        )
+    return args
 
 
 def split_rows(

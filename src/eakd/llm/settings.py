@@ -11,6 +11,9 @@ detached weight of a policy of ``eakd.weighting`` (EA by default, H_ub = ln V; p
 call's valid tokens, an extension), CE the hard-label cross-entropy of the student at T = 1,
 and denom = ``num_items_in_batch`` when given (valid tokens over all gradient-accumulation micro-batches)
 else the valid tokens of this call.
+
+``GenerationSettings``: where a training batch's responses come from (the dataset's, the student's own
+generations, or the teacher's: GKD's ``lmbda`` and ``seq_kd``, ``eakd.llm.onpolicy``).
 """
 
 from __future__ import annotations
@@ -168,6 +171,58 @@ class TokenLossSettings:
         if "defer" in params:
             kw["defer"] = defer
         return lambda zs, zt: fn(zs, zt, **kw)
+
+
+@dataclass
+class GenerationSettings:
+    """Where each training micro-batch's responses come from, in GKD's terms (TRL's ``GKDTrainer``): with
+    probability ``lmbda`` the student generates them from the batch's prompts (on-policy), else the
+    teacher does when ``seq_kd``, else they are the dataset's; the loss then weighs the new response
+    tokens (``eakd.llm.onpolicy``). Checked when built (ValueError): lmbda in [0, 1], max_new_tokens >= 1,
+    gen_temperature >= 0, gen_top_p in (0, 1], gen_top_k >= 0."""
+
+    lmbda: float = setting(
+        0.0,
+        "the fraction of micro-batches whose responses the student generates (on-policy data), drawn per "
+        "micro-batch from the run's seed and step (reproducible, resumable); 0: never",
+        arm=True,
+    )
+    seq_kd: bool = setting(
+        False,
+        "the teacher generates the responses of the batches the student does not (sequence-level KD)",
+        arm=True,
+    )
+    max_new_tokens: int = setting(128, "the most tokens a generated response has (TRL's default)", arm=True)
+    gen_temperature: float = setting(
+        0.9,
+        "the sampling temperature of generated responses (TRL GKD's temperature; 0: greedy); the "
+        "divergence's temperature is `temperature`",
+        arm=True,
+    )
+    gen_top_p: float = setting(1.0, "nucleus sampling of generated responses (1: off)", arm=True)
+    gen_top_k: int = setting(0, "top-k sampling of generated responses (0: off)", arm=True)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got {self.lmbda}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.gen_temperature) and self.gen_temperature >= 0):
+            raise ValueError(f"gen_temperature must be finite, >= 0 (0: greedy), got {self.gen_temperature}")
+        if not 0.0 < self.gen_top_p <= 1.0:
+            raise ValueError(f"gen_top_p must be in (0, 1], got {self.gen_top_p}")
+        if self.gen_top_k < 0:
+            raise ValueError(f"gen_top_k must be >= 0 (0: off), got {self.gen_top_k}")
+
+    @classmethod
+    def of(cls, config: Any) -> GenerationSettings:
+        """The generation settings held by ``config`` (an ``EAKDConfig``, or any object with them)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    def generates(self) -> bool:
+        """Whether any batch's responses are generated (then the teacher must run online: a cache holds
+        it on the dataset's responses only)."""
+        return self.lmbda > 0 or self.seq_kd
 
 
 class TokenLossOutput(NamedTuple):
