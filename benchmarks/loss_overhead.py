@@ -15,7 +15,7 @@ rotating order. ``--clock cpu`` times the process's CPU time instead of the wall
 
 ``--crossover`` instead times the EA-weighted loss eager and fused on a ladder of shapes (KD, DKD, token
 forward KL) and prints, per shape, fused / eager and the path ``fused="auto"`` (the default) takes there
-(``eakd.losses.fused.use_fused``, from ``AUTO_MIN_NUMEL``), so the default's time over eager's, which
+(``eakd.losses.fused_rule.use_fused``, from ``AUTO_MIN_NUMEL``), so the default's time over eager's, which
 must not exceed 1 beyond noise.
 
     python benchmarks/loss_overhead.py [--repeats 30] [--threads 2] [--device cpu|cuda] [--clock wall|cpu]
@@ -38,7 +38,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from eakd import DistillLoss
-from eakd.losses.fused import AUTO_MIN_NUMEL, fused_token_terms, shared_powers, use_fused
+from eakd.losses.fused import fused_token_terms, shared_powers
+from eakd.losses.fused_rule import AUTO_MIN_NUMEL, use_fused
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.token import forward_kl
 from eakd.study import provenance

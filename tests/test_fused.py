@@ -223,7 +223,7 @@ def test_auto_takes_the_compiled_pass_past_the_crossover_only(monkeypatch: pytes
     """fused="auto" (the default everywhere): eager below AUTO_MIN_NUMEL logits, the compiled pass from
     there when the settings are fusable and torch.compile works; True / False force a path."""
     from eakd.llm.settings import TokenLossSettings
-    from eakd.losses import fused
+    from eakd.losses import fused_rule as fused
 
     big, small = fused.AUTO_MIN_NUMEL, fused.AUTO_MIN_NUMEL - 1
     monkeypatch.setattr(fused, "compile_works", lambda: True)
@@ -243,7 +243,7 @@ def test_distill_loss_auto_calls_the_path_the_rule_picks(monkeypatch: pytest.Mon
     """A DistillLoss with the default fused="auto" runs the compiled pass on logits past the crossover and
     the eager loss below it (the path recorded, not timed)."""
     from eakd import distill
-    from eakd.losses import fused
+    from eakd.losses import fused_rule as fused
 
     monkeypatch.setattr(fused, "AUTO_MIN_NUMEL", 60)
     monkeypatch.setattr(fused, "compile_works", lambda: True)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eakd.checks import check_positive, nonfinite
-from eakd.losses.fused import Fused, check_fused, fused_weighted, unfusable, use_fused
+from eakd.losses.fused import fused_weighted, unfusable
+from eakd.losses.fused_rule import Fused, check_fused, use_fused
 from eakd.losses.logit import linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
@@ -73,7 +74,7 @@ class DistillLoss(nn.Module):
     loss's exps when tau / temperature is 1 or a small fraction such as the paper's 3 / 4); methods "kd"
     and "dkd" with a built-in policy and a float temperature only, anything else is refused here. False:
     the eager path. "auto" (default): the compiled pass where it is faster, i.e. for such settings when
-    the logits hold at least ``eakd.losses.fused.AUTO_MIN_NUMEL`` elements and torch.compile works here,
+    the logits hold at least ``eakd.losses.fused_rule.AUTO_MIN_NUMEL`` elements and torch.compile works here,
     else eager (``use_fused``).
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,

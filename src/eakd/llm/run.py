@@ -330,14 +330,9 @@ def evaluate_on_test(
     ``student``), "student_last" at ``last_step``, "diagnostics" (teacher agreement at the best), and
     with ``eval_teacher`` the teacher's own, "teacher"."""
     e = cfg.eval
-    gen = {
-        "max_new_tokens": e.max_new_tokens,
-        "max_length": cfg.data.max_length,
-        "batch_size": e.batch_size,
-        "sampling_seeds": e.sampling_seeds,
-        "temperature": e.temperature,
-        "progress": progress,
-    }
+    gen = {"max_new_tokens": e.max_new_tokens, "max_length": cfg.data.max_length,
+           "batch_size": e.batch_size, "sampling_seeds": e.sampling_seeds, "temperature": e.temperature,
+           "progress": progress}  # fmt: skip
     best = last = evaluate(student, tokenizer, test, **gen)
     if validation.best["step"] != last_step:
         student.load_state_dict(validation.best_state)

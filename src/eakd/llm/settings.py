@@ -27,7 +27,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from eakd.checks import check_finite, check_positive
-from eakd.losses.fused import check_fused, use_fused
+from eakd.losses.fused_rule import check_fused, use_fused
 from eakd.losses.registry import get_loss
 from eakd.losses.token import check_coefficient
 from eakd.weighting import Policy, check_weight_norm, get_policy
@@ -101,7 +101,7 @@ class TokenLossSettings:
         "auto",
         "true: the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; "
         "built-in divergences and weightings); false: eager; auto: compiled where faster (a built-in "
-        "divergence and weighting, chunks past eakd.losses.fused.AUTO_MIN_NUMEL, torch.compile working)",
+        "divergence and weighting, chunks past eakd.losses.fused_rule.AUTO_MIN_NUMEL, torch.compile working)",
     )
 
     def __post_init__(self) -> None:
@@ -141,7 +141,7 @@ class TokenLossSettings:
         return None
 
     def compiled(self, numel: int) -> bool:
-        """Whether a chunk of ``numel`` logits takes the compiled pass (``eakd.losses.fused.use_fused``)."""
+        """Whether a chunk of ``numel`` logits takes the compiled pass (``fused_rule.use_fused``)."""
         return use_fused(self.fused, self.unfusable() is None, numel)
 
     @classmethod
