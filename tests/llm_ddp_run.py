@@ -30,7 +30,7 @@ def main(out: str, mode: str, per_device: int, fsdp_version: str = "", loss: str
     student = make_student(teacher, num_layers=2, init="layers")
     cache = None
     if mode == "offline":
-        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8, progress=False)
+        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8)
     args = EAKDConfig(
         output_dir=out,
         per_device_train_batch_size=per_device,

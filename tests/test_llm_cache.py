@@ -181,7 +181,7 @@ from eakd.llm.trainer import EAKDTrainer  # noqa: E402
 
 def test_cache_file_roundtrip_and_rows_check(tokenizer, teacher, tmp_path: Path) -> None:  # noqa: F811
     rows = encode_pairs(tokenizer, PAIRS[:6])
-    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, batch_size=4, progress=False)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, batch_size=4)
     n_valid = sum(sum(x != -100 for x in r["labels"][1:]) for r in rows)
     assert cache.ids.shape == (n_valid, 4) and cache.entropy.shape == (n_valid,)
     assert int(cache.offsets[-1]) == n_valid and 0 < float(cache.coverage().min()) <= 1
@@ -203,7 +203,7 @@ def test_offline_trainer_matches_the_online_teacher(tokenizer, teacher, tmp_path
     """A full-vocabulary cache makes the offline trainer's loss the online one; a top-k cache trains."""
     rows = encode_pairs(tokenizer, PAIRS[:4])
     student = make_student(teacher, num_layers=2, init="layers")
-    full = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=len(tokenizer), progress=False)
+    full = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=len(tokenizer))
     args = _config(tmp_path, chunked=fused, divergence="jsd")
     online = EAKDTrainer(model=student, teacher=teacher, args=args)
     offline = EAKDTrainer(model=student, teacher=None, teacher_cache=full, args=args)
@@ -219,7 +219,7 @@ def test_offline_trainer_trains(tokenizer, teacher, tmp_path: Path) -> None:  # 
     from functools import partial
 
     rows = encode_pairs(tokenizer, PAIRS)
-    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8, progress=False)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8)
     student = make_student(teacher, num_layers=2, init="random")
     trainer = EAKDTrainer(
         model=student,
@@ -312,7 +312,7 @@ def test_cache_files_are_checked_for_consistency(tokenizer, teacher, tmp_path: P
     from safetensors.torch import load_file, save_file
 
     rows = encode_pairs(tokenizer, PAIRS[:4])
-    good = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=3, tau=2.0, progress=False).save(
+    good = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=3, tau=2.0).save(
         tmp_path / "good.safetensors"
     )
     tensors = load_file(str(good))
@@ -352,4 +352,4 @@ def test_cache_files_are_checked_for_consistency(tokenizer, teacher, tmp_path: P
         TeacherCache.load(good).save(tmp_path)
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(ValueError, match="top_k and batch_size must be >= 1"):
-        build_cache(teacher, rows, tokenizer.pad_token_id, top_k=0, progress=False)
+        build_cache(teacher, rows, tokenizer.pad_token_id, top_k=0)

@@ -223,7 +223,7 @@ def test_onpolicy_run_trains_and_counts_generated_tokens(tokenizer, teacher, tmp
 
 def test_generation_with_a_teacher_cache_is_refused(tokenizer, teacher, tmp_path: Path) -> None:
     rows = encode_pairs(tokenizer, PAIRS[:4])
-    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0)
     for kw in ({"lmbda": 0.5}, {"seq_kd": True}):
         with pytest.raises(ValueError, match="teacher online"):
             EAKDTrainer(model=make_student(teacher, num_layers=2), teacher=None, teacher_cache=cache,

@@ -64,6 +64,36 @@ def test_defaults_agree_between_entry_points(tmp_path: Path) -> None:
     assert plain.policy() is not None and plain.policy().tau == eakd.weighting.RULES["ea"].tau
 
 
+def defaults(cls: type) -> dict[str, object]:
+    """The plain defaults of a dataclass's fields (no factories)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def test_shared_defaults_are_one_rule() -> None:
+    """Every setting that the engine's DistillConfig, DistillLoss and the LLM's TokenLossSettings share has
+    one default (DistillLoss's): a default changed in one entry point only fails here."""
+    from eakd.engine.config import DistillConfig
+
+    sources = {
+        "DistillConfig": defaults(DistillConfig),
+        "DistillLoss": {
+            n: p.default
+            for n, p in inspect.signature(eakd.DistillLoss).parameters.items()
+            if p.default is not p.empty
+        },
+        "TokenLossSettings": defaults(TokenLossSettings),
+    }
+    shared = 0
+    for a, b in [("DistillConfig", "DistillLoss"), ("DistillConfig", "TokenLossSettings"),
+                 ("DistillLoss", "TokenLossSettings")]:  # fmt: skip
+        for name in sources[a].keys() & sources[b].keys():
+            assert sources[a][name] == sources[b][name], (
+                f"{name}: {a} {sources[a][name]!r}, {b} {sources[b][name]!r}"
+            )
+            shared += 1
+    assert shared >= 15  # method, weighting, tau, h_ub, kd_weight, ce_weight, weight_norm, fused, ...
+
+
 def test_er_keeps_its_own_tau() -> None:
     """tau None is the policy's own default: ER's 4, not EA's or the LLM study's 2."""
     assert TokenLossSettings(weighting="er").policy().tau == 4.0

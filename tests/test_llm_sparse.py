@@ -161,7 +161,7 @@ from eakd.llm.trainer import EAKDTrainer  # noqa: E402
 def test_a_fixed_seed_cache_is_deterministic(tokenizer, teacher) -> None:  # noqa: F811
     """The same seed gives the same draws whatever the batching; another seed others."""
     rows = encode_pairs(tokenizer, PAIRS[:6])
-    build = partial(build_cache, teacher, rows, tokenizer.pad_token_id, top_k=5, samples=4, progress=False)
+    build = partial(build_cache, teacher, rows, tokenizer.pad_token_id, top_k=5, samples=4)
     a, b, c = build(seed=7, batch_size=4), build(seed=7, batch_size=1), build(seed=8, batch_size=4)
     assert torch.equal(a.ids, b.ids)  # the teacher's padding changes its log-probs by float rounding only
     torch.testing.assert_close(a.logprobs, b.logprobs)
@@ -176,7 +176,7 @@ def test_both_kinds_save_load_and_are_validated(tokenizer, teacher, tmp_path: Pa
     rows = encode_pairs(tokenizer, PAIRS[:4])
     for samples in (0, 3):
         cache = build_cache(
-            teacher, rows, tokenizer.pad_token_id, top_k=3, samples=samples, seed=2, progress=False
+            teacher, rows, tokenizer.pad_token_id, top_k=3, samples=samples, seed=2
         )
         loaded = TeacherCache.load(cache.save(tmp_path / f"c{samples}.safetensors"))
         assert (loaded.samples, loaded.seed, loaded.top_k) == (samples, 2, 3)
@@ -209,7 +209,7 @@ def test_both_kinds_train_and_resume_to_the_uninterrupted_student(
 ) -> None:
     """4 steps straight, against 2 steps, a checkpoint, and a resumed trainer: the same student."""
     rows = encode_pairs(tokenizer, PAIRS)
-    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8, samples=samples, progress=False)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8, samples=samples)
     cache = TeacherCache.load(cache.save(tmp_path / "cache.safetensors"))
 
     def trainer(out: str, **kw: object) -> EAKDTrainer:

@@ -17,7 +17,6 @@ import torch
 from test_engine_trainer import toy_config, toy_task
 
 import eakd
-from eakd.checks import deferred_checks
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "nonzero")
 
@@ -93,7 +92,7 @@ def test_classification_step_reads_nothing_back(tmp_path):
     task.loss.sync_checks = False
     batch = next(iter(torch.utils.data.DataLoader(task.train_set, batch_size=8)))
     task.training_step(task.trainable, batch, 0.5)
-    with counted_reads() as seen, deferred_checks():
+    with counted_reads() as seen:
         for _ in range(3):
             terms = task.training_step(task.trainable, batch, 0.5)
             torch.stack(list(terms.values())).sum().backward()
@@ -139,9 +138,7 @@ def llm_trainer(tmp_path, chunked: bool, cached: bool, samples: int = 0, **train
                       chunked=chunked, chunk_size=8, ce_weight=0.5, tau=2.0, **train)  # fmt: skip
     cache = None
     if cached:
-        cache = build_cache(
-            teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False, samples=samples
-        )
+        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, samples=samples)
         rows = cache.attach(rows)
     trainer = EAKDTrainer(
         model=student,

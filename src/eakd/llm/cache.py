@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from eakd.checks import check_flag, check_positive
-from eakd.llm import progress as demo_progress
 from eakd.llm.data import IGNORE_INDEX, collate
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.settings import TokenLossSettings
 from eakd.llm.sparse import KINDS, check_settings, draw_uniforms, sparse_rows, topk_log_probs
 from eakd.weighting import entropy
@@ -76,11 +75,13 @@ class TeacherTopK(NamedTuple):
             raise ValueError("a sampled teacher cache has no full distribution: see eakd.llm.sparse")
         return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
 
-    def checked(self, s: TokenLossSettings, rows: int, vocab: int) -> tuple[TeacherTopK, torch.Tensor]:
+    def checked(
+        self, s: TokenLossSettings, rows: int, vocab: int, defer: bool = False
+    ) -> tuple[TeacherTopK, torch.Tensor]:
         """(this cache, a 0-dim bool flag): it must match the loss settings (temperature; the policy's tau,
         built-in policies only), the batch's count of labelled tokens and the vocabulary (ValueError).
-        Its ids must be < vocab and ``mismatch`` False: eager, a ValueError (a host read); deferred
-        (``eakd.checks.deferred_checks``), the ids are clamped below vocab and the flag is set."""
+        Its ids must be < vocab and ``mismatch`` False: a ValueError (a host read); with ``defer`` (no host
+        read), the ids are clamped below vocab and the flag is set."""
         if (
             self.ids.shape != self.logprobs.shape
             or self.ids.dim() != 2
@@ -108,11 +109,12 @@ class TeacherTopK(NamedTuple):
         bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
         if self.mismatch is not None:
             msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
-            bad = check_flag(msg, self.mismatch)
+            bad = check_flag(msg, self.mismatch, defer=defer)
         topk = self
         if self.vocab_size > vocab and rows:  # a loaded cache's ids are < its vocab_size already
             beyond = (self.ids >= vocab).any()
-            bad = bad | check_flag(f"teacher cache token ids reach beyond the vocabulary {vocab}", beyond)
+            msg = f"teacher cache token ids reach beyond the vocabulary {vocab}"
+            bad = bad | check_flag(msg, beyond, defer=defer)
             topk = self._replace(ids=self.ids.clamp_max(vocab - 1))
         return topk, bad
 
@@ -341,7 +343,7 @@ def build_cache(
     batch_size: int = CACHE_BATCH,
     vocab_size: int | None = None,
     teacher_name: str = "",
-    progress: bool = True,
+    progress: ProgressHook = QUIET,
     samples: int = 0,
     seed: int = 0,
 ) -> TeacherCache:
@@ -352,6 +354,7 @@ def build_cache(
     only, not on ``batch_size`` or the device).
 
     vocab_size: the real vocabulary when the lm_head has padding rows (rows beyond it are dropped).
+    Each batch is reported to ``progress`` ("cache", ``eakd.llm.progress``).
     """
     if not rows:
         raise ValueError("no rows to cache")
@@ -365,8 +368,7 @@ def build_cache(
     v = vocab_size
     ids, logprobs, tails, ents, counts = [], [], [], [], []
     starts = range(0, len(rows), batch_size)
-    quiet = not progress or demo_progress.current() is not None  # the job's own bar reports the batches
-    for start in tqdm(starts, desc="teacher cache", unit="batch", disable=quiet):
+    for start in starts:
         batch = collate(list(rows[start : start + batch_size]), pad_token_id)
         feed = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
         logits = teacher(**feed).logits[:, :-1]
@@ -385,7 +387,7 @@ def build_cache(
         tails.append(tail.cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
-        demo_progress.note("cache")
+        progress.note("cache")
     n = torch.cat(counts)
     return TeacherCache(
         torch.cat(ids),

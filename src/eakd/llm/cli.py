@@ -97,10 +97,16 @@ def cache_cmd(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=CACHE_BATCH)
     p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
     a = p.parse_args(argv)
+    from eakd.llm.progress import Bar
     from eakd.llm.run_cache import write_cache
 
     start = time.perf_counter()
-    cache = write_cache(read_run_config(a.config, [*a.overrides, *cache_overrides(a)]), a.out, a.batch_size)
+    cfg = read_run_config(a.config, [*a.overrides, *cache_overrides(a)])
+    bar = Bar({}, "teacher cache batches")
+    try:
+        cache = write_cache(cfg, a.out, a.batch_size, bar)
+    finally:
+        bar.close()
     cover = cache.coverage()
     summary = {
         "file": a.out,
@@ -263,7 +269,8 @@ def demo(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from pathlib import Path
 
-    from eakd.llm.study import llm_study, table
+    from eakd.llm.progress import Bar
+    from eakd.llm.study import llm_study, study_plan, table
     from eakd.study import provenance
 
     budget = [f"{k}={v}" for k, v in DEMO["overrides"].items()] if a.config is None else []
@@ -283,9 +290,13 @@ def demo(argv: list[str]) -> int:
     quiet_libraries()
     load, start = os.getloadavg(), time.perf_counter()
     results = None if a.results is None else Path(a.results)
-    result = llm_study(
-        cfg, a.methods, a.seeds, a.out, a.eval_teacher, a.teacher_cache, results, a.reuse, True
-    )
+    bar = Bar(study_plan(cfg, a.methods, a.seeds, a.out, a.teacher_cache), "LLM demo")
+    try:
+        result = llm_study(
+            cfg, a.methods, a.seeds, a.out, a.eval_teacher, a.teacher_cache, results, a.reuse, bar
+        )
+    finally:
+        bar.close()
     wall = time.perf_counter() - start
     print(table(result))
     print(f"\n{timings(result, wall)}")

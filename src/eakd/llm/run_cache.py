@@ -8,6 +8,7 @@ from pathlib import Path
 from eakd.engine.config import ConfigError
 from eakd.llm.cache import CACHE_BATCH, TeacherCache, build_cache, cache_path, fingerprint
 from eakd.llm.models import load_teacher, load_tokenizer
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.run import LLMRunConfig, split_rows, training_args
 from eakd.llm.sparse import check_sampled
 from eakd.llm.trainer import EAKDConfig
@@ -35,12 +36,15 @@ def cache_samples(cfg: LLMRunConfig) -> int:
 
 
 def write_cache(
-    cfg: LLMRunConfig, path: str | Path, batch_size: int = CACHE_BATCH, progress: bool = True
+    cfg: LLMRunConfig,
+    path: str | Path,
+    batch_size: int = CACHE_BATCH,
+    progress: ProgressHook = QUIET,
 ) -> TeacherCache:
     """Run the config's teacher once over its training rows and save the cache of its cache section to
-    ``path``, at the train section's temperature and policy's tau (so runs of that config can read it). A
-    directory at ``path``, an inconsistent cache section or a sampled cache the config's divergence cannot
-    use is an error before the teacher is loaded."""
+    ``path``, at the train section's temperature and policy's tau (so runs of that config can read it), its
+    batches reported to ``progress`` (``eakd.llm.progress``). A directory at ``path``, an inconsistent cache
+    section or a sampled cache the config's divergence cannot use is an error before the teacher is loaded."""
     path = cache_path(path)
     samples = cache_samples(cfg)
     args = training_args(cfg)
@@ -67,7 +71,7 @@ def write_cache(
 
 
 def reuse_or_write_cache(
-    cfg: LLMRunConfig, path: str | Path, batch_size: int = CACHE_BATCH
+    cfg: LLMRunConfig, path: str | Path, batch_size: int = CACHE_BATCH, progress: ProgressHook = QUIET
 ) -> tuple[TeacherCache, bool]:
     """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and cache
     section, else a fresh one written there; whether it was reused)."""
@@ -90,4 +94,4 @@ def reuse_or_write_cache(
         )
         if same:
             return old, True
-    return write_cache(cfg, path, batch_size), False
+    return write_cache(cfg, path, batch_size, progress), False

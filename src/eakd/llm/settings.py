@@ -22,19 +22,20 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from eakd.checks import check_finite, check_positive
+from eakd.losses.fused_rule import check_fused, use_fused
 from eakd.losses.registry import get_loss
 from eakd.losses.token import check_coefficient
 from eakd.weighting import Policy, check_weight_norm, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
 LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
-# the input checks a loss defers to the device inside ``eakd.checks.deferred_checks()``, in the order of
-# ``TokenLossOutput.invalid``: what each flag means
+# the input checks a loss defers to the device when called with ``defer=True`` (``eakd.checks``), in the
+# order of ``TokenLossOutput.invalid``: what each flag means
 INPUT_CHECKS = {
     "labels": "labels outside [0, V) that are not ignore_index",
     "label_index": "a label_index that is not the positions of the batch's labels",
@@ -96,10 +97,11 @@ class TokenLossSettings:
     kd_weight: float = setting(1.0, "weight of the distillation term")
     ce_weight: float = setting(0.0, "weight of the student's hard-label cross-entropy (never reweighted)")
     ignore_index: int = setting(-100, "the label of tokens without a loss (prompt, padding)")
-    fused: bool = setting(
-        False,
-        "the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; built-in "
-        "divergences and weightings)",
+    fused: bool | Literal["auto"] = setting(
+        "auto",
+        "true: the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; "
+        "built-in divergences and weightings); false: eager; auto: compiled where faster (a built-in "
+        "divergence and weighting, chunks past eakd.losses.fused_rule.AUTO_MIN_NUMEL, torch.compile working)",
     )
 
     def __post_init__(self) -> None:
@@ -120,14 +122,27 @@ class TokenLossSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        policy = self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
-        if self.fused and policy is not None and policy.rule is None:
-            raise ValueError(f"fused needs a built-in weighting, not the custom policy {policy.name!r}")
-        if self.fused and not hasattr(fn, "on_log_probs"):
-            raise ValueError(
+        self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+        check_fused(self.fused)
+        reason = self.unfusable()
+        if self.fused is True and reason is not None:
+            raise ValueError(reason)
+
+    def unfusable(self) -> str | None:
+        """Why these settings have no compiled pass, or None when they have one."""
+        policy = self.policy()
+        if policy is not None and policy.rule is None:
+            return f"fused needs a built-in weighting, not the custom policy {policy.name!r}"
+        if not hasattr(get_loss(self.divergence), "on_log_probs"):
+            return (
                 f"fused needs a divergence with a log-probability form (register_divergence), "
                 f"not {self.divergence!r}"
             )
+        return None
+
+    def compiled(self, numel: int) -> bool:
+        """Whether a chunk of ``numel`` logits takes the compiled pass (``fused_rule.use_fused``)."""
+        return use_fused(self.fused, self.unfusable() is None, numel)
 
     @classmethod
     def of(cls, config: Any) -> TokenLossSettings:
@@ -146,12 +161,15 @@ class TokenLossSettings:
         params = inspect.signature(get_loss(self.divergence)).parameters
         return {name: getattr(self, name) for name in DIVERGENCE_SETTINGS if name in params}
 
-    def divergence_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def divergence_fn(self, defer: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(student logits (..., V), teacher logits (..., V)) -> (...) per-token divergence, settings and
-        temperature bound."""
+        temperature bound; ``defer`` passed on to a divergence that takes it (``eakd.checks``)."""
         fn, kw = get_loss(self.divergence), self.divergence_settings()
-        if "temperature" in inspect.signature(fn).parameters:
+        params = inspect.signature(fn).parameters
+        if "temperature" in params:
             kw["temperature"] = self.temperature
+        if "defer" in params:
+            kw["defer"] = defer
         return lambda zs, zt: fn(zs, zt, **kw)
 
 
@@ -213,9 +231,9 @@ class TokenLossOutput(NamedTuple):
     per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
     h_t, h_s: (N,) teacher and student entropies in nats at the policy's tau, the ones the weights were
     computed from (0 at ignored tokens), or None when the policy uses none (unweighted, uniform, custom).
-    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (inside
-    ``eakd.checks.deferred_checks()``; the values computed from a flagged input are not meaningful), or
-    None when every input check ran on the host."""
+    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (a loss called with
+    ``defer=True``; the values computed from a flagged input are not meaningful), or None when every
+    input check ran on the host."""
 
     loss: torch.Tensor
     kd: torch.Tensor
@@ -242,7 +260,7 @@ class TokenLossOutput(NamedTuple):
 
     def check_finite(self) -> TokenLossOutput:
         """This output, or ValueError naming its first non-finite term (``eakd.checks.check_finite``: a host
-        sync per term, none inside ``deferred_checks()``)."""
+        sync per term; a loss called with ``defer=True`` skips it and reports ``flags()``)."""
         if self.weights is not None:
             check_finite("the loss's weights", self.weights)
         check_finite("the loss's kd term", self.kd)

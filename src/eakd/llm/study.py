@@ -5,7 +5,6 @@ seed-major, saved after every run, paired 95 % intervals)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -13,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eakd.llm import progress
 from eakd.llm.cache import CACHE_BATCH
-from eakd.llm.models import load_teacher
+from eakd.llm.models import load_teacher, load_tokenizer
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
 from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
 from eakd.llm.settings import GenerationSettings, TokenLossSettings
@@ -57,11 +56,6 @@ METRICS = {
     "run_s": "all s/run",
 }
 COMPARE = ["rougeL", "rougeL_greedy", "rougeL_last"]
-# seconds per batch or step of each progress kind (``eakd.llm.progress.KINDS``; "train" from the teacher
-# cache, "train_online" with the teacher; batches of 8 rows to train and cache, of 16 to evaluate; a
-# generation of 48 tokens, greedy or sampled) for SmolLM2-135M and its 6-layer student, measured once on
-# an idle 2-core CPU: only their ratios matter (the progress bar's ETA)
-COST = {"cache": 1.2, "train": 0.75, "train_online": 1.6, "forward": 1.6, "agreement": 5.3, "generate": 2.8}
 
 
 def cache_file(out_dir: str | Path, tau: float) -> str:
@@ -118,14 +112,12 @@ def run_metrics(res: dict[str, Any]) -> dict[str, float]:
 
 
 def planned_work(
-    base: LLMRunConfig, rows: int, val: int, test: int, teacher_cache: bool
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(the study's planned work in progress units: "cache" (each cache; 0 without), "warm_start" and "run"
-    (each run), the cost per kind (``COST``) it was counted with) for ``base`` on ``rows`` training rows and
-    ``val`` / ``test`` pairs. A run counts two test evaluations (at the best and the last step)."""
+    base: LLMRunConfig, rows: int, val: int, test: int, caches: int, runs: int
+) -> dict[str, int]:
+    """The study's planned batches or steps of each progress kind (``eakd.llm.progress.KINDS``) for
+    ``base`` on ``rows`` training rows and ``val`` / ``test`` pairs, with ``caches`` teacher caches to write
+    and ``runs`` runs. A run counts two test evaluations (at the best and the last step)."""
     e, args = base.eval, training_args(base)
-    cost = {**COST, "train": COST["train"] if teacher_cache else COST["train_online"]}
-    del cost["train_online"]
     batches = lambda n, size: -(-n // size)  # noqa: E731
     steps = args.max_steps  # else epochs of optimiser steps
     if steps <= 0:
@@ -133,18 +125,35 @@ def planned_work(
         steps = math.ceil(args.num_train_epochs * batches(rows, per_step))
     checks = len({s for s in range(1, steps + 1) if e.every and s % e.every == 0} | {steps})
     gen = checks * batches(val, e.batch_size) + 2 * (e.sampling_seeds + 1) * batches(test, e.batch_size)
-    one_run = (
-        cost["agreement"] * (batches(val, e.batch_size) + batches(test, e.batch_size))
-        + cost["train"] * steps
-        + cost["generate"] * gen
-        + cost["forward"] * 2 * batches(test, e.batch_size)
-    )
-    work = {
-        "cache": cost["cache"] * batches(rows, CACHE_BATCH) if teacher_cache else 0.0,
-        "warm_start": cost["train"] * base.model.warm_start_steps,
-        "run": one_run,
+    return {
+        "cache": caches * batches(rows, CACHE_BATCH),
+        "train": base.model.warm_start_steps + runs * steps,
+        "agreement": runs * (batches(val, e.batch_size) + batches(test, e.batch_size)),
+        "generate": runs * gen,
+        "forward": runs * 2 * batches(test, e.batch_size),
     }
-    return work, cost
+
+
+def cache_configs(
+    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, teacher_cache: bool
+) -> dict[str, LLMRunConfig]:
+    """The config that writes each method's teacher cache (one file per tau); {} without a teacher cache.
+    On-policy arms read none (``method_config``)."""
+    if not teacher_cache:
+        return {}
+    configs = {m: method_config(base, m, seeds[0], out_dir, True) for m in methods}
+    return {m: c for m, c in configs.items() if c.model.teacher_cache is not None}
+
+
+def study_plan(
+    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, teacher_cache: bool
+) -> dict[str, int]:
+    """``planned_work`` of ``llm_study`` with these arguments (reads the data and the tokenizer only)."""
+    first = method_config(base, methods[0], seeds[0], out_dir, teacher_cache)
+    rows, val, test = split_rows(first, load_tokenizer(first.model.teacher))
+    caches = cache_configs(base, methods, seeds, out_dir, teacher_cache)
+    n_caches = len({str(c.model.teacher_cache) for c in caches.values()})
+    return planned_work(base, len(rows), len(val), len(test), n_caches, len(methods) * len(seeds))
 
 
 def llm_study(
@@ -156,72 +165,54 @@ def llm_study(
     teacher_cache: bool = False,
     results: Path | None = None,
     reuse: bool = False,
-    show_progress: bool = False,
+    progress: ProgressHook = QUIET,
 ) -> dict[str, Any]:
     """Every method x seed (``eakd.study.run_study``, seed-major; ``results``: also saved there; ``reuse``:
     keep the finished runs of the same protocol). teacher_cache: run the teacher once per tau into
     ``cache_file`` (reused when it matches) and train every arm from it. The shared warm start
     (``model.warm_start_steps``) is written before the first run. With ``eval_teacher`` the teacher's own
-    test ROUGE-L and perplexity come from the first run, under "teacher". show_progress: one progress bar
-    with an ETA over the whole study (``eakd.llm.progress``). The result's "seconds" holds the wall time of
-    the teacher cache(s), the warm start and the runs."""
+    test ROUGE-L and perplexity come from the first run, under "teacher". progress: the hook the whole study
+    reports to (``eakd.llm.progress``; e.g. a ``Bar`` over ``study_plan``). The result's "seconds" holds
+    the wall time of the teacher cache(s), the warm start and the runs."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
     first = method_config(base, methods[0], seeds[0], out_dir, teacher_cache)
     teacher_model, tokenizer = load_teacher(first.model.teacher)
-    rows, val, test = split_rows(first, tokenizer)
-    caches = {m: method_config(base, m, seeds[0], out_dir, True) for m in methods} if teacher_cache else {}
-    caches = {m: c for m, c in caches.items() if c.model.teacher_cache is not None}
-    n_caches = len({str(c.model.teacher_cache) for c in caches.values()})
-    n_runs = len(methods) * len(seeds)
-    work, cost = planned_work(base, len(rows), len(val), len(test), teacher_cache)
-    total = work["cache"] * n_caches + work["warm_start"] + work["run"] * n_runs
-    bar = progress.Progress(total, cost, "LLM demo") if show_progress else None
-    mark = 0.0
-
-    def done(units: float) -> None:  # a phase ended: the bar to its planned mark
-        nonlocal mark
-        mark += units
-        if bar is not None:
-            bar.settle(mark)
-
+    caches = cache_configs(base, methods, seeds, out_dir, teacher_cache)
     seconds: dict[str, float] = {}
     teacher: dict[str, Any] = {}
 
     def train_one(method: str, seed: int) -> dict[str, float]:
-        res = run(method_config(base, method, seed, out_dir, teacher_cache), eval_teacher and not teacher)
+        cfg = method_config(base, method, seed, out_dir, teacher_cache)
+        res = run(cfg, eval_teacher and not teacher, progress)
         teacher.update(res.get("teacher", {}))
-        done(work["run"])
         return run_metrics(res)
 
-    with progress.active(bar) if bar is not None else contextlib.nullcontext():
-        start = time.perf_counter()
-        written: set[str] = set()
-        for cfg in caches.values():
-            path = str(cfg.model.teacher_cache)
-            if path not in written:
-                written.add(path)
-                progress.phase("teacher cache")
-                cache, reused = reuse_or_write_cache(cfg, path, CACHE_BATCH)
-                mass, how = float(cache.coverage().mean()), "reused" if reused else "written"
-                exact = cache.top_k - cache.samples
-                print(
-                    f"teacher cache {path} ({how}): {cache.ids.shape[0]} tokens, {cache.top_k} per token "
-                    f"({cache.samples} drawn), top-{exact} mass {mass:.3f}"
-                )
-                done(work["cache"])
-        seconds["teacher_cache"] = time.perf_counter() - start
-        start = time.perf_counter()
-        if first.model.warm_start is not None:
-            warm_start_student(first, teacher_model, tokenizer)  # written once here, read by every run
-        seconds["warm_start"] = time.perf_counter() - start
-        done(work["warm_start"])
-        del teacher_model
-        protocol = {"base": dataclasses.asdict(base), "methods": methods, "teacher_cache": teacher_cache}
-        start = time.perf_counter()
-        result = run_study(train_one, methods, seeds, Path(out_dir), protocol, reuse=reuse, results=results)
-        seconds["runs"] = time.perf_counter() - start
+    start = time.perf_counter()
+    written: set[str] = set()
+    for cfg in caches.values():
+        path = str(cfg.model.teacher_cache)
+        if path not in written:
+            written.add(path)
+            progress.phase("teacher cache")
+            cache, reused = reuse_or_write_cache(cfg, path, CACHE_BATCH, progress)
+            mass, how = float(cache.coverage().mean()), "reused" if reused else "written"
+            exact = cache.top_k - cache.samples
+            print(
+                f"teacher cache {path} ({how}): {cache.ids.shape[0]} tokens, {cache.top_k} per token "
+                f"({cache.samples} drawn), top-{exact} mass {mass:.3f}"
+            )
+    seconds["teacher_cache"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if first.model.warm_start is not None:
+        warm_start_student(first, teacher_model, tokenizer, progress)  # written once here, read by every run
+    seconds["warm_start"] = time.perf_counter() - start
+    del teacher_model
+    protocol = {"base": dataclasses.asdict(base), "methods": methods, "teacher_cache": teacher_cache}
+    start = time.perf_counter()
+    result = run_study(train_one, methods, seeds, Path(out_dir), protocol, reuse=reuse, results=results)
+    seconds["runs"] = time.perf_counter() - start
     result["seconds"] = seconds
     if teacher:
         result["teacher"] = {k: teacher[k] for k in ("rougeL", "rougeL_greedy", "perplexity")}

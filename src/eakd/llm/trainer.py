@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from eakd.checks import deferred_checks
 from eakd.llm.cache import TeacherCache, TeacherTopK
 from eakd.llm.callbacks import FiniteGuard, RunLogCallback
 from eakd.llm.chunked import chunked_distill_loss
@@ -199,6 +198,7 @@ class EAKDTrainer(Trainer):
                 args.vocab_size,
                 teacher_topk=topk,
                 label_index=inputs.get("label_index"),
+                defer=True,  # no host sync per step: the guard reads the terms' flags at logging steps
             )
             return out, outputs
         outputs = model(**feed, output_hidden_states=True, logits_to_keep=1)
@@ -224,6 +224,7 @@ class EAKDTrainer(Trainer):
             vocab_size=args.vocab_size,
             chunk_size=args.chunk_size,
             label_index=inputs.get("label_index"),
+            defer=True,
         )
         return out, outputs
 
@@ -237,8 +238,7 @@ class EAKDTrainer(Trainer):
         """The distillation loss of one micro-batch, normalised by ``num_items_in_batch`` when the Trainer
         gives it (valid tokens over all accumulated micro-batches), else by this batch's valid tokens."""
         args: EAKDConfig = self.args  # type: ignore[assignment]
-        with deferred_checks():  # no host sync per step: the FiniteGuard checks the terms on the device
-            out, outputs = self._distill(model, inputs, num_items_in_batch)
+        out, outputs = self._distill(model, inputs, num_items_in_batch)
         scale = 1.0
         if (
             num_items_in_batch is not None

@@ -61,26 +61,34 @@ def register_divergence(
     name: str, teacher_expectation: LogProbMath | None = None
 ) -> Callable[[LogProbMath], Callable[..., Tensor]]:
     """Decorator: ``math(log_q, log_p, **settings)`` -> (...) registered in ``LOSSES`` under ``name`` as the
-    per-token loss of logits ``(student_logits, teacher_logits, temperature=1.0, **settings)``, checked
-    finite, with the math kept as its ``on_log_probs``. teacher_expectation: g(log_q, log_p, **settings),
-    elementwise (...) -> (...), when the divergence is sum_v p_v * g(log_q_v, log_p_v) (kept as the loss's
-    ``teacher_expectation``, else None). Returns the registered loss."""
+    per-token loss of logits ``(student_logits, teacher_logits, temperature=1.0, **settings, defer=False)``,
+    checked finite (``defer``: as in ``kd_loss``), with the math kept as its ``on_log_probs``.
+    teacher_expectation: g(log_q, log_p, **settings), elementwise (...) -> (...), when the divergence is
+    sum_v p_v * g(log_q_v, log_p_v) (kept as the loss's ``teacher_expectation``, else None). Returns the
+    registered loss."""
 
     def add(math_fn: LogProbMath) -> Callable[..., Tensor]:
         settings = list(inspect.signature(math_fn).parameters.values())[2:]
 
         def loss(
-            student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, **kw: float
+            student_logits: Tensor,
+            teacher_logits: Tensor,
+            temperature: float = 1.0,
+            *,
+            defer: bool = False,
+            **kw: float,
         ) -> Tensor:
             values = math_fn(*token_log_probs(student_logits, teacher_logits, temperature), **kw)
-            return check_finite(f"{name} loss from the student and teacher logits", values)
+            return check_finite(f"{name} loss from the student and teacher logits", values, defer=defer)
 
         logits = [
             inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Tensor)
             for n in ("student_logits", "teacher_logits")
         ]
         temp = inspect.Parameter("temperature", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)
-        loss.__signature__ = inspect.Signature([*logits, temp, *settings], return_annotation=Tensor)  # type: ignore[attr-defined]
+        defer = inspect.Parameter("defer", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+        signature = inspect.Signature([*logits, temp, *settings, defer], return_annotation=Tensor)
+        loss.__signature__ = signature  # type: ignore[attr-defined]
         loss.__name__ = loss.__qualname__ = name
         loss.__doc__ = f"Per-token {name} of logits (..., V) -> (...) float32: {math_fn.__doc__}"
         loss.on_log_probs = math_fn  # type: ignore[attr-defined]
