@@ -123,32 +123,35 @@ def report_spec(result: dict[str, Any]) -> tuple[dict[str, str], str | dict[str,
     return cols, spec.get("reference") or result["arms"][0], spec.get("effect")
 
 
-def study_report(result: dict[str, Any], plot: str | None = None) -> str:
-    """report.md's text for a study result (``plot``: the differences plot's file name, if drawn)."""
+def report_tables(result: dict[str, Any]) -> str:
+    """The report's two tables: the arms' mean ± std over seeds (with each seed's value of the primary
+    metric), then each arm minus its reference paired by seed with its interval and verdict."""
     cols, reference, effect = report_spec(result)
     key, label = next(iter(cols.items()))
-    prov = result.get("provenance", {})
-    minutes = result.get("wall_s", 0.0) / 60
+    return (
+        f"{study_table(result, cols)}\n\n{differences_table(result, key, label, reference, effect)}\n\n"
+        "verdict: better / worse when the 95 % interval of the paired differences excludes 0, else no "
+        "difference shown (higher is better)"
+        + (
+            f"; seeds to find ±{effect:g}: for a two-sided paired t-test at 5 % to find a true difference "
+            "that size with 80 % power, at the measured sd of the differences"
+            if effect is not None
+            else ""
+        )
+    )
+
+
+def study_report(result: dict[str, Any], plot: str | None = None) -> str:
+    """report.md's text for a study result (``plot``: the differences plot's file name, if drawn)."""
+    prov, minutes = result.get("provenance", {}), result.get("wall_s", 0.0) / 60
     lines = [
         f"# Study: {', '.join(result['arms'])}",
         "",
         f"{len(result['seeds'])} seeds ({', '.join(map(str, result['seeds']))}), paired across arms; "
         f"{prov.get('date', '?')}, code {code_label(prov)}, {minutes:.1f} min of runs.",
         "",
-        study_table(result, cols),
-        "",
-        f"## Each arm minus its reference ({label}, higher is better)",
-        "",
-        differences_table(result, key, label, reference, effect),
-        "",
-        "Verdict: better / worse when the 95 % interval of the paired differences excludes 0, else no "
-        "difference shown.",
+        report_tables(result),
     ]
-    if effect is not None:
-        lines.append(
-            f"Seeds to find ±{effect:g}: the paired seeds for a two-sided paired t-test at 5 % to "
-            "find a true difference that size with 80 % power, at the measured sd of the differences."
-        )
     if plot is not None:
         lines += ["", f"![paired differences per seed]({plot})"]
     return "\n".join(lines) + "\n"
