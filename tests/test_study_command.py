@@ -108,7 +108,7 @@ def test_a_tiny_study_is_interrupted_resumed_and_reported(tiny, monkeypatch, cap
 
 
 BAD = [
-    (["--arm", "a=distill.weightng=none", "--arm", "b"], "unknown config key 'distill.weightng' (did you mean"),
+    (["--arm", "a=distill.weightng=none", "--arm", "b"], "'distill.weightng' (did you mean"),
     (["--arm", "a=distill.weighting=ea", "--arm", "b"], "give the same config"),
     (["--arm", "a", "--arm", "a=distill.tau=2"], "given twice"),
     (["--arm", "a=experiment.seed=3", "--arm", "b"], "sets 'experiment.seed=3'"),
@@ -116,7 +116,7 @@ BAD = [
     (["--seeds", "0,1,1"], "given twice"),
     (["--reference", "nosuch"], "is not an arm"),
     (["train.epochs=2", "--resume"], "holds another study (config differs in train.epochs)"),
-    (["--resume", "--arm", "kd=distill.weighting=none", "--arm", "ea-kd=distill.weighting=ea"], "never mixed"),
+    (["--resume", "--arm", "kd=distill.weighting=none", "--arm", "ea-kd=distill.weighting=ea"], "mixed"),
     (["--out", "study/kd-seed0"], "holds files but no study"),
 ]
 
