@@ -92,10 +92,10 @@ def arm_configs(config: str | Path, arms: dict[str, list[str]], common: list[str
             raise ValueError(f"arm {name!r}: {one_line(err)}") from None
         same = [a for a, c in configs.items() if a != name and to_dict(c) == to_dict(configs[name])]
         if same:
-            given = " ".join(overrides) or "no overrides"
+            given = [" ".join(arms[a]) or "no overrides" for a in (same[0], name)]
             raise ValueError(
-                f"arms {same[0]!r} and {name!r} give the same config ({given}): a comparison needs them to "
-                "differ; drop one"
+                f"arms {same[0]!r} ({given[0]}) and {name!r} ({given[1]}) give the same config: a comparison "
+                "needs them to differ; drop one"
             )
     return configs
 
