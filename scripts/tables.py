@@ -23,6 +23,7 @@ from eakd.engine.catalog import list_configs
 from eakd.engine.config import Config, load_config
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
+from eakd.study_report import report_tables
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
 from eakd.vision.demo import current_runs
 from eakd.vision.demo import format_table as vision_table
@@ -188,6 +189,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
     "cifar100_recipes": recipes_table,
+    "study_readme": study(report_tables),
 }
 
 
