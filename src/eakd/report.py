@@ -152,7 +152,7 @@ def plot_roi_weights(rows: list[dict[str, str]], path: Path) -> bool:
     label 0) or object, with the mean weight per 0.1-wide bin. False without rows."""
     if not rows:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     w, label = _column(rows, "weight"), _column(rows, "label")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = np.linspace(0.0, 1.0, 11)
