@@ -208,6 +208,42 @@ CASES = [
 ]
 
 
+# eakd study (issue 23): bad arms and seeds, and study folders that hold something else
+STUDY = ["study", "tiny.yaml", "--out", "st"]
+ARMS = ["--arm", "a=optim.lr=0.1", "--arm", "b"]
+TWO_ARMS = [*ARMS, "--seeds", "0"]
+FILES: dict[str, str | bytes] = {"tiny.yaml": TINY}
+CASES += [
+    Case("study", "unknown key in an arm", [*STUDY, "--arm", "a=optim.lrr=0.1", "--arm", "b"], FILES),
+    Case("study", "an arm equal to another", [*STUDY, "--arm", "a=optim.lr=0.05", "--arm", "b"], FILES),
+    Case("study", "empty seed list", [*STUDY, *ARMS, "--seeds", ","], FILES),
+    Case("study", "repeated seed", [*STUDY, *ARMS, "--seeds", "0,1,0"], FILES),
+    Case(
+        "study",
+        "study folder holding another study",
+        [*STUDY, *TWO_ARMS, "--resume", "train.batch_size=8"],
+        FILES,
+        [[*STUDY, *TWO_ARMS]],
+        ["st/study.json", "st/a-seed0/summary.json"],
+    ),
+    Case(
+        "study",
+        "study folder in use, without --resume",
+        [*STUDY, *TWO_ARMS],
+        FILES,
+        [[*STUDY, *TWO_ARMS]],
+        ["st/study.json", "st/a-seed0/summary.json"],
+    ),
+    Case(
+        "study",
+        "--resume with an arm defined otherwise",
+        [*STUDY, "--arm", "a=optim.lr=0.2", "--arm", "b", "--seeds", "0", "--resume"],
+        FILES,
+        [[*STUDY, *TWO_ARMS]],
+        ["st/study.json", "st/a-seed0/summary.json"],
+    ),
+]  # fmt: skip
+
 @dataclass
 class Outcome:
     """What a case gave: ``kind`` is "clear error" (exit 2, one stderr line, no traceback), "refused, data

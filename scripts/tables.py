@@ -25,6 +25,7 @@ from eakd.llm.lm_study import pilot_table as llm_lm_pilot_table
 from eakd.llm.lm_study import table as llm_lm_table
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
+from eakd.study_report import report_tables
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
 from eakd.vision.demo import current_runs
 from eakd.vision.demo import format_table as vision_table
@@ -198,6 +199,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "llm_onpolicy_cost": onpolicy_cost_table,
     "llm_lm_pilot": study(llm_lm_pilot_table),
     "llm_lm_study": study(llm_lm_table),
+    "study_readme": study(report_tables),
 }
 
 
