@@ -57,7 +57,7 @@ def test_default_arms_compare_the_method_unweighted_with_ea_and_er(tiny):
     assert [c.distill.weighting for c in configs.values()] == ["none", "ea", "er"]
     assert configs["er-kd"].distill.tau is None  # ER's published tau 4, not the config's
     with pytest.raises(ValueError, match="distils nothing"):
-        config_study.default_arms(load_config("tiny.yaml", ["distill.method=none"]))
+        config_study.default_arms(load_config("tiny.yaml", ["distill.method=none", "distill.ce_weight=1.0"]))
 
 
 def test_a_tiny_study_is_interrupted_resumed_and_reported(tiny, monkeypatch, capsys):
