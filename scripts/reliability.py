@@ -205,6 +205,13 @@ CASES = [
         {"llm.yaml": LLM, "adir/x": ""},
     ),
     Case("llm", "model that is not available offline", ["llm", "eval", "nosuch-org/nosuch-model"]),
+    Case(
+        "llm",
+        "cache --out naming a user's file (not a cache)",
+        ["llm", "cache", "llm.yaml", "--out", "notes.txt"],
+        {"llm.yaml": LLM, "notes.txt": "my notes\n"},
+        keep=["notes.txt"],
+    ),
 ]
 
 

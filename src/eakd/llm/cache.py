@@ -31,6 +31,7 @@ from eakd.llm.settings import TokenLossSettings
 from eakd.weighting import entropy
 
 CACHE_FORMAT = "eakd-teacher-cache-2"
+FORMAT_PREFIX = "eakd-teacher-cache-"  # every format's name starts so (format 1 had no tail_logmass)
 LOGPROB_SLACK = 1e-4  # float32 rounding above 0 tolerated in stored log-probabilities
 
 
@@ -158,6 +159,27 @@ def cache_path(path: str | Path) -> Path:
     return path
 
 
+def replaceable_cache(path: str | Path) -> str | None:
+    """What a cache written to ``path`` would replace: None (nothing there), or the format of the eakd teacher
+    cache there (``CACHE_FORMAT`` or an older one). Anything else there (a file that is not an eakd teacher
+    cache, however it is named) is a FileExistsError: a cache is never written over a user's file."""
+    path = cache_path(path)
+    if not path.exists():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = (f.metadata() or {}).get("format", "")
+    except (SafetensorError, OSError, ValueError):
+        found = ""
+    if not found.startswith(FORMAT_PREFIX):
+        raise FileExistsError(
+            f"{path} exists and is not an eakd teacher cache; not overwritten (choose another file)"
+        )
+    return found
+
+
 @dataclass(frozen=True)
 class TeacherCache:
     """A teacher's top-k distribution and entropy at the labelled tokens of a list of encoded rows; its
@@ -264,10 +286,12 @@ class TeacherCache:
         return [{**r, "cache_index": i} for i, r in enumerate(rows)]
 
     def save(self, path: str | Path) -> Path:
-        """Write the cache as one safetensors file (atomically); returns the path."""
+        """Write the cache as one safetensors file (atomically); returns the path. It replaces only an eakd
+        teacher cache (``replaceable_cache``: FileExistsError for any other file there)."""
         from safetensors.torch import save_file  # the llm extra; importing eakd.llm needs only torch
 
         path = cache_path(path)
+        replaceable_cache(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CACHE_FORMAT,

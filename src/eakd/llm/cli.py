@@ -7,6 +7,7 @@ prints it as one line ``eakd llm CMD: message`` to stderr and exits 2."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +81,13 @@ def cache_cmd(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
     a = p.parse_args(argv)
+    from eakd.llm.cache import CACHE_FORMAT, replaceable_cache
     from eakd.llm.run_cache import write_cache
 
+    found = replaceable_cache(a.out)  # refuses a file that is not an eakd teacher cache
+    if found is not None:
+        older = "" if found == CACHE_FORMAT else f" of the older format {found!r}"
+        print(f"eakd llm cache: replacing the eakd teacher cache{older} at {a.out}", file=sys.stderr)
     start = time.perf_counter()
     cache = write_cache(read_run_config(a.config, a.overrides), a.out, a.top_k, a.batch_size)
     cover = cache.coverage()

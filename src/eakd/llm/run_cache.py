@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eakd.engine.config import ConfigError
-from eakd.llm.cache import TeacherCache, build_cache, cache_path, fingerprint
+from eakd.llm.cache import CACHE_FORMAT, TeacherCache, build_cache, cache_path, fingerprint, replaceable_cache
 from eakd.llm.models import load_teacher, load_tokenizer
 from eakd.llm.run import LLMRunConfig, split_rows, training_args
 from eakd.llm.trainer import EAKDConfig
@@ -27,8 +27,10 @@ def write_cache(
 ) -> TeacherCache:
     """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
     train section's temperature and policy's tau (so runs of that config can read it). A directory at
-    ``path`` or top_k < 1 is a ValueError before the teacher is loaded."""
+    ``path`` or top_k < 1 is a ValueError, a file there that is not an eakd teacher cache a FileExistsError
+    (``replaceable_cache``), before the teacher is loaded."""
     path = cache_path(path)
+    replaceable_cache(path)
     if top_k < 1:
         raise ValueError(f"top_k (eakd llm cache --top-k) must be >= 1, got {top_k}")
     args = training_args(cfg)
@@ -54,12 +56,10 @@ def reuse_or_write_cache(
     cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8
 ) -> tuple[TeacherCache, bool]:
     """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and top_k,
-    else a fresh one written there; whether it was reused)."""
+    else a fresh one written there; whether it was reused). Only an eakd teacher cache is replaced: any
+    other file at ``path`` is a FileExistsError (``replaceable_cache``)."""
     args = training_args(cfg)
-    try:
-        old = TeacherCache.load(path) if Path(path).exists() else None
-    except ValueError:  # a cache of an older format is written again
-        old = None
+    old = TeacherCache.load(path) if replaceable_cache(path) == CACHE_FORMAT else None
     if old is not None:
         rows = split_rows(cfg, load_tokenizer(cfg.model.teacher))[0]
         same = (old.teacher, old.top_k, old.temperature, old.tau, old.rows_fingerprint) == (
