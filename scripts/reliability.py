@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,20 @@ TINY = (
     "train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}\n"
 )
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
+KD = TINY.replace("teacher: null", "teacher: fmnist_cnn").replace("method: none", "method: kd")
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # downloads refused
+# an API case's code runs inside this: a ValueError or TypeError is its one line on stderr and exit 2
+API = "import sys\nimport torch\nimport eakd\ntry:\n{body}\nexcept (ValueError, TypeError) as err:\n" + (
+    "    print(f'{{type(err).__name__}}: {{err}}', file=sys.stderr)\n    sys.exit(2)\n"
+)
 
 
 @dataclass
 class Case:
     """One bad input: ``argv`` for ``eakd`` run in a folder holding ``files``; ``before``: eakd commands run
-    first (a finished run to protect); ``keep``: files of that run that must survive unchanged."""
+    first (a finished run to protect); ``keep``: files of that run that must survive unchanged; ``env``:
+    extra environment variables. ``code``: Python code calling the library instead of ``argv`` (see
+    ``API``). ``expect``: a part of the message the outcome must show (cases that end well, exit 0)."""
 
     area: str
     what: str
@@ -45,6 +54,14 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)
     before: list[list[str]] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    code: str = ""
+    expect: str = ""
+
+
+def api(what: str, code: str) -> Case:
+    """A bad input given to the Python API: ``code`` must raise a ValueError or TypeError of one line."""
+    return Case("python api", what, [], code=code)
 
 
 CASES = [
@@ -81,6 +98,39 @@ CASES = [
         "task from a module not listed under imports",
         ["train", "tiny.yaml", "task=os:system"],
         {"tiny.yaml": TINY},
+    ),
+    Case("config", "empty config file", ["train", "empty.yaml"], {"empty.yaml": ""}),
+    Case("config", "binary junk as the config", ["train", "junk.yaml"], {"junk.yaml": bytes(range(256)) * 4}),
+    Case(
+        "config",
+        "distilling with no teacher_checkpoint (a random teacher)",
+        ["train", "kd.yaml"],
+        {"kd.yaml": KD},
+    ),
+    Case("config", "empty override value", ["train", "tiny.yaml", "distill.tau="], {"tiny.yaml": TINY}),
+    Case("config", "learning rate 1e300", ["train", "tiny.yaml", "optim.lr=1e300"], {"tiny.yaml": TINY}),
+    Case(
+        "pre-flight",
+        "teacher checkpoint not on disk (checked before the data)",
+        ["train", "cifar100/kd/res32x4_res8x4"],
+    ),
+    Case(
+        "pre-flight",
+        "teacher checkpoint truncated",
+        ["train", "kd.yaml", "model.teacher_checkpoint=t.pt"],
+        {"kd.yaml": KD, "t.pt": b"PK\x03\x04" + b"\x00" * 40},
+    ),
+    Case(
+        "pre-flight",
+        "CIFAR-100 download while offline",
+        ["train", "cifar100/kd/res32x4_res8x4", "model.teacher_checkpoint=random"],
+        env=OFFLINE,
+    ),
+    Case(
+        "pre-flight",
+        "output_dir below a file",
+        ["train", "tiny.yaml", "experiment.output_dir=afile/runs"],
+        {"tiny.yaml": TINY, "afile": "x"},
     ),
     Case("configs", "packaged config name misspelt", ["train", "cifar100/dkd/res32x4_res8x"]),
     Case("configs", "show an unknown config", ["configs", "show", "demo/kdd"]),
@@ -215,21 +265,32 @@ CASES = [
 ]
 
 
+GOOD = ("clear error", "refused, data kept", "handled, said so")
+
+
 @dataclass
 class Outcome:
     """What a case gave: ``kind`` is "clear error" (exit 2, one stderr line, no traceback), "refused, data
-    kept", "traceback", "unclear error" (several lines), "silent" (exit 0) or "data lost"."""
+    kept", "handled, said so" (exit 0 with the case's ``expect`` on stderr: a fallback that says so),
+    "traceback", "unclear error" (several lines), "silent" (exit 0) or "data lost"."""
 
     kind: str
     message: str
 
 
-def eakd(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m eakd ARGV`` in ``cwd`` (offline, no hub access)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "EAKD_CACHE": str(cwd / "cache")}
+def eakd(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m eakd ARGV`` in ``cwd`` (offline, no hub access); ``["-c", CODE]`` runs Python code."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "EAKD_CACHE": str(cwd / "cache"),
+        **(env or {}),
+    }
     env.pop("EAKD_DEBUG", None)
+    command = argv if argv[:1] == ["-c"] else ["-m", "eakd", *argv]
     return subprocess.run(
-        [sys.executable, "-m", "eakd", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -244,9 +305,11 @@ def run_case(case: Case, folder: Path) -> Outcome:
         if done.returncode != 0:
             return Outcome("setup failed", done.stderr.strip().splitlines()[-1:][0] if done.stderr else "")
     kept = {name: (folder / name).read_bytes() for name in case.keep}
-    done = eakd(case.argv, folder)
+    argv = ["-c", API.format(body=textwrap.indent(case.code, "    "))] if case.code else case.argv
+    done = eakd(argv, folder, case.env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    message = lines[-1] if lines else done.stdout.strip()[-200:]
+    said = [line for line in lines if case.expect and case.expect in line]
+    message = (said or lines)[-1] if lines else done.stdout.strip()[-200:]
     for where in (str(folder.resolve()), str(folder)):  # the temporary folder reads as "."
         message = message.replace(where, ".")
     if any((folder / n).read_bytes() != data if (folder / n).is_file() else True for n, data in kept.items()):
@@ -254,8 +317,8 @@ def run_case(case: Case, folder: Path) -> Outcome:
     if "Traceback" in done.stderr:
         return Outcome("traceback", message)
     if done.returncode == 0:
-        return Outcome("silent", message)
-    if done.returncode != 2 or len(lines) != 1:
+        return Outcome("handled, said so" if said else "silent", message)
+    if done.returncode != 2 or len(lines) != 1 or case.expect:
         return Outcome("unclear error", message)
     return Outcome("refused, data kept" if case.keep else "clear error", message)
 
@@ -275,18 +338,19 @@ def table(cases: list[Case], outcomes: list[Outcome]) -> str:
     every case with the line the user saw."""
     areas = list(dict.fromkeys(c.area for c in cases))
     lines = [
-        "| area | inputs tried | clear errors | silent wrong | data lost | tracebacks / unclear |",
+        "| area | inputs tried | clear errors (or handled, said so) | silent wrong | data lost "
+        "| tracebacks / unclear |",
         "|---|---|---|---|---|---|",
     ]
     for area in [*areas, "all"]:
         kinds = [o.kind for c, o in zip(cases, outcomes, strict=True) if area in ("all", c.area)]
-        good = sum(k in ("clear error", "refused, data kept") for k in kinds)
+        good = sum(k in GOOD for k in kinds)
         bad = sum(k in ("traceback", "unclear error", "setup failed") for k in kinds)
         silent, lost = kinds.count("silent"), kinds.count("data lost")
         lines.append(f"| {area} | {len(kinds)} | {good} | {silent} | {lost} | {bad} |")
     lines += ["", "| area | input | outcome | what the user reads (stderr) |", "|---|---|---|---|"]
     for case, outcome in zip(cases, outcomes, strict=True):
-        command = " ".join(["eakd", *case.argv])
+        command = f"python: {case.code}" if case.code else " ".join(["eakd", *case.argv])
         shown = outcome.message.replace("|", "\\|")
         lines.append(f"| {case.area} | {case.what}: `{command}` | {outcome.kind} | {shown} |")
     return "\n".join(lines)

@@ -182,7 +182,7 @@ def build_classification(cfg: Config) -> ClassificationTask:
     teacher = None
     if cfg.model.teacher is not None and cfg.distill.method != "none":
         teacher = create_model(cfg.model.teacher, **common, **cfg.model.teacher_options)
-        if cfg.model.teacher_checkpoint:
-            load_checkpoint(teacher, cfg.model.teacher_checkpoint)
+        if cfg.teacher_file:  # None: no file ("random"; unset is refused by the engine's pre-flight)
+            load_checkpoint(teacher, cfg.teacher_file)
     loss = DistillLoss.from_config(cfg.distill, sync_checks=False)  # the engine reads the loss terms
     return ClassificationTask(student, teacher, loss, train_set, eval_set, ce_weight=cfg.distill.ce_weight)
