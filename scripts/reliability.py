@@ -44,9 +44,10 @@ API = "import sys\nimport torch\nimport eakd\ntry:\n{body}\nexcept (ValueError, 
 @dataclass
 class Case:
     """One bad input: ``argv`` for ``eakd`` run in a folder holding ``files``; ``before``: eakd commands run
-    first (a finished run to protect); ``keep``: files of that run that must survive unchanged; ``env``:
-    extra environment variables. ``code``: Python code calling the library instead of ``argv`` (see
-    ``API``). ``expect``: a part of the message the outcome must show (cases that end well, exit 0)."""
+    first (a finished run to protect; ``["-c", CODE]`` runs Python code, to damage it); ``keep``: files of
+    that run that must survive unchanged; ``env``: extra environment variables. ``code``: Python code
+    calling the library instead of ``argv`` (see ``API``). ``expect``: a part of the message the outcome
+    must show (cases that end well, exit 0)."""
 
     area: str
     what: str
@@ -200,6 +201,14 @@ CASES = [
     ),
     Case(
         "runs",
+        "resume=auto with the latest checkpoint truncated",
+        ["train", "two.yaml", "train.resume=auto"],
+        {"two.yaml": TINY.replace("epochs: 1", "epochs: 2")},
+        [["train", "two.yaml"], ["-c", "open('runs/tiny/checkpoints/epoch-0002.pt', 'r+b').truncate(1000)"]],
+        expect="train.resume=auto: skipped",
+    ),
+    Case(
+        "runs",
         "experiment.name escaping output_dir",
         ["train", "tiny.yaml", "experiment.name=../escaped"],
         {"tiny.yaml": TINY},
@@ -308,8 +317,8 @@ def run_case(case: Case, folder: Path) -> Outcome:
     argv = ["-c", API.format(body=textwrap.indent(case.code, "    "))] if case.code else case.argv
     done = eakd(argv, folder, case.env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    said = [line for line in lines if case.expect and case.expect in line]
-    message = (said or lines)[-1] if lines else done.stdout.strip()[-200:]
+    said = [line for line in (done.stderr + done.stdout).splitlines() if case.expect and case.expect in line]
+    message = (said or lines)[-1] if said or lines else done.stdout.strip()[-200:]
     for where in (str(folder.resolve()), str(folder)):  # the temporary folder reads as "."
         message = message.replace(where, ".")
     if any((folder / n).read_bytes() != data if (folder / n).is_file() else True for n, data in kept.items()):
