@@ -33,6 +33,7 @@ from eakd.weighting import entropy
 CACHE_FORMAT = "eakd-teacher-cache-2"
 FORMAT_PREFIX = "eakd-teacher-cache-"  # every format's name starts so (format 1 had no tail_logmass)
 LOGPROB_SLACK = 1e-4  # float32 rounding above 0 tolerated in stored log-probabilities
+TAIL_SLACK = 1e-3  # |log(top-k mass + tail mass)| tolerated: float32 sums over the vocabulary
 
 
 def topk_log_probs(
@@ -48,6 +49,35 @@ def topk_log_probs(
     rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
     out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
     return out.scatter_(-1, ids.long(), lp)
+
+
+def impossible_values(
+    ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    entropy: torch.Tensor,
+    tail_logmass: torch.Tensor | None,
+    vocab_size: int,
+) -> dict[str, torch.Tensor]:
+    """{what is wrong: 0-dim bool flag on the device} for the values no teacher gives: ids (M, k) outside
+    [0, V) or repeated within a row, log-probs (M, k) above 0 or summing above 1, a tail mass (M,) that
+    with the top-k does not make 1, entropies (M,) outside [0, ln V] (nats). NaN raises no flag here (the
+    loss's non-finite check reports it). Device operations only: no host read."""
+    slack = LOGPROB_SLACK
+    lse = logprobs.float().logsumexp(-1)
+    ln_v = math.log(vocab_size) if vocab_size > 0 else 0.0
+    flags = {
+        f"ids outside [0, {vocab_size})": ((ids < 0) | (ids >= vocab_size)).any(),
+        "an id repeated within a token's top-k": (ids.sort(-1).values.diff(dim=-1) == 0).any(),
+        "log-probabilities above 0": (logprobs > slack).any(),
+        "top-k probabilities summing above 1": (lse > slack).any(),
+        f"entropies outside [0, ln V = {ln_v:.4g}] nats": (
+            (entropy < -slack) | (entropy > ln_v * (1 + 1e-5) + slack)
+        ).any(),
+    }
+    if tail_logmass is not None:  # the exact tail: top-k and tail hold the whole mass
+        total = torch.logaddexp(lse, tail_logmass.float())
+        flags["top-k and tail masses not summing to 1"] = (total.abs() > TAIL_SLACK).any()
+    return flags
 
 
 def check_settings(temperature: float, tau: float, s: TokenLossSettings) -> None:
@@ -103,9 +133,11 @@ class TeacherTopK(NamedTuple):
 
     def checked(self, s: TokenLossSettings, rows: int, vocab: int) -> tuple[TeacherTopK, torch.Tensor]:
         """(this cache, a 0-dim bool flag): it must match the loss settings (temperature; the policy's tau,
-        built-in policies only), the batch's count of labelled tokens and the vocabulary (ValueError).
-        Its ids must be < vocab and ``mismatch`` False: eager, a ValueError (a host read); deferred
-        (``eakd.checks.deferred_checks``), the ids are clamped below vocab and the flag is set."""
+        built-in policies only), the batch's count of labelled tokens and the vocabulary, and hold k <= V
+        ids per token (ValueError). Its values must be possible (``impossible_values``; ids also < vocab)
+        and ``mismatch`` False: eager, a ValueError naming what is wrong (host reads); deferred
+        (``eakd.checks.deferred_checks``), no host read: the ids are clamped into [0, vocab) and the flag
+        is set."""
         if (
             self.ids.shape != self.logprobs.shape
             or self.ids.dim() != 2
@@ -127,17 +159,24 @@ class TeacherTopK(NamedTuple):
             raise ValueError(
                 f"the teacher cache's vocabulary ({self.vocab_size}) is smaller than the loss's ({vocab})"
             )
+        if self.ids.shape[1] > self.vocab_size:
+            raise ValueError(
+                f"the teacher top-k holds k={self.ids.shape[1]} ids per token, more than its vocabulary "
+                f"V={self.vocab_size}"
+            )
         check_settings(self.temperature, self.tau, s)
         bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
         if self.mismatch is not None:
             msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
             bad = check_flag(msg, self.mismatch)
-        topk = self
-        if self.vocab_size > vocab and rows:  # a loaded cache's ids are < its vocab_size already
-            beyond = (self.ids >= vocab).any()
-            bad = bad | check_flag(f"teacher cache token ids reach beyond the vocabulary {vocab}", beyond)
-            topk = self._replace(ids=self.ids.clamp_max(vocab - 1))
-        return topk, bad
+        if not rows:
+            return self, bad
+        found = impossible_values(self.ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size)
+        if self.vocab_size > vocab:  # a teacher vocabulary padded beyond the loss's
+            found[f"ids beyond the loss's vocabulary {vocab}"] = (self.ids >= vocab).any()
+        for what, flag in found.items():
+            bad = bad | check_flag(f"the teacher top-k holds impossible values: {what}", flag)
+        return self._replace(ids=self.ids.clamp(0, vocab - 1)), bad
 
 
 def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
@@ -200,6 +239,7 @@ class TeacherCache:
     def __post_init__(self) -> None:
         """ids (M, k) integer in [0, V) with k = top_k in [1, V]; logprobs (M, k) finite and <= 0;
         tail_logmass (M,) <= 0 (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0;
+        nothing ``impossible_values`` flags (repeated ids, masses above 1, entropies above ln V);
         offsets (R + 1,) integer from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over
         the values when the cache is built or loaded, never per training step."""
         ids, m = self.ids, self.ids.shape[0] if self.ids.dim() else 0
@@ -231,6 +271,10 @@ class TeacherCache:
         for name, ok in checks.items():
             if not bool(ok.all()):
                 raise ValueError(f"{name} holds {int((~ok).sum())} NaN, infinite or out-of-range value(s)")
+        found = impossible_values(ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size)
+        for what, flag in found.items():
+            if bool(flag):
+                raise ValueError(f"the cache holds impossible values: {what}")
         check_positive("temperature", self.temperature)
         check_positive("tau", self.tau)
 

@@ -15,26 +15,29 @@ else the valid tokens of this call.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from eakd.checks import check_finite, check_positive
+from eakd.checks import check_finite, check_nonnegative, check_positive
 from eakd.distill import check_weight_norm
 from eakd.losses.token import TOKEN_DIVERGENCES, check_coefficient
-from eakd.weighting import Policy, get_policy
+from eakd.weighting import Policy, get_policy, takes_setting
 
 WEIGHT_LEVELS = ("token", "sequence")
+DEFAULT_TAU = 2.0  # the token loss's entropy temperature unless set
 LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
 # the input checks a loss defers to the device inside ``eakd.checks.deferred_checks()``, in the order of
 # ``TokenLossOutput.invalid``: what each flag means
 INPUT_CHECKS = {
     "labels": "labels outside [0, V) that are not ignore_index",
     "label_index": "a label_index that is not the positions of the batch's labels",
-    "teacher_cache": "teacher cache rows that do not match the batch (token count, or ids beyond V)",
+    "teacher_cache": (
+        "a teacher cache that does not match the batch (token count) or holds impossible values (ids outside "
+        "[0, V) or repeated, log-probs above 0 or summing above 1, entropies outside [0, ln V])"
+    ),
 }
 
 
@@ -56,7 +59,7 @@ class TokenLossSettings:
     alpha: float = 0.1
     temperature: float = 1.0
     weighting: str | None = "ea"
-    tau: float | None = 2.0
+    tau: float | None = DEFAULT_TAU
     h_ub: float | None = None
     weight_level: str = "token"
     weight_norm: str = "none"
@@ -66,6 +69,11 @@ class TokenLossSettings:
     fused: bool = False
 
     def __post_init__(self) -> None:
+        types = {"divergence": str, "weight_level": str, "weight_norm": str, "ignore_index": int}
+        for name, kind in {**types, "fused": bool}.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
         if self.divergence not in TOKEN_DIVERGENCES:
             known = ", ".join(sorted(TOKEN_DIVERGENCES))
             raise ValueError(f"unknown token divergence {self.divergence!r}; known: {known}")
@@ -80,18 +88,20 @@ class TokenLossSettings:
         for name in ("beta", "alpha"):
             check_coefficient(name, getattr(self, name))
         for name in ("kd_weight", "ce_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            check_nonnegative(name, getattr(self, name))
         policy = self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
         if self.fused and policy is not None and policy.rule is None:
             raise ValueError(f"fused needs a built-in weighting, not the custom policy {policy.name!r}")
 
     def policy(self) -> Policy | None:
-        """The bound weight policy (its ``tau``: the entropy temperature in use); None when unweighted."""
+        """The bound weight policy (its ``tau``: the entropy temperature in use); None when unweighted. A
+        user callable gets the default tau only if it takes a tau (any other tau it does not take is an
+        error of ``get_policy``)."""
         kw = {k: v for k, v in (("tau", self.tau), ("h_ub", self.h_ub)) if v is not None}
         if self.weighting in ("uniform", None, "none"):
             kw = {}
+        elif callable(self.weighting) and self.tau == DEFAULT_TAU:
+            kw = kw if takes_setting(self.weighting, "tau") else {k: v for k, v in kw.items() if k != "tau"}
         return get_policy(self.weighting, **kw)
 
     def divergence_settings(self) -> dict[str, float]:

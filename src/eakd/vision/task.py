@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from eakd.distill import DistillLoss
 from eakd.engine.task import register_task
+from eakd.losses import cross_entropy
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -65,7 +66,7 @@ class DistillModule(nn.Module):
             first = logits if first is None else first
             if self.loss is None:
                 if i == 0:
-                    terms["loss_ce"] = self.ce_weight * F.cross_entropy(logits.float(), target)
+                    terms["loss_ce"] = self.ce_weight * cross_entropy(logits, target)
                 continue
             if t_logits[i] is None:
                 raise ValueError("a distillation loss needs the teacher's logits")
