@@ -59,9 +59,9 @@ def impossible_values(
     vocab_size: int,
 ) -> dict[str, torch.Tensor]:
     """{what is wrong: 0-dim bool flag on the device} for the values no teacher gives: ids (M, k) outside
-    [0, V) or repeated within a row, log-probs (M, k) above 0 or summing above 1, a tail mass (M,) that
-    with the top-k does not make 1, entropies (M,) outside [0, ln V] (nats). NaN raises no flag here (the
-    loss's non-finite check reports it). Device operations only: no host read."""
+    [0, V) or repeated within a row, log-probs (M, k) above 0 or summing above 1 (or below 1 when k = V), a
+    tail mass (M,) that with the top-k does not make 1, entropies (M,) outside [0, ln V] (nats). NaN raises
+    no flag here (the loss's non-finite check reports it). Device operations only: no host read."""
     slack = LOGPROB_SLACK
     lse = logprobs.float().logsumexp(-1)
     ln_v = math.log(vocab_size) if vocab_size > 0 else 0.0
@@ -74,6 +74,8 @@ def impossible_values(
             (entropy < -slack) | (entropy > ln_v * (1 + 1e-5) + slack)
         ).any(),
     }
+    if ids.shape[-1] == vocab_size:  # no token outside the top-k to hold any rest
+        flags["top-k over the whole vocabulary not summing to 1"] = (lse.abs() > TAIL_SLACK).any()
     if tail_logmass is not None:  # the exact tail: top-k and tail hold the whole mass
         total = torch.logaddexp(lse, tail_logmass.float())
         flags["top-k and tail masses not summing to 1"] = (total.abs() > TAIL_SLACK).any()
