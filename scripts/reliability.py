@@ -33,6 +33,12 @@ TINY = (
     "train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}\n"
 )
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
+TOPK = (  # a valid teacher top-k of 2 tokens over a vocabulary of 4 (k = 2), then one value changed
+    "from eakd.llm import TeacherTopK, TokenLossSettings, fused_linear_distill_loss as loss\n"
+    "lp = torch.tensor([[-0.5, -1.5], [-0.2, -2.0]])\n"
+    "t = TeacherTopK(torch.tensor([[0, 1], [2, 3]]), lp, torch.tensor([0.9, 0.6]), 4, 1.0, 2.0)\n"
+    "h, w, labels = torch.randn(1, 2, 3), torch.randn(4, 3), torch.tensor([[1, 2]])\n"
+)
 KD = TINY.replace("teacher: null", "teacher: fmnist_cnn").replace("method: none", "method: kd")
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # downloads refused
 # an API case's code runs inside this: a ValueError or TypeError is its one line on stderr and exit 2
@@ -60,9 +66,10 @@ class Case:
     expect: str = ""
 
 
-def api(what: str, code: str) -> Case:
-    """A bad input given to the Python API: ``code`` must raise a ValueError or TypeError of one line."""
-    return Case("python api", what, [], code=code)
+def api(what: str, code: str, expect: str = "") -> Case:
+    """A bad input given to the Python API: ``code`` must raise a ValueError or TypeError of one line (or,
+    with ``expect``, end well and print that on stderr)."""
+    return Case("python api", what, [], code=code, expect=expect)
 
 
 CASES = [
@@ -239,6 +246,12 @@ CASES = [
     ),
     Case("report", "folder with no runs", ["report", "adir"], {"adir/x": ""}),
     Case("report", "folder that does not exist", ["report", "nowhere"]),
+    Case(
+        "report",
+        "malformed metrics.csv",
+        ["report", "run"],
+        {"run/metrics.csv": "epoch,lr,train_loss\n1,0.1,abc\n"},
+    ),
     Case("demo", "Fashion-MNIST not on disk", ["demo", "--", "data.root=nodata"]),
     Case("det", "unknown subcommand", ["det", "nosuch"]),
     Case(
@@ -275,6 +288,54 @@ CASES = [
 
 
 GOOD = ("clear error", "refused, data kept", "handled, said so")
+
+
+CASES += [
+    api(
+        "TeacherTopK with a negative entropy",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(entropy=-t.entropy))",
+    ),
+    api(
+        "TeacherTopK with an entropy above ln V",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(entropy=t.entropy + 2))",
+    ),
+    api(
+        "TeacherTopK with a positive log-prob",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(logprobs=-lp))",
+    ),
+    api(
+        "TeacherTopK with a repeated id",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(ids=torch.tensor([[0, 0], [2, 3]])))",
+    ),
+    api(
+        "TeacherTopK with an id beyond the vocabulary",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(ids=torch.tensor([[0, 9], [2, 3]])))",
+    ),
+    api("TeacherTopK with k > V", TOPK + "loss(h, w[:1], labels * 0, teacher_topk=t._replace(vocab_size=1))"),
+    api(
+        "user policy giving negative weights",
+        "eakd.DistillLoss('kd', lambda s, t, mask=None: t[:, 0] - 9, temperature=4.0)"
+        "(torch.randn(4, 3), torch.randn(4, 3))",
+    ),
+    api("weighted_mean with a negative weight", "eakd.weighted_mean(torch.ones(1), torch.tensor([-1.0]))"),
+    api("weighted_mean with a NaN weight", "eakd.weighted_mean(torch.ones(1), torch.tensor([float('nan')]))"),
+    api("weighted_mean on lists", "eakd.weighted_mean([1.0, 2.0], [1.0, 1.0])"),
+    api("TokenLossSettings(ignore_index='x')", "eakd.llm.TokenLossSettings(ignore_index='x')"),
+    api("TokenLossSettings(fused='yes')", "eakd.llm.TokenLossSettings(fused='yes')"),
+    api(
+        "TokenLossSettings(weighting=callable) with a tau set",
+        "eakd.llm.TokenLossSettings(weighting=lambda s, t, mask=None: t[..., 0] * 0 + 1, tau=3.0)",
+    ),
+    api("ea_weights on meta tensors", "z = torch.zeros(2, 3, device='meta')\neakd.ea_weights(z, z)"),
+    api("get_policy(3)", "eakd.get_policy(3)"),
+    api(
+        "targets all ignore_index (CE is 0, as on the LLM path)",
+        "out = eakd.DistillLoss('kd', 'ea', ce_weight=1.0, temperature=4.0)"
+        "(torch.randn(4, 3), torch.randn(4, 3), torch.full((4,), -100))\n"
+        "print(f'loss_ce = {out[\"loss_ce\"].item()} with no valid target', file=sys.stderr)",
+        expect="loss_ce = 0.0 with no valid target",
+    ),
+]
 
 
 @dataclass

@@ -39,7 +39,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm import progress
-from eakd.llm.cache import TeacherCache, check_settings
+from eakd.llm.cache import TeacherCache
+from eakd.llm.cache_checks import check_settings
 from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
