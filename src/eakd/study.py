@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -81,10 +81,29 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def reusable_runs(
+    before: dict[str, Any], protocol: dict[str, Any], plan: dict[str, list[int]], definitions: dict[str, Any]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The finished runs of an earlier study result ``before`` that this study may keep: none unless its
+    protocol equals ``protocol``; of each planned arm whose definition (``definitions[arm]``, e.g. its
+    config overrides) equals the recorded one, the runs of its planned seeds. An arm whose definition
+    changed is dropped whole (rerun, never mixed)."""
+    if before.get("protocol") != protocol:
+        return {}
+    recorded = before.get("definitions", {})
+    kept: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, seeds in plan.items():
+        if recorded.get(arm) != definitions.get(arm):
+            continue
+        runs = before.get("runs", {}).get(arm, {})
+        kept[arm] = {str(s): runs[str(s)] for s in seeds if str(s) in runs}
+    return kept
+
+
 def run_study(
     train_one: TrainOne,
     arms: list[str],
-    seeds: list[int],
+    seeds: list[int] | dict[str, list[int]],
     out: Path,
     protocol: dict[str, Any] | None = None,
     jobs: int = 1,
@@ -92,44 +111,63 @@ def run_study(
     reuse: bool = False,
     results: Path | None = None,
     info: dict[str, Any] | None = None,
+    definitions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every (arm, seed), seed-major, saving ``out/study.json`` after each; returns the result.
 
+    seeds: the same for every arm, or arm -> its own seeds (e.g. more for the primary comparisons).
     jobs > 1: runs in that many spawned processes of ``threads`` torch threads (``train_one`` must then
     be picklable: a module-level function or a functools.partial of one), submitted seed-major.
-    reuse: keep the runs of an existing study.json written under the same protocol.
+    reuse: keep the finished runs of an earlier result (``results`` if it exists, then ``out/study.json``)
+    written under the same protocol, for the arms whose definition is unchanged (``reusable_runs``).
     results: also save there (a ``results/<study>.json`` that the docs' tables are generated from).
-    info: more entries of the result (e.g. the teacher's summary).
-    Every save holds ``provenance()``: the code version, the date and the machine.
+    info: more entries of the result (e.g. the teacher's summary). definitions: arm -> what defines it
+    (stored in the result, compared on reuse). Every save holds ``provenance()``: the code version, the
+    date and the machine. The result: {"protocol", "arms", "seeds" (all, sorted), "arm_seeds",
+    "definitions", "runs": {arm: {seed: metrics}}, "provenance", "wall_s" (this run's plus that of the
+    result whose runs it kept), **info}.
     """
     out.mkdir(parents=True, exist_ok=True)
+    plan = {arm: list(seeds[arm] if isinstance(seeds, dict) else seeds) for arm in arms}
+    defs = {arm: (definitions or {}).get(arm) for arm in arms}
     runs: dict[str, dict[str, dict[str, float]]] = {arm: {} for arm in arms}
-    old = out / "study.json"
-    if reuse and old.is_file():
-        before = json.loads(old.read_text())
-        if before.get("protocol") == (protocol or {}):
-            for arm in arms:
-                runs[arm].update(before["runs"].get(arm, {}))
+    earlier = 0.0  # wall time of the runs kept (of the result they come from)
+    for old in (results, out / "study.json"):
+        if reuse and old is not None and old.is_file():
+            before = json.loads(old.read_text())
+            kept = reusable_runs(before, protocol or {}, plan, defs)
+            for arm, arm_runs in kept.items():
+                runs[arm].update(arm_runs)
+            if any(kept.values()):
+                earlier = max(earlier, float(before.get("wall_s", 0.0)))
     result: dict[str, Any] = {
         "protocol": protocol or {},
         "arms": arms,
-        "seeds": seeds,
+        "seeds": sorted({s for arm_seeds in plan.values() for s in arm_seeds}),
+        "arm_seeds": plan,
+        "definitions": defs,
         "runs": runs,
         "provenance": provenance(),
+        "wall_s": earlier,
         **(info or {}),
     }
-    todo = [(arm, seed) for seed in seeds for arm in arms if str(seed) not in runs[arm]]
+    todo = [(arm, seed) for seed in result["seeds"] for arm in arms if seed in plan[arm]]
+    todo = [(arm, seed) for arm, seed in todo if str(seed) not in runs[arm]]
     start = time.perf_counter()
 
     def done(arm: str, seed: int, metrics: dict[str, float]) -> None:
         runs[arm][str(seed)] = metrics
-        result["wall_s"] = time.perf_counter() - start
+        result["wall_s"] = earlier + time.perf_counter() - start
         for path in (out / "study.json", results):
             if path is not None:
                 _save(path, result)
         text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"  {arm} seed {seed}: {text}", flush=True)
 
+    print(f"{len(todo)} runs to do, {sum(map(len, runs.values()))} kept from earlier", flush=True)
+    for path in (out / "study.json", results):  # the plan and the kept runs, before the first run ends
+        if path is not None:
+            _save(path, result)
     if jobs <= 1:
         for arm, seed in todo:
             done(arm, seed, train_one(arm, seed))
@@ -217,3 +255,43 @@ def verdict(mean: float, half: float) -> str:
     if mean + half < 0:
         return "worse"
     return "no difference shown"
+
+
+class Claim(NamedTuple):
+    """A published finding a study checks: ``arm`` - ``reference`` should have the sign ``sign`` (+1: the
+    arm is better, -1: worse). text: the claim in words; reported: the published numbers."""
+
+    text: str
+    reported: str
+    arm: str
+    reference: str
+    sign: int
+
+
+def claim_verdict(claim: Claim, mean: float, half: float, pairs: int) -> str:
+    """One word: "pending" (no paired runs yet), "agrees" / "disagrees" (the 95 % interval excludes 0 on
+    the claimed / the other side), else "no evidence" (also for a single pair)."""
+    if pairs == 0:
+        return "pending"
+    if math.isnan(half) or abs(mean) <= half:
+        return "no evidence"
+    return "agrees" if mean * claim.sign > 0 else "disagrees"
+
+
+def claims_table(result: dict[str, Any], claims: list[Claim], metric: str, label: str) -> str:
+    """Markdown: each claim beside the study's paired difference of ``metric`` (labelled ``label``), its
+    95 % interval, the pairs behind it and ``claim_verdict``; arms without runs read "pending"."""
+    lines = [
+        f"| the paper's finding | as reported | arms | measured difference, {label} | 95 % CI | seeds | "
+        "verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in claims:
+        mean, half, n = paired_gain(result, c.arm, c.reference, metric)
+        diff = f"{mean:+.2f}" if n else "-"
+        ci = f"[{mean - half:+.2f}, {mean + half:+.2f}]" if n > 1 else "-"
+        arms = f"{c.arm} - {c.reference}"
+        lines.append(
+            f"| {c.text} | {c.reported} | {arms} | {diff} | {ci} | {n} | {claim_verdict(c, mean, half, n)} |"
+        )
+    return "\n".join(lines)

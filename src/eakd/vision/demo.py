@@ -23,50 +23,22 @@ from typing import Any
 
 import torch
 import yaml
+from torch.utils.data import Dataset, Subset
 
 from eakd.args import ArgumentParser, one_line
 from eakd.engine.catalog import config_root
 from eakd.engine.config import Config, load_config, to_dict
 from eakd.engine.loop import train
+from eakd.engine.task import build_task
 from eakd.paths import cache_dir
 from eakd.report import report_command
 from eakd.study import run_study, study_table
+from eakd.vision.arms import REFERENCE, SETTINGS
+from eakd.vision.datasets import build_dataset
 
-# student settings: overrides of demo/kd (which is EA-KD as it stands)
-# DKD (alpha 1, beta 8, T 4, CE 1) with its warm-up scaled to the short budget (1 of 5 epochs); MLKD
-# (weak + strong views, KD terms at T 2..6 with class and batch correlation) as configured on CIFAR
-DKD = [
-    "distill.method=dkd",
-    "distill.ce_weight=1.0",
-    "distill.kd_weight=1.0",
-    "distill.warmup_epochs=1.0",
-    "distill.hparams={alpha: 1.0, beta: 8.0, temperature: 4.0}",
-]
-MLKD = ["data.two_views=true", "distill.method=mlkd", "distill.hparams={temperature: 4.0}"]
-SETTINGS: dict[str, list[str]] = {
-    "no-kd": ["distill.method=none", "distill.weighting=none", "distill.ce_weight=1.0"],
-    "kd": ["distill.weighting=none"],
-    "ea-kd": ["distill.weighting=ea"],
-    "ea-kd-norm": ["distill.weighting=ea", "distill.weight_norm=mean"],
-    "er-kd": ["distill.weighting=er", "distill.tau=4.0"],  # ER-KD as published: w = H_t at tau 4
-    "inverse-kd": ["distill.weighting=inverse"],  # negative control: emphasises confident samples
-    "dkd": [*DKD, "distill.weighting=none"],
-    "ea-dkd": [*DKD, "distill.weighting=ea"],
-    "mlkd": [*MLKD, "distill.weighting=none"],
-    "ea-mlkd": [*MLKD, "distill.weighting=ea"],
-}
+VALIDATION_SIZE = 5000  # training images outside the student subset, for recipe pilots (validation_set)
 DEMO_SETTINGS = ["no-kd", "kd", "ea-kd"]
 METRICS = {"last_top1": "last top-1 (%)", "best_top1": "best top-1 (%)", "train_s": "train s/run"}
-# what each arm is compared with, paired by seed: its method without the weights
-REFERENCE = {
-    "no-kd": "kd",
-    "ea-kd": "kd",
-    "ea-kd-norm": "kd",
-    "er-kd": "kd",
-    "inverse-kd": "kd",
-    "ea-dkd": "dkd",
-    "ea-mlkd": "mlkd",
-}
 
 
 def config_dir() -> Path:
@@ -87,7 +59,7 @@ def check_data(cfg: Config) -> None:
     Fashion-MNIST at its default place (no data.root) that is not there yet is downloaded there first
     (torchvision); FileNotFoundError when that fails too (no internet), naming the folder.
     """
-    from eakd.vision.datasets import build_dataset, data_root, find_fashion_mnist
+    from eakd.vision.datasets import data_root, find_fashion_mnist
 
     d = cfg.data
     if d.name == "fashion_mnist" and d.root is None and not d.download and find_fashion_mnist() is None:
@@ -104,15 +76,47 @@ def check_data(cfg: Config) -> None:
     build_dataset(d.name, d.root, train=False, download=d.download, **d.options)
 
 
-def train_logged(config: Path, overrides: list[str], log: Path) -> dict[str, Any]:
-    """``eakd train config overrides`` with its console output sent to ``log``; returns the run summary."""
+def validation_set(cfg: Config, size: int = VALIDATION_SIZE) -> Dataset:
+    """``size`` training images outside the student subset (``data.train_subset``), spread evenly over the
+    rest of the training split, with the eval transform: for choosing a recipe without the test set."""
+    d = cfg.data
+    full = build_dataset(d.name, d.root, train=True, download=d.download, augment=False, **d.options)
+    n = len(full)  # type: ignore[arg-type]
+    taken = set(torch.linspace(0, n - 1, d.train_subset or n).round().long().tolist())
+    rest = [i for i in range(n) if i not in taken]
+    if len(rest) < size:
+        raise ValueError(f"only {len(rest)} training images lie outside the student subset, need {size}")
+    keep = torch.linspace(0, len(rest) - 1, size).round().long().tolist()
+    subset = Subset(full, [rest[i] for i in keep])
+    subset.classes = full.classes  # type: ignore[attr-defined]
+    return subset
+
+
+def train_logged(config: Path, overrides: list[str], log: Path, validation: bool = False) -> dict[str, Any]:
+    """``eakd train config overrides`` with its console output sent to ``log``; returns the run summary.
+
+    validation: evaluate on ``validation_set`` instead of the test split (recipe pilots)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        return train(load_config(config, overrides))
+        cfg = load_config(config, overrides)
+        task = None
+        if validation:
+            task = build_task(cfg)
+            task.eval_set = validation_set(cfg)  # type: ignore[attr-defined]
+        return train(cfg, task)
 
 
-def train_student(setting: str, seed: int, out: Path, common: list[str], teacher: Path) -> dict[str, float]:
-    """One student run of the study (``setting`` of SETTINGS); its best / last top-1 (%) and size."""
+def train_student(
+    setting: str,
+    seed: int,
+    out: Path,
+    common: list[str],
+    teacher: Path,
+    arms: dict[str, list[str]] | None = None,
+    validation: bool = False,
+) -> dict[str, float]:
+    """One student run of a study: arm ``setting`` of ``arms`` (default SETTINGS) at ``seed``; its best /
+    last top-1 (%) on the test split (on ``validation_set`` with ``validation``), time and size."""
     name = f"{setting}-seed{seed}"
     overrides = [
         *common,
@@ -121,9 +125,9 @@ def train_student(setting: str, seed: int, out: Path, common: list[str], teacher
         f"experiment.seed={seed}",
         f"model.teacher_checkpoint={teacher}",
         "train.overwrite=true",  # a demo's runs are rebuilt, not resumed (a study reuses finished ones)
-        *SETTINGS[setting],
+        *(arms or SETTINGS)[setting],
     ]
-    summary = train_logged(config_dir() / "kd.yaml", overrides, out / "logs" / f"{name}.log")
+    summary = train_logged(config_dir() / "kd.yaml", overrides, out / "logs" / f"{name}.log", validation)
     return {
         "best_top1": float(summary["best"]["value"]),
         "last_top1": float(summary["last"]["metrics"]["top1"]),
@@ -152,9 +156,21 @@ def teacher_run(common: list[str]) -> dict[str, Any]:
     return {**summary, "checkpoint": str(t_dir / "best.pt")}
 
 
+def check_teacher(teacher: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Refuse to mix runs distilled from different teachers: ValueError when the study result ``earlier``
+    recorded a teacher whose top-1 differs from ``teacher``'s (this machine's, cached or rebuilt)."""
+    recorded = earlier.get("teacher", {}).get("last", {}).get("metrics", {}).get("top1")
+    here = teacher["last"]["metrics"]["top1"]
+    if recorded is not None and recorded != here:
+        raise ValueError(
+            f"the teacher here has top-1 {here} %, the earlier study's {recorded} %: its runs cannot be "
+            "reused with this teacher (move the study file away to start anew)"
+        )
+
+
 def demo_study(
     out: Path,
-    seeds: list[int],
+    seeds: list[int] | dict[str, list[int]],
     settings: list[str],
     overrides: list[str] | None = None,
     student_overrides: list[str] | None = None,
@@ -165,10 +181,12 @@ def demo_study(
 ) -> dict[str, Any]:
     """The teacher, then each student setting x seed through ``eakd.study.run_study``.
 
-    overrides: for every run, teacher included (e.g. ``data.root=DIR``); student_overrides: for the
-    students only (e.g. ``train.epochs=3``). results: also save the study there (``results/``). reuse:
-    keep the finished runs of an earlier study.json of the same protocol (a stopped study resumes). Returns
-    the study result (``out/study.json``) with the teacher's summary under "teacher".
+    seeds: for every setting, or setting -> its seeds. overrides: for every run, teacher included (e.g.
+    ``data.root=DIR``); student_overrides: for the students only (e.g. ``train.epochs=3``). results: also
+    save the study there (``results/``). reuse: keep the finished runs of an earlier study (``results``,
+    then ``out/study.json``) of the same protocol, of the settings whose overrides (SETTINGS) are
+    unchanged; ValueError when its teacher's top-1 differs from this one's (``check_teacher``). Returns
+    the study result with the teacher's summary under "teacher".
     """
     common = list(overrides or [])
     teacher = teacher_run(common)
@@ -178,32 +196,69 @@ def demo_study(
         common=[*common, *(student_overrides or [])],
         teacher=Path(teacher["checkpoint"]),
     )
-    protocol = {
-        "overrides": common,
-        "student_overrides": student_overrides or [],
-        "teacher": teacher["checkpoint"],
-    }
+    # no machine paths: a study resumes from its results file on another machine (the teacher is
+    # rebuilt there from its settings and checked by its top-1)
+    protocol = {"overrides": common, "student_overrides": student_overrides or []}
+    for path in (results, out / "study.json"):
+        if reuse and path is not None and path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier.get("protocol") == protocol:
+                check_teacher(teacher, earlier)
+    plan = seeds if isinstance(seeds, dict) else {s: seeds for s in settings}
     print(
-        f"{len(settings) * len(seeds)} student runs in {jobs} process(es); logs in {out / 'logs'}", flush=True
+        f"{sum(len(plan[s]) for s in settings)} student runs planned in {jobs} process(es); "
+        f"logs in {out / 'logs'}",
+        flush=True,
     )
+    definitions = {s: SETTINGS[s] for s in settings}
     info = {"teacher": teacher}
-    return run_study(train_one, settings, seeds, out, protocol, jobs, threads, reuse, results, info)
+    return run_study(
+        train_one, settings, plan, out, protocol, jobs, threads, reuse, results, info, definitions
+    )
+
+
+def student_sizes(result: dict[str, Any]) -> str:
+    """The students' trainable parameters and optimiser steps, with the arms of each size when the arms'
+    students differ (e.g. a heterogeneous pair's): "13,726 parameters, 470 optimiser steps; ..."."""
+    sizes: dict[tuple[int, int], list[str]] = {}
+    for arm in result["arms"]:
+        for m in list(result["runs"].get(arm, {}).values())[:1]:
+            sizes.setdefault((int(m["params"]), int(m["steps"])), []).append(arm)
+    texts = [f"{p:,} parameters, {n} optimiser steps" for p, n in sizes]
+    if len(sizes) > 1:
+        texts = [f"{t} ({', '.join(arms)})" for t, arms in zip(texts, sizes.values(), strict=True)]
+    return "; ".join(texts)
+
+
+def superseded(result: dict[str, Any]) -> list[str]:
+    """The arms of a study result whose recorded override list differs from SETTINGS' (to be rerun)."""
+    recorded = result.get("definitions", {})
+    return [arm for arm in result["arms"] if arm in recorded and recorded[arm] != SETTINGS.get(arm)]
+
+
+def current_runs(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without the runs of its superseded arms (for verdicts on today's arms)."""
+    old = set(superseded(result))
+    return {**result, "runs": {a: r for a, r in result["runs"].items() if a not in old}}
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The teacher and student sizes, then ``eakd.study.study_table`` of best and last top-1 against KD."""
+    """The teacher and student sizes, then ``eakd.study.study_table`` of best and last top-1 against each
+    arm's reference (REFERENCE), and the arms whose definition has changed since they ran."""
     teacher = result["teacher"]
-    some = next(m for runs in result["runs"].values() for m in runs.values())
-    return "\n".join(
-        [
-            f"teacher: top-1 {teacher['last']['metrics']['top1']:.2f} % ({teacher['trainable_params']:,} "
-            f"parameters); student: {int(some['params']):,} parameters, "
-            f"{int(some['steps'])} optimiser steps, "
-            f"{len(result['seeds'])} seeds",
+    lines = [
+        f"teacher: top-1 {teacher['last']['metrics']['top1']:.2f} % ({teacher['trainable_params']:,} "
+        f"parameters); student: {student_sizes(result)}, {len(result['seeds'])} seeds",
+        "",
+        study_table(result, METRICS, REFERENCE, compare=["last_top1", "best_top1"]),
+    ]
+    old = superseded(result)
+    if old:
+        lines += [
             "",
-            study_table(result, METRICS, REFERENCE, compare=["last_top1", "best_top1"]),
+            f"superseded (run with an earlier override list; the study reruns them): {', '.join(old)}",
         ]
-    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
@@ -224,9 +279,7 @@ def main(argv: list[str]) -> int:
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time (default: 2 or 1 CPU)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    parser.add_argument(
-        "--student-epochs", type=int, help="students' epochs (default: demo/kd's)"
-    )
+    parser.add_argument("--student-epochs", type=int, help="students' epochs (default: demo/kd's)")
     parser.add_argument("--results", type=Path, help="also save the study there (e.g. results/NAME.json)")
     parser.add_argument(
         "--reuse", action="store_true", help="keep finished runs of an earlier study of the same protocol"

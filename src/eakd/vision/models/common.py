@@ -40,14 +40,16 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def conv(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """Conv without bias, 'same' padding (kernel // 2)."""
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False)
+
+
 def conv_bn(
     in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1, relu: bool = True
 ) -> nn.Sequential:
     """Conv (no bias, 'same' padding) -> BatchNorm [-> ReLU]."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
-    ]
+    layers: list[nn.Module] = [conv(in_ch, out_ch, kernel, stride, groups), nn.BatchNorm2d(out_ch)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)

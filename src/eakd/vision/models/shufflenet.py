@@ -1,10 +1,14 @@
-"""CIFAR ShuffleNetV1 (g=3) and ShuffleNetV2 (1x) students of the KD literature."""
+"""CIFAR ShuffleNetV1 (g=3) and ShuffleNetV2 (1x) students of the KD literature.
+
+Module and parameter names are mdistiller's (``ShuffleV1`` / ``ShuffleV2``: ``conv1``, ``bn1``,
+``layer1..3``, ``linear``, per block ``conv1..conv5`` / ``bn1..bn5``), so its checkpoints load.
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eakd.vision.models.common import ModelOutput, conv_bn, feature_dict, global_pool, init_weights
+from eakd.vision.models.common import ModelOutput, conv, feature_dict, global_pool, init_weights
 from eakd.vision.models.registry import register_model
 
 
@@ -15,8 +19,9 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
 
 
 class ShuffleV1Block(nn.Module):
-    """Grouped 1x1 -> shuffle -> 3x3 depthwise -> grouped 1x1. Stride 2: concat with a 3x3 avg-pooled input
-    (the branch makes out_ch - in_ch channels); stride 1: residual sum. Returns the pre-ReLU output."""
+    """Grouped 1x1 (conv1) -> shuffle -> 3x3 depthwise (conv2) -> grouped 1x1 (conv3). Stride 2: concat with
+    a 3x3 avg-pooled input (the branch makes out_ch - in_ch channels); stride 1: residual sum. Returns the
+    pre-ReLU output."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int) -> None:
         super().__init__()
@@ -24,12 +29,16 @@ class ShuffleV1Block(nn.Module):
         branch_ch = out_ch - in_ch if stride == 2 else out_ch
         mid = branch_ch // 4
         self.first_groups = 1 if in_ch == 24 else groups  # the stem output is too narrow to split
-        self.reduce = conv_bn(in_ch, mid, 1, groups=self.first_groups)
-        self.depthwise = conv_bn(mid, mid, 3, stride, groups=mid)
-        self.expand = conv_bn(mid, branch_ch, 1, groups=groups, relu=False)
+        self.conv1 = conv(in_ch, mid, 1, groups=self.first_groups)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = conv(mid, mid, 3, stride, groups=mid)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = conv(mid, branch_ch, 1, groups=groups)
+        self.bn3 = nn.BatchNorm2d(branch_ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.expand(self.depthwise(channel_shuffle(self.reduce(x), self.first_groups)))
+        out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
+        out = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(out)))))
         if self.stride == 2:
             return torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1)
         return out + x
@@ -44,60 +53,77 @@ class ShuffleNetV1(nn.Module):
     def __init__(self, num_classes: int = 100, in_channels: int = 3, groups: int = 3) -> None:
         super().__init__()
         widths, depths = [240, 480, 960], [4, 8, 4]
-        self.stem = conv_bn(in_channels, 24, 1)
+        self.conv1 = conv(in_channels, 24, 1)
+        self.bn1 = nn.BatchNorm2d(24)
         in_ch = 24
-        stages = []
-        for width, depth in zip(widths, depths, strict=True):
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             blocks = []
             for j in range(depth):
                 blocks.append(ShuffleV1Block(in_ch, width, 2 if j == 0 else 1, groups))
                 in_ch = width
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
-        self.fc = nn.Linear(in_ch, num_classes)
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(in_ch, num_classes)
         self.stage_channels = [24, *widths]
         init_weights(self)
 
     def forward(self, x: Tensor) -> ModelOutput:
         """x: (N, in_channels, H, W) -> logits (N, num_classes), feats (see ``common``)."""
-        x = self.stem(x)
+        x = F.relu(self.bn1(self.conv1(x)))
         feats, preacts = [x], [x]
-        for stage in self.stages:
+        for stage in (self.layer1, self.layer2, self.layer3):
             for block in stage:
                 pre = block(x)
                 x = F.relu(pre)
             feats.append(x)
             preacts.append(pre)
         pooled = global_pool(x)
-        return self.fc(pooled), feature_dict(feats, pooled, preacts)
+        return self.linear(pooled), feature_dict(feats, pooled, preacts)
 
 
 class ShuffleV2Block(nn.Module):
-    """Stride 1: split channels in half, transform one half (1x1, 3x3 dw, 1x1), concat, shuffle.
-    Stride 2: both branches see the whole input and halve the resolution, concat to out_ch, shuffle."""
+    """Split the channels in half, transform the second half (1x1 conv1, 3x3 dw conv2, 1x1 conv3), concat
+    after the untouched first half, shuffle."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.stride = stride
-        half = out_ch // 2
-        branch_in = in_ch if stride == 2 else in_ch // 2
-        self.branch = nn.Sequential(
-            conv_bn(branch_in, half, 1),
-            conv_bn(half, half, 3, stride, groups=half, relu=False),
-            conv_bn(half, half, 1),
-        )
-        self.down = None
-        if stride == 2:
-            self.down = nn.Sequential(
-                conv_bn(in_ch, in_ch, 3, 2, groups=in_ch, relu=False), conv_bn(in_ch, half, 1)
-            )
+        half = channels // 2
+        self.conv1 = conv(half, half, 1)
+        self.bn1 = nn.BatchNorm2d(half)
+        self.conv2 = conv(half, half, 3, groups=half)
+        self.bn2 = nn.BatchNorm2d(half)
+        self.conv3 = conv(half, half, 1)
+        self.bn3 = nn.BatchNorm2d(half)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.down is None:
-            keep, x = x.chunk(2, dim=1)
-        else:
-            keep = self.down(x)
-        return channel_shuffle(torch.cat([keep, self.branch(x)], 1), 2)
+        keep, x = x.chunk(2, dim=1)
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        out = F.relu(self.bn3(self.conv3(out)))
+        return channel_shuffle(torch.cat([keep, out], 1), 2)
+
+
+class ShuffleV2Down(nn.Module):
+    """Stride 2, both branches see the whole input: left 3x3 dw (conv1) -> 1x1 (conv2); right 1x1 (conv3) ->
+    3x3 dw (conv4) -> 1x1 (conv5); concat to out_ch, shuffle."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        half = out_ch // 2
+        self.conv1 = conv(in_ch, in_ch, 3, 2, groups=in_ch)
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv2 = conv(in_ch, half, 1)
+        self.bn2 = nn.BatchNorm2d(half)
+        self.conv3 = conv(in_ch, half, 1)
+        self.bn3 = nn.BatchNorm2d(half)
+        self.conv4 = conv(half, half, 3, 2, groups=half)
+        self.bn4 = nn.BatchNorm2d(half)
+        self.conv5 = conv(half, half, 1)
+        self.bn5 = nn.BatchNorm2d(half)
+
+    def forward(self, x: Tensor) -> Tensor:
+        left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        right = self.bn4(self.conv4(F.relu(self.bn3(self.conv3(x)))))
+        right = F.relu(self.bn5(self.conv5(right)))
+        return channel_shuffle(torch.cat([left, right], 1), 2)
 
 
 class ShuffleNetV2(nn.Module):
@@ -109,38 +135,37 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
         widths, depths = [116, 232, 464], [4, 8, 4]
-        self.stem = conv_bn(in_channels, 24, 1)
+        self.conv1 = conv(in_channels, 24, 1)
+        self.bn1 = nn.BatchNorm2d(24)
         in_ch = 24
-        stages = []
-        for width, depth in zip(widths, depths, strict=True):
-            blocks = [ShuffleV2Block(in_ch, width, 2)]
-            blocks += [ShuffleV2Block(width, width, 1) for _ in range(depth - 1)]
-            stages.append(nn.Sequential(*blocks))
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = [ShuffleV2Down(in_ch, width), *(ShuffleV2Block(width) for _ in range(depth - 1))]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             in_ch = width
-        self.stages = nn.ModuleList(stages)
-        self.head_conv = conv_bn(in_ch, 1024, 1)
-        self.fc = nn.Linear(1024, num_classes)
+        self.conv2 = conv(in_ch, 1024, 1)
+        self.bn2 = nn.BatchNorm2d(1024)
+        self.linear = nn.Linear(1024, num_classes)
         self.stage_channels = [24, *widths]
         init_weights(self)
 
     def forward(self, x: Tensor) -> ModelOutput:
         """x: (N, in_channels, H, W) -> logits (N, num_classes), feats (see ``common``)."""
-        x = self.stem(x)
+        x = F.relu(self.bn1(self.conv1(x)))
         feats = [x]
-        for stage in self.stages:
+        for stage in (self.layer1, self.layer2, self.layer3):
             x = stage(x)
             feats.append(x)
-        pooled = global_pool(self.head_conv(x))
-        return self.fc(pooled), feature_dict(feats, pooled)
+        pooled = global_pool(F.relu(self.bn2(self.conv2(x))))
+        return self.linear(pooled), feature_dict(feats, pooled)
 
 
 @register_model("shufflenetv1")
 def shufflenetv1(num_classes: int = 100, in_channels: int = 3) -> ShuffleNetV1:
-    """CIFAR ShuffleNetV1, 3 groups (about 0.95M parameters on CIFAR-100)."""
+    """CIFAR ShuffleNetV1, 3 groups (mdistiller's ``ShuffleV1``; 949,258 parameters on CIFAR-100)."""
     return ShuffleNetV1(num_classes, in_channels)
 
 
 @register_model("shufflenetv2")
 def shufflenetv2(num_classes: int = 100, in_channels: int = 3) -> ShuffleNetV2:
-    """CIFAR ShuffleNetV2 1x (about 1.35M parameters on CIFAR-100)."""
+    """CIFAR ShuffleNetV2 1x (mdistiller's ``ShuffleV2``; 1,355,528 parameters on CIFAR-100)."""
     return ShuffleNetV2(num_classes, in_channels)

@@ -1,7 +1,8 @@
 """VGG with batch norm, CIFAR layout of the KD literature: vgg8, vgg11, vgg13, vgg16, vgg19.
 
 Five blocks of 3x3 conv-BN-ReLU; max-pool after blocks 0-2, blocks 3 and 4 share 1/8 resolution; global
-average pool and one linear layer. Parameter names follow the published CIFAR-100 teacher checkpoints.
+average pool and one linear layer. Parameter names follow the published CIFAR-100 teacher checkpoints;
+``preact_feats`` are mdistiller's (block 0 after its ReLU, blocks 1-4 before it).
 """
 
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ class VGG(nn.Module):
                 x = F.max_pool2d(x, 2)
             pre = getattr(self, f"block{i}")(x)
             x = F.relu(pre)
-            preacts.append(pre)
+            preacts.append(pre if i > 0 else x)  # mdistiller: the stem's map after its ReLU
             feats.append(x)
         pooled = global_pool(x)
         return self.classifier(pooled), feature_dict(feats, pooled, preacts)

@@ -1,7 +1,8 @@
-"""Wide ResNets (pre-activation blocks) of the KD literature: wrn_16_2, wrn_40_1, wrn_40_2.
+"""Wide ResNets (pre-activation blocks) of the KD literature: wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2.
 
 Parameter names follow the published CIFAR-100 teacher checkpoints (mdistiller's cifar_teachers.tar).
-Stage outputs are residual sums with no ReLU after them, so ``feats`` are already pre-activations.
+Stage outputs are residual sums; ``preact_feats`` are mdistiller's: each stage output after the batch norm
+that the next group's first block (the final ``bn1`` for the last stage) applies to it before its ReLU.
 """
 
 import torch.nn.functional as F
@@ -23,8 +24,9 @@ class WideBlock(nn.Module):
         same = in_ch == out_ch and stride == 1
         self.convShortcut = None if same else nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        act = F.relu(self.bn1(x))
+    def forward(self, x: Tensor, normed: Tensor | None = None) -> Tensor:
+        """x: (N, in_ch, H, W); normed: ``bn1(x)`` when the caller computed it already."""
+        act = F.relu(self.bn1(x) if normed is None else normed)
         out = self.conv2(F.relu(self.bn2(self.conv1(act))))
         return out + (x if self.convShortcut is None else self.convShortcut(act))
 
@@ -38,12 +40,21 @@ class WideStage(nn.Module):
             *(WideBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1) for i in range(depth))
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
+    def forward(self, x: Tensor, normed: Tensor | None = None) -> Tensor:
+        """x: (N, in_ch, H, W); normed: the first block's ``bn1(x)`` when the caller computed it already."""
+        first, *rest = self.layer
+        x = first(x, normed)
+        for block in rest:
+            x = block(x)
+        return x
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-k: 3x3 stem of 16 channels, three stages of 16k/32k/64k channels, final BN-ReLU, linear."""
+    """WRN-depth-k: 3x3 stem of 16 channels, three stages of 16k/32k/64k channels, final BN-ReLU, linear.
+
+    mdistiller applies the next group's ``bn1`` a second time to make its preact maps, which in training
+    moves those running statistics twice per step; here each batch norm runs once (same outputs).
+    """
 
     def __init__(self, depth: int, widen: int, num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
@@ -64,11 +75,20 @@ class WideResNet(nn.Module):
         """x: (N, in_channels, H, W) -> logits (N, num_classes), feats (see ``common``)."""
         f0 = self.conv1(x)
         f1 = self.block1(f0)
-        f2 = self.block2(f1)
-        f3 = self.block3(f2)
-        pooled = global_pool(F.relu(self.bn1(f3)))
-        feats = [f0, f1, f2, f3]
-        return self.fc(pooled), feature_dict(feats, pooled, feats)
+        # each stage output normalised once, by the next consumer's BN; reused as mdistiller's preact_feats
+        n1 = self.block2.layer[0].bn1(f1)
+        f2 = self.block2(f1, n1)
+        n2 = self.block3.layer[0].bn1(f2)
+        f3 = self.block3(f2, n2)
+        n3 = self.bn1(f3)
+        pooled = global_pool(F.relu(n3))
+        return self.fc(pooled), feature_dict([f0, f1, f2, f3], pooled, [f0, n1, n2, n3])
+
+
+@register_model("wrn_16_1")
+def wrn_16_1(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
+    """WRN-16-1 (0.18M parameters on CIFAR-100)."""
+    return WideResNet(16, 1, num_classes, in_channels)
 
 
 @register_model("wrn_16_2")
