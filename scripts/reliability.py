@@ -39,6 +39,7 @@ TOPK = (  # a valid teacher top-k of 2 tokens over a vocabulary of 4 (k = 2), th
     "t = TeacherTopK(torch.tensor([[0, 1], [2, 3]]), lp, torch.tensor([0.9, 0.6]), 4, 1.0, 2.0)\n"
     "h, w, labels = torch.randn(1, 2, 3), torch.randn(4, 3), torch.tensor([[1, 2]])\n"
 )
+LLM_SETTINGS = "from eakd.llm import TokenLossSettings as S\n"
 KD = TINY.replace("teacher: null", "teacher: fmnist_cnn").replace("method: none", "method: kd")
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # downloads refused
 # an API case's code runs inside this: a ValueError or TypeError is its one line on stderr and exit 2
@@ -320,11 +321,17 @@ CASES += [
     api("weighted_mean with a negative weight", "eakd.weighted_mean(torch.ones(1), torch.tensor([-1.0]))"),
     api("weighted_mean with a NaN weight", "eakd.weighted_mean(torch.ones(1), torch.tensor([float('nan')]))"),
     api("weighted_mean on lists", "eakd.weighted_mean([1.0, 2.0], [1.0, 1.0])"),
-    api("TokenLossSettings(ignore_index='x')", "eakd.llm.TokenLossSettings(ignore_index='x')"),
-    api("TokenLossSettings(fused='yes')", "eakd.llm.TokenLossSettings(fused='yes')"),
+    api("TokenLossSettings(ignore_index='x')", LLM_SETTINGS + "S(ignore_index='x')"),
+    api("TokenLossSettings(fused='yes')", LLM_SETTINGS + "S(fused='yes')"),
     api(
         "TokenLossSettings(weighting=callable) with a tau set",
-        "eakd.llm.TokenLossSettings(weighting=lambda s, t, mask=None: t[..., 0] * 0 + 1, tau=3.0)",
+        LLM_SETTINGS + "S(weighting=lambda s, t, mask=None: t[..., 0] * 0 + 1, tau=3.0)",
+    ),
+    api(
+        "TokenLossSettings(weighting=callable), tau left at its default",
+        LLM_SETTINGS + "p = S(weighting=lambda s, t, mask=None: t[..., 0] * 0 + 1).policy()\n"
+        "print(f'the callable gets the settings {p.settings}', file=sys.stderr)",
+        expect="the callable gets the settings {}",
     ),
     api("ea_weights on meta tensors", "z = torch.zeros(2, 3, device='meta')\neakd.ea_weights(z, z)"),
     api("get_policy(3)", "eakd.get_policy(3)"),
@@ -420,7 +427,8 @@ def table(cases: list[Case], outcomes: list[Outcome]) -> str:
         lines.append(f"| {area} | {len(kinds)} | {good} | {silent} | {lost} | {bad} |")
     lines += ["", "| area | input | outcome | what the user reads (stderr) |", "|---|---|---|---|"]
     for case, outcome in zip(cases, outcomes, strict=True):
-        command = f"python: {case.code}" if case.code else " ".join(["eakd", *case.argv])
+        code = case.code.replace(TOPK, "(t: a valid TeacherTopK, V=4, k=2)\n")
+        command = "python: " + "; ".join(code.splitlines()) if case.code else " ".join(["eakd", *case.argv])
         shown = outcome.message.replace("|", "\\|")
         lines.append(f"| {case.area} | {case.what}: `{command}` | {outcome.kind} | {shown} |")
     return "\n".join(lines)
