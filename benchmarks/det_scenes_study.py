@@ -1,11 +1,14 @@
-"""Detection study on the Fashion-MNIST scenes: student alone vs RoI-logit KD vs EA-KD, 3 seeds.
+"""Detection study on the Fashion-MNIST scenes (docs/studies.md): student alone, RoI-logit KD and EA-KD, the
+FitNet-style FPN feature term unweighted and with EA's weights; 5 paired seeds.
 
-    python benchmarks/det_scenes_study.py [--out runs/det_scenes] [--seeds 0 1 2] [key=value ...]
+    python benchmarks/det_scenes_study.py [--out runs/det_scenes] [--seeds 0 1 2 3 4] [key=value ...]
 
-Trains the MobileNetV2 teacher once (det/scenes_teacher, evaluated on the val split), then
-the student (det/scenes_student) per setting and seed with the same budget, each evaluated
-once on the test split after its last epoch; finished runs of the same protocol are reused. Saves
-results/det_scenes.json after every run (docs/studies.md's table: ``python scripts/tables.py``).
+Trains the MobileNetV2 teacher once on all 2,000 training scenes (det/scenes_teacher, its best epoch chosen
+on the val split, then evaluated once on test), then the student (det/scenes_student: 500 labelled scenes)
+per arm and seed with the same budget, each evaluated once on the test split after its last epoch. Runs go
+seed-major; results/det_scenes.json is saved after every run, and finished runs of the same protocol are
+reused, so a stopped study resumes (``--reuse``; the teacher in OUT/teacher is reused once it finished).
+docs/studies.md's table: ``python scripts/tables.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from eakd.detection.demo import demo
 if __name__ == "__main__":
     args = sys.argv[1:]
     defaults = ["--data", "scenes", "--reuse"]
-    defaults += [] if "--seeds" in args else ["--seeds", "0", "1", "2"]
+    defaults += [] if "--seeds" in args else ["--seeds", "0", "1", "2", "3", "4"]
     defaults += [] if "--out" in args else ["--out", "runs/det_scenes"]
     defaults += [] if "--results" in args else ["--results", "results/det_scenes.json"]
     sys.exit(demo([*defaults, *args]))

@@ -2,7 +2,7 @@
 
 Variants, each in its own process (so one's allocations never hide another's):
   dense       materialised (B*T, V) logits, same math as ours: JSD(0.5) + EA weights + CE
-  chunked-ea  eakd.llm.fused_linear_distill_loss, same settings (the EA-KD loss)
+  chunked-ea  eakd.llm.chunked_distill_loss, same settings (the EA-KD loss)
   chunked     the same without the EA weights
   liger       Liger-Kernel's LigerFusedLinearJSDLoss (chunked, CPU, uncompiled), same beta and weights
 
@@ -53,7 +53,7 @@ def worker(
     """Build the inputs, measure one forward+backward's peak memory, then time ``repeats`` more."""
     import torch
 
-    from eakd.llm import TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
+    from eakd.llm import TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
 
     g = torch.Generator().manual_seed(0)
     dt = getattr(torch, dtype)
@@ -63,7 +63,7 @@ def worker(
     t_weight = (torch.randn(V, H, generator=g) * 0.02).to(device, dt)
     labels = torch.randint(0, V, (rows,), generator=g).to(device)
     labels[: rows // 8] = -100
-    ea = TokenLossSettings(divergence="jsd", beta=0.5, weighting="ea", kd_weight=0.5, ce_weight=0.5)
+    ea = TokenLossSettings(divergence="jsd", beta=0.5, weighting="ea", tau=2.0, kd_weight=0.5, ce_weight=0.5)
     plain = TokenLossSettings(divergence="jsd", beta=0.5, weighting=None, kd_weight=0.5, ce_weight=0.5)
 
     if variant == "dense":
@@ -74,7 +74,7 @@ def worker(
         settings = ea if variant == "chunked-ea" else plain
 
         def step() -> torch.Tensor:
-            return fused_linear_distill_loss(
+            return chunked_distill_loss(
                 hidden, weight, labels, t_hidden, t_weight, settings=settings, chunk_size=chunk_size
             ).loss
     elif variant == "liger":

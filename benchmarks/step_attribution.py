@@ -14,7 +14,7 @@ The fused cases (``TokenLossSettings.fused``) compute both entropies inside the 
 the ``eakd.weights`` operations + the fused loss's extra self CPU time with EA over the same loss
 unweighted: the same step (same model, batch and optimiser, only the loss settings swapped) is profiled
 with weighting "ea" and "none", interleaved pair by pair (alternating which runs first), and the fused
-loss's operations are those inside the range ``eakd.fused_loss`` (eakd.llm.chunked, around the fused
+loss's operations are those inside the range ``eakd.compiled_pass`` (eakd.llm.rows, around the fused
 pass) and the compiled kernel's backward (``CompiledFunctionBackward``; nothing else in the step is
 compiled), outside ``eakd.weights``. This part is a difference of two kernel times from two steps (not of
 whole steps), so it carries their noise: the reported median takes the difference of the two kernels'
@@ -59,7 +59,7 @@ from step_overhead import classification_setup, train_step
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from eakd.llm.chunked import FUSED_RANGE
+from eakd.llm.rows import COMPILED_RANGE as FUSED_RANGE
 from eakd.study import provenance
 from eakd.weighting import WEIGHTS_RANGE
 

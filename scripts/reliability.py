@@ -34,7 +34,7 @@ TINY = (
 )
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
 TOPK = (  # a valid teacher top-k of 2 tokens over a vocabulary of 4 (k = 2), then one value changed
-    "from eakd.llm import TeacherTopK, TokenLossSettings, fused_linear_distill_loss as loss\n"
+    "from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss as loss\n"
     "lp = torch.tensor([[-0.5, -1.5], [-0.2, -2.0]])\n"
     "t = TeacherTopK(torch.tensor([[0, 1], [2, 3]]), lp, torch.tensor([0.9, 0.6]), 4, 1.0, 2.0)\n"
     "h, w, labels = torch.randn(1, 2, 3), torch.randn(4, 3), torch.tensor([[1, 2]])\n"

@@ -21,6 +21,8 @@ from typing import Any
 from eakd.detection.demo import format_table as detection_table
 from eakd.engine.catalog import list_configs
 from eakd.engine.config import Config, load_config
+from eakd.llm.lm_study import pilot_table as llm_lm_pilot_table
+from eakd.llm.lm_study import table as llm_lm_table
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (not a package)
 from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
 from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
+from det_scenes_pilots import pilot_table  # noqa: E402
 
 RESULTS = ROOT / "results"
 MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
@@ -40,10 +43,10 @@ def provenance_line(result: dict[str, Any]) -> str:
     """Where the numbers come from: code version, date, machine."""
     p = result.get("provenance", {})
     m = p.get("machine", {})
+    seeds = f"{len(result['seeds'])} seeds, " if "seeds" in result else ""
     return (
         f"_Measured {p.get('date', '?')} on {m.get('cpus', '?')} CPU cores ({m.get('device', '?')}), torch "
-        f"{m.get('torch', '?')}, code {code_label(p)}; {len(result['seeds'])} seeds, "
-        f"{result.get('wall_s', 0) / 60:.0f} min._"
+        f"{m.get('torch', '?')}, code {code_label(p)}; {seeds}{result.get('wall_s', 0) / 60:.0f} min._"
     )
 
 
@@ -183,11 +186,14 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "fmnist_mlkd_pilot": study(mlkd_pilot),
     "det_study": study(detection_table),
     "det_scenes": study(detection_table),
+    "det_pilots": pilot_table,
     "loss_overhead": loss_overhead_table,
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
     "cifar100_recipes": recipes_table,
+    "llm_lm_pilot": study(llm_lm_pilot_table),
+    "llm_lm_study": study(llm_lm_table),
 }
 
 

@@ -45,7 +45,8 @@ def main(out: str, mode: str, per_device: int, fsdp_version: str = "", loss: str
         logging_steps=1,
         fsdp="full_shard" if fsdp_version else "",
         fsdp_config={"version": int(fsdp_version)} if fsdp_version else None,
-        fused_loss=loss == "fused",
+        chunked=loss == "fused",
+        tau=2.0,
         seed=0,
     )
     trainer = EAKDTrainer(

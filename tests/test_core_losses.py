@@ -278,14 +278,7 @@ def test_deferred_checks_record_flags_without_host_reads(monkeypatch, method, we
     fn = eakd.DistillLoss(method, weighting, sync_checks=False, **kw)
     with monkeypatch.context() as m:
         _no_host_reads(m)
-        for z in (zs, zs, bad, zs):  # call 3 is non-finite (call 1 too for the NaN policy)
-            out = fn(z, zt, target)
-    assert fn.calls == 4 and all(flag.dim() == 0 for flag in fn.nonfinite.values())
-    first = 1 if weighting is _nan_policy else 3
-    expected = {name: first for name in out}  # every term, batch-level ones (MLKD's cc, bc) included
-    if weighting in ("ea", _nan_policy):  # ER reads the teacher only: its weights stay finite
-        expected["weights"] = first
-    assert fn.pop_nonfinite() == expected
-    assert fn.pop_nonfinite() == {} and fn.calls == 0
-    fn(zs, zt, target)
-    assert fn.pop_nonfinite() == ({} if weighting is not _nan_policy else {"weights": 1, "loss_kd": 1})
+        outs = [fn(z, zt, target) for z in (zs, bad)]  # no host read, no error: the runner's guard reads
+    for name, value in outs[1].items():  # every term, batch-level ones (MLKD's cc, bc) included
+        assert not torch.isfinite(value), name
+    assert all(torch.isfinite(v) for v in outs[0].values()) == (weighting is not _nan_policy)

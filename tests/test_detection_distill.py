@@ -160,7 +160,7 @@ def test_few_training_steps_teacher_and_student() -> None:
     assert all(torch.equal(a, b) for a, b in zip(frozen_teacher, teacher.parameters(), strict=True))
     assert all(p.grad is None for p in teacher.parameters())  # no_grad: nothing flows into the teacher
     metrics = evaluate_detector(student, [(images, targets)])
-    assert set(metrics) == {"AP", "AP50", "AP75"} and student.training
+    assert set(metrics) == {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"} and student.training
 
 
 def test_ap_of_perfect_and_empty_predictions() -> None:
@@ -169,6 +169,13 @@ def test_ap_of_perfect_and_empty_predictions() -> None:
         {"boxes": torch.tensor([[0.0, 0, 20, 30]]), "labels": torch.tensor([1])},
     ]
     perfect = [{**t, "scores": torch.linspace(0.9, 0.5, len(t["labels"]))} for t in targets]
-    assert box_ap(perfect, targets) == {"AP": 1.0, "AP50": 1.0, "AP75": 1.0}
+    # areas 1600 and 1050 (medium: 32^2..96^2), 600 (small); no large box: -1 (COCO's convention)
+    sizes = {"AP_small": 1.0, "AP_medium": 1.0, "AP_large": -1.0}
+    assert box_ap(perfect, targets) == {"AP": 1.0, "AP50": 1.0, "AP75": 1.0, **sizes}
     none = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
-    assert box_ap([none, none], targets) == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    empty = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AP_small": 0.0, "AP_medium": 0.0, "AP_large": -1.0}
+    assert box_ap([none, none], targets) == empty
+    only_medium = [perfect[0], none]  # the small box missed: AP_small 0, AP_medium 1
+    assert (
+        box_ap(only_medium, targets)["AP_small"] == 0.0 and box_ap(only_medium, targets)["AP_medium"] == 1.0
+    )

@@ -12,7 +12,9 @@ from PIL import Image
 
 from eakd.detection import DATASETS, DetectionData, build_datasets
 from eakd.engine.config import DataConfig, load_config
+from eakd.engine.logs import read_csv
 from eakd.engine.loop import evaluate_run, train
+from eakd.report import write_report
 
 DETECTOR = (
     "{min_size: 64, max_size: 64, returned_layers: [2, 3, 4], anchor_sizes: [8, 16, 32, 64],"
@@ -64,6 +66,14 @@ train: {{epochs: 1, batch_size: 2, num_workers: 0, cpu: true, log_every: 1, diag
     summary = train(cfg)
     metrics = summary["last"]["metrics"]
     assert all(0 <= metrics[k] <= 100 for k in ("AP", "AP50", "AP75"))
+    assert {"AP_small", "AP_medium", "AP_large"} <= set(metrics)
+    # the per-RoI log (every diag_every = 1 step) and its plot in the run's report
+    rows = read_csv(cfg.run_dir / "roi_weights.csv")
+    assert len(rows) == 2 * 64 and {"weight", "iou", "teacher_maxprob", "label"} <= set(rows[0])
+    assert all(0 <= float(r["iou"]) <= 1 and 0 < float(r["teacher_maxprob"]) <= 1 for r in rows)
+    assert any(float(r["iou"]) == 1.0 for r in rows)  # torchvision adds the ground-truth boxes as RoIs
+    report = write_report(cfg.run_dir)
+    assert (cfg.run_dir / "roi_weights.png").is_file() and "roi_weights.png" in report.read_text()
     assert (cfg.run_dir / "best.pt").is_file()
     again = evaluate_run(cfg, cfg.run_dir / "best.pt")
     assert again["AP"] == pytest.approx(metrics["AP"])
@@ -102,7 +112,7 @@ def test_demo_table_reports_mean_and_spread() -> None:
     table = format_table(result)
     assert "teacher (last epoch): AP 9.00" in table
     assert "| student | 2 | 2.00 ± 1.41 | 4.00 ± 2.83 |" in table and "student 1.00, 3.00" in table
-    assert "student - kd (95 % CI, 2 paired seeds): AP (last) -1.50 [" in table
+    assert "kd - student (95 % CI, 2 paired seeds): AP (last) +1.50 [" in table
 
 
 def test_scenes_demo_table_and_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,3 +133,13 @@ def test_scenes_demo_table_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         demo(["--data", "scenes", "--help"])
     assert stop.value.code == 0 and "--data {trees,scenes}" in capsys.readouterr().out
+
+
+def test_a_study_refuses_runs_of_another_teacher() -> None:
+    from eakd.detection.demo import check_teacher
+
+    teacher = {"best": {"metric": "AP", "value": 58.7, "epoch": 6}}
+    check_teacher(teacher, {"teacher": {"best": {"value": 58.7}}})
+    check_teacher(teacher, {})  # an earlier result without a teacher: nothing to compare
+    with pytest.raises(ValueError, match=r"best AP 58\.7, the earlier study's 55\.0"):
+        check_teacher(teacher, {"teacher": {"best": {"value": 55.0}}})

@@ -181,10 +181,10 @@ def test_nonfinite_flags_match_eager() -> None:
                 with pytest.raises(ValueError, match="non-finite"):
                     loss(bad, zt, y)
             continue
-        for loss in losses:
-            loss(zs, zt, y)
-            loss(bad, zt, y)
-        assert losses[0].pop_nonfinite() == losses[1].pop_nonfinite() == {"weights": 2, "loss_kd": 2}
+        for loss in losses:  # deferred: the terms and weights themselves say it, for the runner's guard
+            assert torch.isfinite(loss(zs, zt, y)["loss_kd"])
+            assert not torch.isfinite(loss(bad, zt, y)["loss_kd"])
+            assert not torch.isfinite(loss.last["weights"]).all()
 
 
 def test_refusals() -> None:
@@ -203,7 +203,7 @@ def test_refusals() -> None:
         fused_logit_terms("kd", zs, zt, y, tau=0.0)
     with pytest.raises(ValueError, match="needs \\['target'\\]"):
         fused_logit_terms("dkd", zs, zt, None, tau=3.0)
-    with pytest.raises(ValueError, match="unknown token divergence"):
+    with pytest.raises(ValueError, match=r"unknown distillation loss .kl. \(did you mean .skl.\?\)"):
         fused_token_terms("kl", zs, zt, temperature=1.0, tau=None)
     with pytest.raises(ValueError, match="beta must be in"):
         fused_token_terms("jsd", zs, zt, temperature=1.0, tau=None, beta=2.0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import eakd
-from eakd.llm import TeacherTopK, TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
+from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
 from eakd.llm.cache import topk_log_probs
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
@@ -92,7 +92,7 @@ def test_exact_tail_mass_survives_a_peaked_teacher() -> None:
 def test_cached_teacher_chunked_equals_reference(divergence: str, weighting: str | None, chunk: int) -> None:
     hidden, weight, _, labels, topk = _case(seed=1)
     s = TokenLossSettings(divergence=divergence, weighting=weighting, tau=2.0)
-    out = fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=chunk)
+    out = chunked_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=chunk)
     ref = reference(hidden, weight, labels, topk, s)
     torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
     for got, want in zip(
@@ -107,7 +107,7 @@ def test_cached_teacher_chunked_equals_reference(divergence: str, weighting: str
 def test_cached_teacher_dense_path_and_temperature(weight_level: str) -> None:
     hidden, weight, _, labels, topk = _case(seed=2, temperature=2.0)
     s = TokenLossSettings(divergence="jsd", temperature=2.0, tau=2.0, weight_level=weight_level)
-    fused = fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=4)
+    fused = chunked_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s, chunk_size=4)
     dense = distill_loss_from_logits(hidden @ weight.t(), None, labels, s, teacher_topk=topk)
     ref = reference(hidden, weight, labels, topk, s)
     torch.testing.assert_close(fused.loss, ref, rtol=1e-5, atol=1e-6)
@@ -124,8 +124,8 @@ def test_full_cache_equals_the_online_teacher() -> None:
     """k = V: the cached teacher is the teacher, so the loss and gradients equal the online loss."""
     hidden, weight, zt, labels, topk = _case(seed=3, k=V, temperature=1.5)
     s = TokenLossSettings(divergence="rkl", temperature=1.5, tau=2.0, ce_weight=0.3)
-    offline = fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s)
-    online = fused_linear_distill_loss(hidden, weight, labels, teacher_logits=zt, settings=s)
+    offline = chunked_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s)
+    online = chunked_distill_loss(hidden, weight, labels, teacher_logits=zt, settings=s)
     torch.testing.assert_close(offline.loss, online.loss)
     torch.testing.assert_close(offline.weights, online.weights)
     for got, want in zip(
@@ -150,19 +150,17 @@ def test_weights_from_entropies_equal_the_logit_policies(name: str) -> None:
 def test_cache_mismatches_are_clear_errors() -> None:
     hidden, weight, _, labels, topk = _case(seed=4, temperature=2.0)
     with pytest.raises(ValueError, match=r"temperature 2\.0"):
-        fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=TokenLossSettings())
+        chunked_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=TokenLossSettings())
     s = TokenLossSettings(temperature=2.0, tau=3.0)
     with pytest.raises(ValueError, match="tau"):
-        fused_linear_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s)
+        chunked_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=s)
     s = TokenLossSettings(temperature=2.0, tau=2.0)
     short = labels.clone()
     short[0, 3] = -100
     with pytest.raises(ValueError, match="labelled tokens"):
-        fused_linear_distill_loss(hidden, weight, short, teacher_topk=topk, settings=s)
+        chunked_distill_loss(hidden, weight, short, teacher_topk=topk, settings=s)
     with pytest.raises(ValueError, match="give one teacher"):
-        fused_linear_distill_loss(
-            hidden, weight, labels, teacher_logits=torch.zeros(B, T, V), teacher_topk=topk
-        )
+        chunked_distill_loss(hidden, weight, labels, teacher_logits=torch.zeros(B, T, V), teacher_topk=topk)
     with pytest.raises(ValueError, match="either teacher_logits or teacher_topk"):
         distill_loss_from_logits(hidden @ weight.t(), None, labels, s)
 
@@ -206,7 +204,7 @@ def test_offline_trainer_matches_the_online_teacher(tokenizer, teacher, tmp_path
     rows = encode_pairs(tokenizer, PAIRS[:4])
     student = make_student(teacher, num_layers=2, init="layers")
     full = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=len(tokenizer), progress=False)
-    args = _config(tmp_path, fused_loss=fused, divergence="jsd")
+    args = _config(tmp_path, chunked=fused, divergence="jsd")
     online = EAKDTrainer(model=student, teacher=teacher, args=args)
     offline = EAKDTrainer(model=student, teacher=None, teacher_cache=full, args=args)
     batch = collate(full.attach(rows), tokenizer.pad_token_id)
@@ -287,9 +285,13 @@ def test_nan_cached_log_probs_are_an_error() -> None:
     hidden, weight, _, labels, topk = _case(seed=5)
     bad = topk._replace(logprobs=topk.logprobs.clone().index_fill_(0, torch.tensor([2]), float("nan")))
     s = TokenLossSettings(weighting=None)
-    with pytest.raises(ValueError, match="the loss's kd term contains 1 non-finite"):
-        fused_linear_distill_loss(hidden, weight, labels, teacher_topk=bad, settings=s)
-    with pytest.raises(ValueError, match="the loss's kd term contains 1 non-finite"):
+    with pytest.raises(
+        ValueError, match="fkl loss from the student and teacher logits contains 1 non-finite"
+    ):
+        chunked_distill_loss(hidden, weight, labels, teacher_topk=bad, settings=s)
+    with pytest.raises(
+        ValueError, match="fkl loss from the student and teacher logits contains 1 non-finite"
+    ):
         distill_loss_from_logits(hidden @ weight.t(), None, labels, s, teacher_topk=bad)
 
 

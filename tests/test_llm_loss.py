@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import eakd
 from eakd.checks import deferred_checks
-from eakd.llm import TokenLossSettings, distill_loss_from_logits, fused_linear_distill_loss
+from eakd.llm import TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
 
@@ -66,9 +66,7 @@ def test_chunked_equals_dense_fp32(divergence: str, kw: dict, weighting: str | N
     s = TokenLossSettings(divergence=divergence, weighting=weighting, temperature=1.5, ce_weight=0.3, **kw)
     hidden, weight, t_hidden, t_weight, labels = _inputs()
     want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
-    out = fused_linear_distill_loss(
-        hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
-    )
+    out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size)
     torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
     for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
@@ -80,7 +78,7 @@ def test_chunked_equals_dense_bf16(divergence: str, kw: dict) -> None:
     s = TokenLossSettings(divergence=divergence, **kw)
     hidden, weight, t_hidden, t_weight, labels = _inputs(torch.bfloat16, seed=1)
     want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
-    out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=4)
+    out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=4)
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss, want, atol=1e-4, rtol=1e-4)
     for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
@@ -93,9 +91,7 @@ def test_sequence_level_weights(chunk_size: int) -> None:
     s = TokenLossSettings(weight_level="sequence", tau=3.0)
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=2)
     want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
-    out = fused_linear_distill_loss(
-        hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
-    )
+    out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size)
     torch.testing.assert_close(out.loss, want)
     for got, ref in zip(_grads(out.loss, hidden, weight), _grads(want, hidden, weight), strict=True):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
@@ -116,7 +112,7 @@ def test_weight_norm_mean_equals_the_plain_reference(chunk_size: int, weight_lev
     want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s)
     want_grads = _grads(want, hidden, weight)
     mask = token_mask(labels).reshape(-1)
-    fused = fused_linear_distill_loss(
+    fused = chunked_distill_loss(
         hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
     )
     zs, zt = hidden @ weight.t(), (t_hidden @ t_weight.t()).detach()
@@ -135,16 +131,16 @@ def test_padded_vocabularies_are_aligned() -> None:
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=3, vocab=V + 9, t_vocab=V + 1)
     s = TokenLossSettings(ce_weight=1.0)
     want = dense_reference(hidden, weight, t_hidden, t_weight, labels, s, v=V)
-    out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, vocab_size=V)
+    out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, vocab_size=V)
     torch.testing.assert_close(out.loss, want)
     (g_w,) = _grads(out.loss, weight)
     (g_ref,) = _grads(want, weight)
     torch.testing.assert_close(g_w, g_ref)
     assert g_w[V:].abs().max() == 0
     with pytest.raises(ValueError, match="student has 32, teacher has 24"):
-        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight)
+        chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight)
     with pytest.raises(ValueError, match="exceeds"):
-        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, vocab_size=V + 2)
+        chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, vocab_size=V + 2)
 
 
 def test_teacher_logits_bias_and_gradient_accumulation() -> None:
@@ -152,7 +148,7 @@ def test_teacher_logits_bias_and_gradient_accumulation() -> None:
     bias = torch.randn(V, requires_grad=True)
     t_logits = t_hidden @ t_weight.t()
     s = TokenLossSettings(divergence="rkl", ce_weight=0.5)
-    full = fused_linear_distill_loss(
+    full = chunked_distill_loss(
         hidden, weight, labels, student_bias=bias, teacher_logits=t_logits, settings=s
     )
     dense = distill_loss_from_logits(hidden @ weight.t() + bias, t_logits, labels, s)
@@ -164,7 +160,7 @@ def test_teacher_logits_bias_and_gradient_accumulation() -> None:
     # two micro-batches normalised by the tokens of both sum to the full-batch loss
     n_items = int(token_mask(labels).sum())
     parts = [
-        fused_linear_distill_loss(
+        chunked_distill_loss(
             hidden[i : i + 1],
             weight,
             labels[i : i + 1],
@@ -180,31 +176,31 @@ def test_teacher_logits_bias_and_gradient_accumulation() -> None:
 
 def test_ignored_tokens_get_no_gradient_and_stats_are_reported() -> None:
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=5)
-    out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, chunk_size=4)
+    out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, chunk_size=4)
     (g,) = _grads(out.loss, hidden)
     mask = token_mask(labels)
     assert g[~mask].abs().max() == 0 and g[mask].abs().max() > 0
     assert out.weights.shape == (B * T,) and out.per_token.shape == (B * T,)
     assert 0 <= out.weights.max() <= math.log(V)
     torch.testing.assert_close(out.kd, out.loss.detach())
-    fused = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight)
+    fused = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight)
     zs, zt = hidden @ weight.t(), t_hidden @ t_weight.t()
     dense = distill_loss_from_logits(zs, zt, labels)
     torch.testing.assert_close(fused.h_t, dense.h_t)
     torch.testing.assert_close(fused.h_s, dense.h_s)
-    torch.testing.assert_close(fused.h_t, (eakd.entropy(zt, tau=2.0) * mask).flatten())
+    torch.testing.assert_close(fused.h_t, (eakd.entropy(zt, tau=3.0) * mask).flatten())
     all_ignored = torch.full_like(labels, -100)
-    empty = fused_linear_distill_loss(hidden, weight, all_ignored, t_hidden, t_weight)
+    empty = chunked_distill_loss(hidden, weight, all_ignored, t_hidden, t_weight)
     assert empty.loss.item() == 0.0
 
 
 def test_bad_inputs() -> None:
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=6)
     with pytest.raises(ValueError, match="give one teacher"):
-        fused_linear_distill_loss(hidden, weight, labels)
+        chunked_distill_loss(hidden, weight, labels)
     with pytest.raises(ValueError, match="labels must be in"):
-        fused_linear_distill_loss(hidden, weight, labels + V, t_hidden, t_weight)
-    with pytest.raises(ValueError, match="unknown token divergence"):
+        chunked_distill_loss(hidden, weight, labels + V, t_hidden, t_weight)
+    with pytest.raises(ValueError, match=r"unknown distillation loss .kl. \(did you mean .skl.\?\)"):
         TokenLossSettings(divergence="kl")
     with pytest.raises(ValueError, match="unknown weight policy"):
         TokenLossSettings(weighting="entropy")
@@ -222,7 +218,7 @@ def test_entropies_are_the_policys_at_its_default_tau(chunk_size: int, weight_le
     assert policy is not None and policy.tau == 3.0
     mask = token_mask(labels).flatten()
     zs, zt = hidden @ weight.t(), t_hidden @ t_weight.t()
-    fused = fused_linear_distill_loss(
+    fused = chunked_distill_loss(
         hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=chunk_size
     )
     dense = distill_loss_from_logits(zs, zt, labels, s)
@@ -233,7 +229,7 @@ def test_entropies_are_the_policys_at_its_default_tau(chunk_size: int, weight_le
         torch.testing.assert_close(fused.weights, eakd.ea_weights(zs, zt, tau=3.0).flatten() * mask)
     unweighted = TokenLossSettings(weighting=None)
     for w in ("uniform", None):
-        out = fused_linear_distill_loss(
+        out = chunked_distill_loss(
             hidden, weight, labels, t_hidden, t_weight, settings=TokenLossSettings(weighting=w)
         )
         assert out.h_t is None and out.h_s is None
@@ -246,7 +242,7 @@ def test_jsd_matches_trl() -> None:
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=7)
     for beta in (0.0, 0.5, 1.0):
         s = TokenLossSettings(divergence="jsd", beta=beta, weighting=None, temperature=2.0)
-        out = fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=5)
+        out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, settings=s, chunk_size=5)
         want = gkd.GKDTrainer.generalized_jsd_loss(
             hidden @ weight.t(), t_hidden @ t_weight.t(), labels=labels, beta=beta, temperature=2.0
         )
@@ -262,20 +258,20 @@ def test_teacher_shapes_are_checked_on_every_path() -> None:
     rows = "does not match the student's rows"
     for bad in (zt.reshape(B * T, V), zt[:, :-1], zt[:1]):  # flattened, fewer tokens, fewer sequences
         with pytest.raises(ValueError, match=rows):
-            fused_linear_distill_loss(hidden, weight, labels, teacher_logits=bad)
+            chunked_distill_loss(hidden, weight, labels, teacher_logits=bad)
     for bad in (zt[:, :1], zt[:1, :1]):  # (B, 1, V) and (1, 1, V) against (B, T, V)
         with pytest.raises(ValueError, match="differ in shape"):
             distill_loss_from_logits(zs, bad, labels)
     with pytest.raises(ValueError, match=rows):
-        fused_linear_distill_loss(hidden, weight, labels, t_hidden[:, :1], t_weight)
+        chunked_distill_loss(hidden, weight, labels, t_hidden[:, :1], t_weight)
     with pytest.raises(ValueError, match=rf"teacher_weight \({V}, {HT + 1}\) is not \(V, {HT}\)"):
-        fused_linear_distill_loss(hidden, weight, labels, t_hidden, torch.randn(V, HT + 1))
+        chunked_distill_loss(hidden, weight, labels, t_hidden, torch.randn(V, HT + 1))
     with pytest.raises(ValueError, match=r"teacher_bias \(3,\) is not"):
-        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, teacher_bias=torch.zeros(3))
+        chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, teacher_bias=torch.zeros(3))
     with pytest.raises(ValueError, match=r"student_weight \(23, 9\) is not \(V, 8\)"):
-        fused_linear_distill_loss(hidden, torch.randn(V, H + 1), labels, t_hidden, t_weight)
+        chunked_distill_loss(hidden, torch.randn(V, H + 1), labels, t_hidden, t_weight)
     with pytest.raises(ValueError, match=r"labels .* do not match"):
-        fused_linear_distill_loss(hidden, weight, labels.reshape(-1), t_hidden, t_weight)
+        chunked_distill_loss(hidden, weight, labels.reshape(-1), t_hidden, t_weight)
     with pytest.raises(ValueError, match=r"labels .* do not match"):
         distill_loss_from_logits(zs, zt, labels[:, :-1])
     sequence = TokenLossSettings(weight_level="sequence")
@@ -287,14 +283,12 @@ def test_teacher_shapes_are_checked_on_every_path() -> None:
 def test_num_items_in_batch_must_be_positive(count: int | torch.Tensor) -> None:
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=10)
     with pytest.raises(ValueError, match="num_items_in_batch must be > 0"):
-        fused_linear_distill_loss(hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count)
+        chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count)
     with pytest.raises(ValueError, match="num_items_in_batch must be > 0"):
         distill_loss_from_logits(hidden @ weight.t(), t_hidden @ t_weight.t(), labels, None, count)
     if isinstance(count, torch.Tensor):  # the trainer's form: not read back, the kd term turns NaN instead
         with deferred_checks():
-            out = fused_linear_distill_loss(
-                hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count
-            )
+            out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count)
         assert out.nonfinite().tolist() == [False, True, False]
 
 
@@ -311,7 +305,7 @@ def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
 
     def loss(s: TokenLossSettings, h: torch.Tensor = hidden, th: torch.Tensor = t_hidden):
         if fused:
-            return fused_linear_distill_loss(h, weight, labels, th, t_weight, settings=s)
+            return chunked_distill_loss(h, weight, labels, th, t_weight, settings=s)
         return distill_loss_from_logits(h @ weight.t(), th @ t_weight.t(), labels, s)
 
     def deferred(s: TokenLossSettings, h: torch.Tensor = hidden) -> list[bool]:
@@ -323,9 +317,9 @@ def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
     bad_student[0, 3, 1] = float("nan")
     bad_teacher[1, 0, 0] = float("inf")
     nonfinite = r"contains 1 non-finite value\(s\) \(NaN or inf\)"
-    with pytest.raises(ValueError, match=f"the loss's kd term {nonfinite}"):
+    with pytest.raises(ValueError, match=f"fkl loss from the student and teacher logits {nonfinite}"):
         loss(unweighted, h=bad_student)
-    with pytest.raises(ValueError, match=f"the loss's kd term {nonfinite}"):
+    with pytest.raises(ValueError, match=f"fkl loss from the student and teacher logits {nonfinite}"):
         loss(unweighted, th=bad_teacher)
     custom = TokenLossSettings(weighting=nan_policy)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="weights of policy 'nan_policy' must be finite and >= 0"):
@@ -370,7 +364,8 @@ def _both_paths(s: TokenLossSettings, cached: bool, chunk_size: int = 5):
         valid = token_mask(labels).reshape(-1)
         z = zt.reshape(-1, V)[valid]
         lp, ids = torch.log_softmax(z / s.temperature, -1).topk(6, -1)
-        tau = s.tau or 1.0
+        policy = s.policy()
+        tau = policy.tau if policy is not None and policy.tau is not None else 1.0
         topk = TeacherTopK(ids, lp, eakd.entropy(z, tau), V, s.temperature, tau)
         teacher = {"teacher_logits": None, "teacher_topk": topk}
     outs = []
@@ -381,7 +376,7 @@ def _both_paths(s: TokenLossSettings, cached: bool, chunk_size: int = 5):
             kw = (
                 {"teacher_topk": topk} if cached else {"teacher_hidden": t_hidden, "teacher_weight": t_weight}
             )
-            out = fused_linear_distill_loss(hidden, weight, labels, settings=s, chunk_size=chunk_size, **kw)
+            out = chunked_distill_loss(hidden, weight, labels, settings=s, chunk_size=chunk_size, **kw)
         outs.append((out, _grads(out.loss, hidden, weight)))
     return outs
 

@@ -125,7 +125,8 @@ def test_text_splits_by_speech(tmp_path: Path) -> None:
     for year in range(1790, 1800):
         (speeches / f"{year}.txt").write_text(f"speech of {year}")
     (tmp_path / "moby-dick" / "data").mkdir(parents=True)
-    (tmp_path / "moby-dick" / "data" / "book.txt").write_text("Call me Ishmael.")
+    (tmp_path / "moby-dick" / "data" / "data.txt").write_text("Call me Ishmael.")
+    (tmp_path / "moby-dick" / "data" / "chapter_1.txt").write_text("Call me")  # a part of data.txt
     splits = load_text_splits(tmp_path, val_size=2, test_size=3, seed=1)
     assert [len(splits[k]) for k in ("train", "validation", "test", "ood")] == [5, 2, 3, 1]
     speeches = sorted(t for k in ("train", "validation", "test") for t in splits[k])
@@ -176,6 +177,7 @@ def _config(tmp_path: Path, **kw: object) -> EAKDConfig:
         "use_cpu": True,
         "chunk_size": 8,
         "ce_weight": 0.5,
+        "tau": 2.0,
     }
     return EAKDConfig(**{**base, **kw})
 
@@ -224,7 +226,7 @@ def test_fused_and_dense_trainer_losses_agree(tokenizer, teacher, tmp_path: Path
     losses = []
     for fused in (True, False):
         trainer = EAKDTrainer(
-            model=student, teacher=teacher, args=_config(tmp_path, fused_loss=fused, divergence="jsd")
+            model=student, teacher=teacher, args=_config(tmp_path, chunked=fused, divergence="jsd")
         )
         losses.append(trainer.compute_loss(student, batch, num_items_in_batch=40))
     torch.testing.assert_close(losses[0], losses[1])
@@ -259,7 +261,7 @@ def test_evaluation(tokenizer, teacher) -> None:
 @pytest.mark.slow
 def test_smollm2_teacher_from_gguf_and_student() -> None:
     """The real offline teacher: GGUF -> cached safetensors (once, ~20-110 s), a quarter-size student."""
-    from eakd.llm.chunked import fused_linear_distill_loss
+    from eakd.llm.chunked import chunked_distill_loss
     from eakd.llm.data import load_chatterbot
     from eakd.llm.models import load_teacher
 
@@ -278,7 +280,7 @@ def test_smollm2_teacher_from_gguf_and_student() -> None:
         t_hidden = teacher(**feed, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
         ppl_teacher = perplexity(teacher, tok, load_chatterbot(topics=["ai"])[:4])
     s_hidden = student(**feed, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-    out = fused_linear_distill_loss(
+    out = chunked_distill_loss(
         s_hidden[:, :-1],
         student.lm_head.weight,
         batch["labels"][:, 1:],

@@ -118,7 +118,7 @@ def test_engine_reads_do_not_grow_with_the_steps(tmp_path):
     assert few == many, f"{few} read-backs for 2 steps, {many} for 8: a read-back per step"
 
 
-def llm_trainer(tmp_path, fused_loss: bool, cached: bool, **train):
+def llm_trainer(tmp_path, chunked: bool, cached: bool, **train):
     """An EAKDTrainer on the tiny teacher (tests/tiny_llm.py) and a 2-layer student, teacher online or
     from a top-k cache, never logging (logging_steps beyond the steps run); and one collated batch."""
     from functools import partial
@@ -135,7 +135,7 @@ def llm_trainer(tmp_path, fused_loss: bool, cached: bool, **train):
     student = make_student(teacher, num_layers=2, init="random")
     rows = encode_pairs(tokenizer, PAIRS[:4])
     args = EAKDConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], logging_steps=1000,
-                      fused_loss=fused_loss, chunk_size=8, ce_weight=0.5, **train)  # fmt: skip
+                      chunked=chunked, chunk_size=8, ce_weight=0.5, tau=2.0, **train)  # fmt: skip
     cache = None
     if cached:
         cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False)
@@ -158,12 +158,12 @@ ARMS = [{}, {"weight_level": "sequence", "weight_norm": "mean"}, {"weighting": "
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["online", "cache"])
-@pytest.mark.parametrize("fused_loss", [True, False], ids=["chunked", "dense"])
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])
 @pytest.mark.parametrize("train", ARMS, ids=["ea", "ea-sequence-norm", "jsd"])
-def test_llm_compute_loss_reads_nothing_back(tmp_path, fused_loss, cached, train):
+def test_llm_compute_loss_reads_nothing_back(tmp_path, chunked, cached, train):
     """Training micro-batches of EAKDTrainer (its input checks, teacher cache rows, loss and guard) read
     nothing back to the host outside logging steps; the flags they record are read once by the guard."""
-    trainer, batch = llm_trainer(tmp_path, fused_loss, cached, **train)
+    trainer, batch = llm_trainer(tmp_path, chunked, cached, **train)
     model = trainer.model.train()
     n_items = (batch["labels"][:, 1:] != -100).sum()
     trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()  # warm-up
@@ -184,7 +184,7 @@ def test_llm_compute_loss_without_label_index_reads_back(tmp_path):
     assert seen
 
 
-@pytest.mark.parametrize("fused_loss", [True, False], ids=["chunked", "dense"])
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])
 @pytest.mark.parametrize(
     ("cached", "spoil", "what"),
     [
@@ -194,12 +194,12 @@ def test_llm_compute_loss_without_label_index_reads_back(tmp_path):
         (True, "cache_index", "a teacher cache that does not match the batch"),
     ],
 )
-def test_llm_bad_batch_stops_at_the_guard_naming_step_and_input(tmp_path, fused_loss, cached, spoil, what):
+def test_llm_bad_batch_stops_at_the_guard_naming_step_and_input(tmp_path, chunked, cached, spoil, what):
     """A bad input raises nothing in the step (no host read) and the guard's next check names the step
     and what was wrong (InvalidBatchError); a good step before it is not reported."""
     from eakd.llm.callbacks import InvalidBatchError
 
-    trainer, batch = llm_trainer(tmp_path, fused_loss, cached)
+    trainer, batch = llm_trainer(tmp_path, chunked, cached)
     model = trainer.model.train()
     trainer.compute_loss(model, batch).backward()  # step 1: good
     trainer.guard.check()

@@ -14,32 +14,9 @@ from eakd.losses.fused import check_fusable, fused_weighted
 from eakd.losses.logit import cross_entropy, linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
-from eakd.weighting import Policy, get_policy, standardize
+from eakd.weighting import Policy, check_weight_norm, get_policy, normalise_weights, standardize
 
 INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats")
-WEIGHT_NORMS = ("none", "mean")
-
-
-def check_weight_norm(weight_norm: str) -> None:
-    """``weight_norm`` must be one of ``WEIGHT_NORMS`` (ValueError otherwise)."""
-    if weight_norm not in WEIGHT_NORMS:
-        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
-
-
-def normalise_weights(weights: torch.Tensor, mask: torch.Tensor | None, weight_norm: str) -> torch.Tensor:
-    """The weights (...) as used by the loss: unchanged for ``"none"`` (the paper's rule), divided by their
-    mean over the valid positions of ``mask`` (same shape, bool; None = all) for ``"mean"``, so that their
-    mean there is 1 and the loss keeps the unweighted loss's scale (an extension, not the paper's method).
-    Detached; a mean of 0 (no valid position, or all weights 0) divides by the smallest float32 > 0."""
-    if weight_norm == "none":
-        return weights
-    w = weights.detach()
-    if mask is None:
-        total, count = w.float().sum(), max(w.numel(), 1)
-    else:
-        valid = mask.to(torch.bool)
-        total, count = torch.where(valid, w.float(), 0.0).sum(), valid.sum().clamp_min(1)
-    return w / (total / count).clamp_min(torch.finfo(torch.float32).tiny).to(w.dtype)
 
 
 def _accepted(fn: Any) -> set[str]:
@@ -102,12 +79,9 @@ class DistillLoss(nn.Module):
     input that reaches the loss is caught at O(N) cost, never with another pass over the (N, K) logits.
     ``sync_checks=True`` (default): a non-finite value raises ValueError in the call, naming the term;
     the checks read values back to the host (device syncs). ``sync_checks=False`` (for training loops):
-    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); instead
-    ``self.nonfinite`` maps "weights" and each returned term ("loss_kd", "loss_ce", ...) to a 0-dim int64
-    tensor on the inputs' device: the call number (1-based, counted since the last ``pop_nonfinite``) of
-    the first call in which that value was NaN or inf, 0 while it stayed finite; ``self.calls`` counts the
-    calls. A loop reads them at its logging steps with ``pop_nonfinite()`` (one sync; it resets both) and
-    stops when it returns anything: the updates from that call on used a non-finite loss.
+    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); a NaN
+    or inf weight or input makes the returned terms non-finite, which the runner's guard
+    (``eakd.engine.guard``) records on the device and reads at its logging steps.
     """
 
     def __init__(
@@ -166,8 +140,6 @@ class DistillLoss(nn.Module):
         self.weight_norm = weight_norm
         self.sync_checks = sync_checks
         self.last: dict[str, torch.Tensor | None] = {}
-        self.nonfinite: dict[str, torch.Tensor] = {}
-        self.calls = 0
 
     def forward(
         self,
@@ -183,31 +155,18 @@ class DistillLoss(nn.Module):
             out = self._terms(
                 student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask
             )
+        if not self.sync_checks:
+            return out
         weights = self.last["weights"]
         values = out if weights is None else {"weights": weights, **out}
-        flags = {name: nonfinite(v) for name, v in values.items()}
-        if self.sync_checks:
-            is_bad = torch.stack(list(flags.values())).tolist()  # one host read for all the checks
-            bad = [name for name, b in zip(flags, is_bad, strict=True) if b]
-            if bad:
-                raise ValueError(
-                    f"{self.method} loss: {' and '.join(bad)} non-finite (NaN or inf); check the student and "
-                    "teacher inputs and the weight policy"
-                )
-            return out
-        self.calls += 1
-        for name, flag in flags.items():
-            first = self.nonfinite.get(name, torch.zeros((), dtype=torch.int64, device=flag.device))
-            self.nonfinite[name] = torch.where(flag & (first == 0), self.calls, first)
+        is_bad = torch.stack([nonfinite(v) for v in values.values()]).tolist()  # one host read for all
+        bad = [name for name, b in zip(values, is_bad, strict=True) if b]
+        if bad:
+            raise ValueError(
+                f"{self.method} loss: {' and '.join(bad)} non-finite (NaN or inf); check the student and "
+                "teacher inputs and the weight policy"
+            )
         return out
-
-    def pop_nonfinite(self) -> dict[str, int]:
-        """{term: call number of its first non-finite value} since the last pop ({} if all were finite);
-        one host sync; resets ``nonfinite`` and ``calls`` (see the class docstring)."""
-        names = list(self.nonfinite)
-        firsts = torch.stack([self.nonfinite[n] for n in names]).tolist() if names else []
-        self.nonfinite, self.calls = {}, 0
-        return {name: first for name, first in zip(names, firsts, strict=True) if first}
 
     def _terms(
         self,

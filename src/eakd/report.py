@@ -8,6 +8,8 @@ and sample files, and results.json), and writes, into the same folder:
 - weights.png: weight quantiles, effective sample size and corr(w, loss) over optimiser steps,
 - weight_hist.png: histograms of the per-sample weights at up to 6 epochs,
 - entropy_scatter.png: teacher vs student entropy of the last epoch's samples, coloured by weight,
+- roi_weights.png (detection runs with roi_weights.csv): per-RoI weight against the RoI's IoU with its
+  ground truth and against the teacher's confidence, with binned means,
 - report.md: the numbers and the plots.
 
 With several runs it also prints one markdown table comparing them.
@@ -26,7 +28,7 @@ import yaml
 from eakd.args import ArgumentParser
 from eakd.engine.logs import read_csv
 
-PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png")
+PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png", "roi_weights.png")
 
 
 def _column(rows: list[dict[str, str]], key: str) -> np.ndarray:
@@ -166,6 +168,46 @@ def plot_entropy_scatter(file: Path, path: Path) -> bool:
     return True
 
 
+def _binned_means(x: np.ndarray, y: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, mean of y per bin of x) over the bins holding points."""
+    which = np.clip(np.digitize(x, bins) - 1, 0, len(bins) - 2)
+    full = [b for b in range(len(bins) - 1) if np.any(which == b)]
+    centres = np.array([(bins[b] + bins[b + 1]) / 2 for b in full])
+    return centres, np.array([y[which == b].mean() for b in full])
+
+
+def plot_roi_weights(rows: list[dict[str, str]], path: Path) -> bool:
+    """A detection run's per-RoI weights (``roi_weights.csv``, eakd.detection.roi_log) against the RoI's
+    IoU with its ground truth and against the teacher's max probability; points coloured by background (RoI
+    label 0) or object, with the mean weight per 0.1-wide bin. False without rows."""
+    if not rows:
+        return False
+    plt = _pyplot()
+    w, label = _column(rows, "weight"), _column(rows, "label")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = np.linspace(0.0, 1.0, 11)
+    for ax, key, title in (
+        (axes[0], "iou", "IoU with the closest ground-truth box"),
+        (axes[1], "teacher_maxprob", "teacher's max class probability (T = 1)"),
+    ):
+        x = _column(rows, key)
+        for name, mask, color in (
+            ("background RoIs", label == 0, "tab:gray"),
+            ("object RoIs", label > 0, "tab:blue"),
+        ):
+            ax.scatter(x[mask], w[mask], s=5, alpha=0.35, color=color, label=name)
+        centres, means = _binned_means(x, w, bins)
+        ax.plot(centres, means, "o-", color="tab:red", label="mean weight per bin")
+        ax.set(xlabel=title, ylabel="weight w", xlim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"per-RoI weights ({len(rows)} sampled RoIs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _num(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -268,6 +310,8 @@ def write_report(run_dir: str | Path) -> Path:
         made.append(("Weight histograms", "weight_hist.png"))
     if files and plot_entropy_scatter(files[-1][1], run_dir / "entropy_scatter.png"):
         made.append(("Teacher vs student entropy, coloured by weight", "entropy_scatter.png"))
+    if plot_roi_weights(read_csv(run_dir / "roi_weights.csv"), run_dir / "roi_weights.png"):
+        made.append(("Per-RoI weight against IoU and teacher confidence", "roi_weights.png"))
 
     lines = [f"# Run report: {run_dir.name}", "", markdown_table([summary_row(run_dir)]), ""]
     lines += setting_lines(run_dir)

@@ -293,3 +293,28 @@ base_weights = _rule_function("base")
 interact_weights = _rule_function("interact")
 inverse_weights = _rule_function("inverse")
 uniform_weights = _rule_function("uniform")
+
+
+WEIGHT_NORMS = ("none", "mean")
+
+
+def check_weight_norm(weight_norm: str) -> None:
+    """``weight_norm`` must be one of ``WEIGHT_NORMS`` (ValueError otherwise)."""
+    if weight_norm not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+
+
+def normalise_weights(weights: torch.Tensor, mask: torch.Tensor | None, weight_norm: str) -> torch.Tensor:
+    """The weights (...) as used by the loss: unchanged for ``"none"`` (the paper's rule), divided by their
+    mean over the valid positions of ``mask`` (same shape, bool; None = all) for ``"mean"``, so that their
+    mean there is 1 and the loss keeps the unweighted loss's scale (an extension, not the paper's method).
+    Detached; a mean of 0 (no valid position, or all weights 0) divides by the smallest float32 > 0."""
+    if weight_norm == "none":
+        return weights
+    w = weights.detach()
+    if mask is None:
+        total, count = w.float().sum(), max(w.numel(), 1)
+    else:
+        valid = mask.to(torch.bool)
+        total, count = torch.where(valid, w.float(), 0.0).sum(), valid.sum().clamp_min(1)
+    return w / (total / count).clamp_min(torch.finfo(torch.float32).tiny).to(w.dtype)

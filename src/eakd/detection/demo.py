@@ -1,7 +1,8 @@
 """``eakd det demo``: EA-KD for Faster R-CNN on a CPU, on real aerial tree images or Fashion-MNIST scenes.
 
 A Faster R-CNN teacher (ImageNet-pretrained MobileNetV2 backbone) is trained once; then a slimmer student
-is trained for a shorter, equal budget three ways: alone, with RoI-logit KD, with RoI-logit EA-KD.
+is trained for a shorter, equal budget several ways (``SETTINGS``): alone, with RoI-logit KD, with RoI-logit
+EA-KD, and with the FitNet-style FPN feature term unweighted or with EA's weights from the RoI logits.
 ``--data trees``: tiles of the two large deepforest crops, box AP on the two held-out 400x400 images
 (packaged configs det/trees_{teacher,student}). ``--data scenes``: Fashion-MNIST scenes (10 classes,
 scripts/make_scenes.py), the teacher evaluated on the val split while it trains, the students on the
@@ -26,11 +27,27 @@ from eakd.engine.catalog import config_root
 from eakd.paths import cache_dir
 from eakd.study import run_study, study_table
 
+FEATURE_WEIGHT = 4.0  # the FPN feature term's weight (docs/studies.md: chosen by pilots on the val split)
 SETTINGS: dict[str, list[str]] = {
     "student": ["distill.method=none", "distill.weighting=none"],
     "kd": ["distill.method=kd", "distill.weighting=none"],
     "ea-kd": ["distill.method=kd", "distill.weighting=ea"],
+    "feat": [
+        "distill.method=none",
+        "distill.weighting=none",
+        f"distill.hparams.feature_weight={FEATURE_WEIGHT}",
+    ],
+    # EA's per-RoI weights need the RoI logits' loss object; its RoI-logit term is switched off (weight 0)
+    "ea-feat": [
+        "distill.method=kd",
+        "distill.weighting=ea",
+        "distill.kd_weight=0",
+        f"distill.hparams.feature_weight={FEATURE_WEIGHT}",
+    ],
 }
+# each arm against the arm it adds to (EA against its unweighted method, a method against the student)
+REFERENCE = {"kd": "student", "ea-kd": "kd", "feat": "student", "ea-feat": "feat"}
+DEFAULT_SETTINGS = {"trees": ["student", "kd", "ea-kd"], "scenes": list(SETTINGS)}
 
 
 def config_dir() -> Path:
@@ -42,6 +59,8 @@ METRICS = {
     "AP": "AP (last)",
     "AP50": "AP50 (last)",
     "AP75": "AP75 (last)",
+    "AP_small": "AP small (last)",
+    "AP_medium": "AP medium (last)",
     "best_AP": "AP (best ep.)",
     "train_s": "train s/run",
 }
@@ -94,18 +113,20 @@ def _train(config: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: int | None) -> dict[str, Any]:
-    """The teacher in ``out/teacher``: reused when it finished earlier, else trained. With ``data.test``,
+    """The teacher in ``out/teacher``: reused when it finished earlier (its summary.json exists), else
+    trained (a stopped teacher is trained anew: ``train.overwrite``). With ``data.test``,
     its best.pt (chosen on the configs' eval set) is evaluated once on the test split: "test" (AP, AP50,
     AP75 in %), kept in ``out/teacher/test.json``."""
     from eakd.engine import evaluate_run, load_config
 
     t_dir = out / "teacher"
-    if (t_dir / "best.pt").is_file():
+    if (t_dir / "summary.json").is_file():
         print(f"reusing the teacher in {t_dir}", flush=True)
         summary = json.loads((t_dir / "summary.json").read_text())
     else:
         epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
-        summary = _train(config_dir() / data.teacher, [*common, "experiment.name=teacher", *epochs])
+        overrides = [*common, "experiment.name=teacher", "train.overwrite=true", *epochs]
+        summary = _train(config_dir() / data.teacher, overrides)
     if data.test:
         if not (t_dir / "test.json").is_file():
             cfg = load_config(config_dir() / data.teacher, [*common, "experiment.name=teacher", *data.test])
@@ -117,8 +138,9 @@ def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: in
 def train_student(
     setting: str, seed: int, data: DemoData, common: list[str], teacher: Path
 ) -> dict[str, float]:
-    """One student run (``setting`` of SETTINGS): box AP / AP50 / AP75 (%) at the last epoch, and with no
-    ``data.test`` the best epoch's AP (chosen on the same images)."""
+    """One student run (``setting`` of SETTINGS): box AP / AP50 / AP75 and AP by object size (%) at the last
+    epoch (no size without ground truth), and with no ``data.test`` the best epoch's AP (chosen on the same
+    images)."""
     from eakd.engine import load_config
 
     overrides = [
@@ -134,7 +156,9 @@ def train_student(
         overrides += [*data.test, f"train.eval_every={epochs}"]
     summary = _train(config_dir() / data.student, overrides)
     last = summary["last"]["metrics"]
-    metrics = {"AP": last["AP"], "AP50": last["AP50"], "AP75": last["AP75"]}
+    metrics = {
+        k: last[k] for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large") if last[k] >= 0
+    }
     if not data.test:
         metrics["best_AP"] = float(summary["best"]["value"])
     return {**metrics, "train_s": float(summary["train_time_s"])}
@@ -154,17 +178,49 @@ def demo_study(
     """The teacher, then every setting x seed through ``eakd.study.run_study``.
 
     data: "trees" or "scenes" (``demo_data``). results: also save the study there (``results/``). reuse:
-    keep the finished runs of an earlier study.json of the same protocol (a stopped study resumes). The
-    result has the data name under "data" and the teacher's summary under "teacher".
+    keep the finished runs of an earlier study (``results``, then ``out/study.json``) of the same protocol,
+    of the arms whose overrides (SETTINGS) are unchanged, so a stopped study resumes, on another machine
+    too; ValueError when that study's teacher had another AP than this one (``check_teacher``). The result
+    has the data name under "data" and the teacher's summary under "teacher".
     """
     spec = demo_data(data)
     common = [f"experiment.output_dir={out}", *spec.common, *(extra or [])]
     teacher = teacher_run(spec, out, common, teacher_epochs)
     students = [*common, *([] if student_epochs is None else [f"train.epochs={student_epochs}"])]
-    protocol = {"data": data, "overrides": students, "teacher_epochs": teacher_epochs}
+    # no machine paths (output folder, data root): a study resumes from its results file on another machine
+    epochs = [] if student_epochs is None else [f"train.epochs={student_epochs}"]
+    protocol = {"data": data, "overrides": [*(extra or []), *epochs], "teacher_epochs": teacher_epochs}
+    for path in (results, out / "study.json"):
+        if reuse and path is not None and path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier.get("protocol") == protocol:
+                check_teacher(teacher, earlier)
     train_one = partial(train_student, data=spec, common=students, teacher=out / "teacher" / "best.pt")
     info = {"data": data, "teacher": teacher}
-    return run_study(train_one, settings, seeds, out, protocol, reuse=reuse, results=results, info=info)
+    definitions = {arm: SETTINGS[arm] for arm in settings}
+    return run_study(
+        train_one,
+        settings,
+        seeds,
+        out,
+        protocol,
+        reuse=reuse,
+        results=results,
+        info=info,
+        definitions=definitions,
+    )
+
+
+def check_teacher(teacher: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Refuse to mix runs distilled from different teachers: ValueError when the study result ``earlier``
+    recorded a teacher whose best AP differs from ``teacher``'s (this machine's, reused or retrained)."""
+    recorded = earlier.get("teacher", {}).get("best", {}).get("value")
+    here = teacher["best"]["value"]
+    if recorded is not None and recorded != here:
+        raise ValueError(
+            f"the teacher here has best AP {here}, the earlier study's {recorded}: its runs cannot be reused "
+            "with this teacher (move the study file away to start anew)"
+        )
 
 
 def _ap(m: dict[str, float]) -> str:
@@ -172,8 +228,9 @@ def _ap(m: dict[str, float]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%) against KD (the metrics
-    the runs have: no best-epoch AP where the students are evaluated on the test split once)."""
+    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%), each arm against its
+    ``REFERENCE`` (the metrics the runs have: no best-epoch AP where the students are evaluated on the test
+    split once)."""
     teacher = result["teacher"]
     where = " on val" if "test" in teacher else ""
     lines = [f"teacher (last epoch){where}: {_ap(teacher['last']['metrics'])}"]
@@ -183,9 +240,8 @@ def format_table(result: dict[str, Any]) -> str:
         )
     present = {k for runs in result["runs"].values() for m in runs.values() for k in m}
     metrics = {k: v for k, v in METRICS.items() if k in present}
-    reference = "kd" if "kd" in result["arms"] else None
-    compare = [k for k in ("AP", "AP50", "AP75", "best_AP") if k in metrics]
-    return "\n".join([*lines, "", study_table(result, metrics, reference, compare=compare)])
+    compare = [k for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "best_AP") if k in metrics]
+    return "\n".join([*lines, "", study_table(result, metrics, REFERENCE, compare=compare)])
 
 
 def demo(argv: list[str]) -> int:
@@ -196,7 +252,9 @@ def demo(argv: list[str]) -> int:
         "--data", choices=["trees", "scenes"], default="trees", help="demo data (default trees)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default: 0)")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument(
+        "--settings", nargs="+", choices=list(SETTINGS), help="arms (default: trees 3, scenes all)"
+    )
     parser.add_argument(
         "--out", type=Path, help="run folder (default runs/det_demo; scenes: runs/det_scenes)"
     )
@@ -225,7 +283,7 @@ def demo(argv: list[str]) -> int:
         args.data,
         out,
         args.seeds,
-        args.settings,
+        args.settings or DEFAULT_SETTINGS[args.data],
         args.teacher_epochs,
         args.student_epochs,
         args.overrides,

@@ -4,7 +4,11 @@ The student runs as in training (transform, backbone, RPN, RoI sampling, box hea
 losses. The teacher's RoI head classifies the student's sampled proposals on the same input tensor, under
 no_grad, and the RoI class logits (R, C + 1) (classes + background) are distilled per RoI with a
 ``DistillLoss`` (any logit loss, any weight policy; H_ub = ln(C + 1) from the logits' width). An optional
-FPN feature MSE is computed per image and weighted by the mean RoI weight of that image.
+FitNet-style FPN feature term: the student's FPN maps go through a learnt 1x1 convolution (the adapter,
+student width -> teacher width, shared by the levels), and the squared difference to the teacher's maps is
+averaged per image (over each level, then over the levels). A weight policy's per-RoI weights reach it as
+the mean weight of each image's sampled RoIs (the weight comes from the logits, as EA-KD prescribes for
+feature losses).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import box_iou
 
 from eakd.distill import DistillLoss
 from eakd.losses.reduce import weighted_mean
@@ -27,13 +32,14 @@ Target = dict[str, torch.Tensor]
 class RoIOutputs:
     """What a detector's training pass exposes: losses (torchvision names) and its sampled RoIs.
 
-    images: the transformed, padded batch; features: FPN maps {name: (B, F, h, w)}; proposals: per image
-    (R_i, 4) boxes in input-tensor pixels; logits (R, C + 1) and labels (R,) (0 = background) of all
-    sampled RoIs, images concatenated in order.
+    images: the transformed, padded batch; targets: the targets in the same pixels; features: FPN maps
+    {name: (B, F, h, w)}; proposals: per image (R_i, 4) boxes in input-tensor pixels; logits (R, C + 1) and
+    labels (R,) (0 = background) of all sampled RoIs, images concatenated in order.
     """
 
     losses: dict[str, torch.Tensor]
     images: ImageList
+    targets: list[Target]
     features: dict[str, torch.Tensor]
     proposals: list[torch.Tensor]
     logits: torch.Tensor
@@ -54,7 +60,7 @@ def student_forward(model: FasterRCNN, images: list[torch.Tensor], targets: list
     logits, box_deltas = heads.box_predictor(heads.box_head(pooled))
     loss_cls, loss_box = fastrcnn_loss(logits, box_deltas, labels, box_targets)
     losses = {**rpn_losses, "loss_classifier": loss_cls, "loss_box_reg": loss_box}
-    return RoIOutputs(losses, image_list, features, proposals, logits, torch.cat(labels))
+    return RoIOutputs(losses, image_list, targets, features, proposals, logits, torch.cat(labels))
 
 
 @torch.no_grad()
@@ -80,8 +86,20 @@ def check_compatible(student: FasterRCNN, teacher: FasterRCNN) -> None:
             raise ValueError(f"student and teacher detectors differ in transform.{name}: {a} vs {b}")
 
 
+def roi_max_iou(proposals: list[torch.Tensor], targets: list[Target]) -> torch.Tensor:
+    """(R,) each sampled RoI's largest IoU with a ground-truth box of its image (0 for an image without
+    boxes); proposals (R_i, 4) and target boxes (M_i, 4) xyxy in the same pixels, images concatenated."""
+    parts = [
+        box_iou(p, t["boxes"]).amax(dim=1) if len(t["boxes"]) else p.new_zeros(len(p))
+        for p, t in zip(proposals, targets, strict=True)
+    ]
+    return torch.cat(parts)
+
+
 def feature_mse(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-image FPN feature MSE (B,): the mean over levels of each level's mean squared difference."""
+    """Per-image FPN feature MSE (B,): the mean over levels of each level's mean squared difference.
+
+    student: the (adapted) student maps {level: (B, F, h, w)}; teacher: the teacher's, same shapes."""
     if student.keys() != teacher.keys():
         raise ValueError(f"FPN levels differ: student {list(student)}, teacher {list(teacher)}")
     per_level = []
@@ -90,7 +108,7 @@ def feature_mse(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tenso
         if fs.shape != ft.shape:
             raise ValueError(
                 f"FPN level {name!r}: student {tuple(fs.shape)} vs teacher {tuple(ft.shape)}; "
-                "feature distillation needs equal FPN widths (fpn_channels)"
+                "the adapter maps the student's FPN width to teacher_channels (the teacher's fpn_channels)"
             )
         per_level.append((fs.float() - ft.float()).pow(2).mean(dim=(1, 2, 3)))
     return torch.stack(per_level).mean(dim=0)
@@ -107,17 +125,29 @@ class DetectionDistiller(nn.Module):
 
     ``forward(images, targets, teacher=None, epoch=None)`` returns the student's four detector losses
     plus, with a teacher and a loss, ``loss_roi_<term>`` (RoI logits) and with ``feature_weight`` > 0
-    ``loss_fpn_mse``. After a call, ``last`` holds detached diagnostics: the loss's ``last``
-    (``weights``, ``h_t``, ``h_s``, ``per_sample``: (R,) or None), ``target`` (R,) RoI labels (0 =
-    background), ``student_logits`` and ``teacher_logits`` (R, C + 1).
-    Pass the frozen teacher per call, so only this module is wrapped for data parallel training.
+    ``loss_fpn_mse`` (FitNet-style, through ``adapter``: a 1x1 convolution from the student's FPN width to
+    ``teacher_channels``, default the student's own). After a call, ``last`` holds detached diagnostics: the
+    loss's ``last`` (``weights``, ``h_t``, ``h_s``, ``per_sample``: (R,) or None), ``target`` (R,) RoI labels
+    (0 = background), ``iou`` (R,) each RoI's largest IoU with a ground-truth box, ``student_logits`` and
+    ``teacher_logits`` (R, C + 1). Pass the frozen teacher per call, so only this module is wrapped for data
+    parallel training; the adapter is trained with the student and not used at inference.
     """
 
-    def __init__(self, student: FasterRCNN, loss: DistillLoss | None = None, feature_weight: float = 0.0):
+    def __init__(
+        self,
+        student: FasterRCNN,
+        loss: DistillLoss | None = None,
+        feature_weight: float = 0.0,
+        teacher_channels: int | None = None,
+    ):
         super().__init__()
+        if not feature_weight >= 0:
+            raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
         self.student = student
         self.loss = loss
         self.feature_weight = feature_weight
+        width = student.backbone.out_channels
+        self.adapter = nn.Conv2d(width, teacher_channels or width, 1) if feature_weight > 0 else None
         self.last: dict[str, torch.Tensor | None] = {}
 
     def forward(
@@ -144,11 +174,13 @@ class DetectionDistiller(nn.Module):
             self.last = {
                 **self.loss.last,
                 "target": out.labels.detach(),
+                "iou": roi_max_iou(out.proposals, out.targets),
                 "student_logits": out.logits.detach(),
                 "teacher_logits": t_logits,
             }
-        if self.feature_weight > 0:
-            per_image = feature_mse(out.features, t_feats)
+        if self.adapter is not None:
+            adapted = {name: self.adapter(f) for name, f in out.features.items()}
+            per_image = feature_mse(adapted, t_feats)
             counts = [len(p) for p in out.proposals]
             w_img = None if weights is None else per_image_mean(weights, counts)
             losses["loss_fpn_mse"] = self.feature_weight * weighted_mean(per_image, w_img)

@@ -1,4 +1,5 @@
-"""COCO-style box AP (AP@[.5:.95], AP50, AP75) through torchmetrics' MeanAveragePrecision (pycocotools)."""
+"""COCO-style box AP (AP@[.5:.95], AP50, AP75, AP by object size) through torchmetrics'
+MeanAveragePrecision (pycocotools backend)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ Target = dict[str, torch.Tensor]
 def box_ap(predictions: list[Target], targets: list[Target]) -> dict[str, float]:
     """COCO box AP of predictions {"boxes" (K, 4) xyxy, "scores" (K,), "labels" (K,)} against targets
     {"boxes" (M, 4) xyxy, "labels" (M,)}, one dict per image. Returns fractions in [0, 1]:
-    {"AP", "AP50", "AP75"}; -1 where the ground truth holds no box at all (COCO's convention).
+    {"AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"} (COCO's sizes: box area < 32^2, 32^2..96^2,
+    > 96^2 pixels); -1 where the ground truth holds no box (of that size) at all (COCO's convention).
     """
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
     metric.update(
@@ -22,7 +24,9 @@ def box_ap(predictions: list[Target], targets: list[Target]) -> dict[str, float]
         [{k: t[k].detach().cpu() for k in ("boxes", "labels")} for t in targets],
     )
     res = metric.compute()
-    return {"AP": float(res["map"]), "AP50": float(res["map_50"]), "AP75": float(res["map_75"])}
+    names = {"AP": "map", "AP50": "map_50", "AP75": "map_75"}
+    names |= {f"AP_{size}": f"map_{size}" for size in ("small", "medium", "large")}
+    return {name: float(res[key]) for name, key in names.items()}
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from eakd.detection.datasets import DATASETS
 from eakd.detection.distill import DetectionDistiller, check_compatible
 from eakd.detection.eval import box_ap
 from eakd.detection.models import build_detector
+from eakd.detection.roi_log import RoILog
 from eakd.distill import DistillLoss
 from eakd.engine.task import register_task
 
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
 class DetectionTask:
     """Faster R-CNN student (+ frozen teacher) on detection batches ``(images list, targets list)``.
 
-    loss: the RoI-logit DistillLoss (None with no feature term: the student alone). Evaluation gives
-    COCO box ``AP``, ``AP50``, ``AP75`` in percent (the paper's scale); the best epoch is picked by AP.
+    loss: the RoI-logit DistillLoss (None: no RoI-logit term). feature_weight > 0: the FitNet-style FPN
+    term through a 1x1 adapter to the teacher's FPN width. roi_log: writes sampled per-RoI weights, IoUs and
+    teacher confidences of the training steps (``eakd.detection.roi_log``). Evaluation gives COCO box ``AP``,
+    ``AP50``, ``AP75`` and ``AP_small`` / ``AP_medium`` / ``AP_large`` in percent (the paper's scale; -1
+    for a size without ground truth); the best epoch is picked by AP.
     """
 
     metric = "AP"
@@ -49,12 +53,16 @@ class DetectionTask:
         train_set: Dataset[Any],
         eval_set: Dataset[Any] | None,
         feature_weight: float = 0.0,
+        roi_log: RoILog | None = None,
     ) -> None:
         if (loss is not None or feature_weight > 0) and teacher is None:
             raise ValueError("distillation needs a teacher (set model.teacher or distill.method=none)")
+        width = None
         if teacher is not None:
             check_compatible(student, teacher)
-        self.trainable = DetectionDistiller(student, loss, feature_weight)
+            width = teacher.backbone.out_channels
+        self.trainable = DetectionDistiller(student, loss, feature_weight, width)
+        self.roi_log = roi_log if loss is not None else None
         self.teacher = teacher
         self.train_set = train_set
         self.eval_set = eval_set
@@ -64,7 +72,10 @@ class DetectionTask:
     def training_step(self, model: nn.Module, batch: Any, epoch: float) -> dict[str, Tensor]:
         """batch = (images [(3, H, W)], targets [{"boxes", "labels"}]): detector + distillation losses."""
         images, targets = batch
-        return model(images, targets, self.teacher, epoch)
+        losses = model(images, targets, self.teacher, epoch)
+        if self.roi_log is not None:
+            self.roi_log(epoch, self.trainable.last)
+        return losses
 
     def diagnostics(self) -> dict[str, Tensor] | None:
         """Per-RoI weights and entropies (as the loss's policy computed them), unweighted loss and RoI label
@@ -78,7 +89,8 @@ class DetectionTask:
         return out if "weights" in out else None
 
     def evaluate(self, model: nn.Module, loader: Iterable[Any], accelerator: Accelerator) -> dict[str, float]:
-        """COCO box AP / AP50 / AP75 (%) of the student over the evaluation set, gathered over processes."""
+        """COCO box AP / AP50 / AP75 / AP by size (%) of the student over the evaluation set, gathered over
+        processes."""
         from accelerate.utils import gather_object
 
         student = model.student if isinstance(model, DetectionDistiller) else model
@@ -145,4 +157,6 @@ def build_detection(cfg: Config) -> DetectionTask:
         teacher = build_detector(cfg.model.teacher, num_classes, **cfg.model.teacher_options)
         if cfg.teacher_file:
             load_detector_weights(teacher, cfg.teacher_file)
-    return DetectionTask(student, teacher, loss, train_set, eval_set, feature_weight)
+    every, samples = cfg.train.diag_every, min(64, cfg.train.diag_samples)
+    roi_log = RoILog(cfg.run_dir, every, samples) if every and samples else None
+    return DetectionTask(student, teacher, loss, train_set, eval_set, feature_weight, roi_log)

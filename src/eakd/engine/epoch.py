@@ -1,5 +1,5 @@
 """One training epoch of the loop: micro-batches, gradient accumulation, logging, mid-epoch checkpoints,
-and the non-finite guard.
+and the non-finite guard (``eakd.engine.guard``, shared with the LLM runner).
 
 The guard keeps, per loss term, the first optimiser step whose value was NaN or inf as a device tensor
 updated with torch ops (no host read per step). It is read, over all processes, at the logging steps
@@ -32,47 +32,24 @@ from eakd.engine.checkpoint import (
 from eakd.engine.config import Config, to_dict
 from eakd.engine.data import GlobalBatches, make_loader
 from eakd.engine.diagnostics import Diagnostics
+from eakd.engine.guard import FirstBadStep, NonFiniteLossError
 from eakd.engine.task import Task
 
-_NO_STEP = 2**62
 
-
-class NonFiniteLossError(ValueError):
-    """A loss term was NaN or inf; the run stopped, its latest checkpoint holds the last good state."""
-
-
-class NonFiniteGuard:
-    """Per loss term, the first optimiser step at which it was not finite, kept on the device."""
-
-    def __init__(self) -> None:
-        self.first: dict[str, Tensor] = {}
-
-    def update(self, terms: dict[str, Tensor], step: int) -> None:
-        """Record the terms of one micro-batch of optimiser step ``step`` (torch ops only, no host read)."""
-        for name, value in terms.items():
-            first = self.first.get(name)
-            if first is None:
-                first = torch.full((), _NO_STEP, dtype=torch.int64, device=value.device)
-            bad = ~torch.isfinite(value.detach()) & (first == _NO_STEP)
-            self.first[name] = torch.where(bad, step, first)
-
-    def check(self, accelerator: Accelerator, run_dir: Path) -> None:
-        """Read the record of all processes; raise ``NonFiniteLossError`` naming the step and the term."""
-        if not self.first:
-            return
-        names = sorted(self.first)
-        local = torch.stack([self.first[k] for k in names])
-        steps = accelerator.gather(local).view(-1, len(names)).amin(0).tolist()
-        # the first step; there a task's term rather than the engine's total "loss"
-        bad = sorted((s, k == "loss", k) for s, k in zip(steps, names, strict=True) if s < _NO_STEP)
-        if bad:
-            step, _, name = bad[0]
-            latest = latest_checkpoint(run_dir)
-            kept = f"{latest} holds the last good state" if latest else "no checkpoint was written"
-            raise NonFiniteLossError(
-                f"loss term {name!r} is not finite (nan or inf) at optimiser step {step}; training stopped "
-                f"and {kept} (lower optim.lr, set train.max_grad_norm, or check the data)"
-            )
+def check_guard(guard: FirstBadStep, accelerator: Accelerator, run_dir: Path) -> None:
+    """Read the guard over all processes; raise ``NonFiniteLossError`` naming the first step and term."""
+    n = len(guard.first)
+    found = guard.read(lambda local: accelerator.gather(local).view(-1, n).amin(0))
+    if found is None:
+        return
+    step, names = found
+    name = min(names, key=lambda k: (k == "loss", k))  # there a task's term rather than the total "loss"
+    latest = latest_checkpoint(run_dir)
+    kept = f"{latest} holds the last good state" if latest else "no checkpoint was written"
+    raise NonFiniteLossError(
+        f"loss term {name!r} is not finite (nan or inf) at optimiser step {step}; training stopped "
+        f"and {kept} (lower optim.lr, set train.max_grad_norm, or check the data)"
+    )
 
 
 class Console:
@@ -110,13 +87,13 @@ class Run:
     writer: Any
     diag: Diagnostics | None
     log: Console
-    guard: NonFiniteGuard
+    guard: FirstBadStep
 
     def save(self, path: Path, epoch_sums: dict[str, Tensor] | None = None) -> None:
         """Check the guard, flush TensorBoard, write the training checkpoint ``path`` (all processes call
         this: a kill after it loses no point before it), prune old checkpoints."""
         run_dir = self.cfg.run_dir
-        self.guard.check(self.accelerator, run_dir)
+        check_guard(self.guard, self.accelerator, run_dir)
         if self.writer is not None:
             self.writer.flush()
         save_training_state(
@@ -174,7 +151,7 @@ def train_epoch(run: Run, sums: dict[str, Tensor]) -> dict[str, float]:
         if run.diag is not None:
             run.diag.add(task.diagnostics())
         values = {k: v.detach().float() for k, v in {**terms, "loss": loss}.items()}
-        run.guard.update(values, p.step + 1)
+        run.guard.update({k: ~torch.isfinite(v) for k, v in values.items()}, p.step + 1)
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
             window[k] = window.get(k, 0.0) + v
@@ -192,7 +169,7 @@ def train_epoch(run: Run, sums: dict[str, Tensor]) -> dict[str, float]:
         p.step += 1
         step, lr = p.step, run.optimizer.param_groups[0]["lr"]
         if t.log_every > 0 and step % t.log_every == 0:
-            run.guard.check(accelerator, cfg.run_dir)
+            check_guard(run.guard, accelerator, cfg.run_dir)
             means = {k: float(v) / window_n for k, v in window.items()}
             window, window_n = {}, 0
             bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
@@ -215,7 +192,7 @@ def train_epoch(run: Run, sums: dict[str, Tensor]) -> dict[str, float]:
     p.train_time_s += now - mark
     p.samples_per_s = n_seen / max(now - start, 1e-9)
     p.batch = 0
-    run.guard.check(accelerator, cfg.run_dir)
+    check_guard(run.guard, accelerator, cfg.run_dir)
     if run.diag is not None:
         run.diag.end_epoch(epoch + 1)
     names = sorted(sums)

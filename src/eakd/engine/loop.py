@@ -33,8 +33,9 @@ from eakd.engine.checkpoint import (
 from eakd.engine.config import Config, dump_config
 from eakd.engine.data import GlobalBatches, eval_loader
 from eakd.engine.diagnostics import Diagnostics
-from eakd.engine.epoch import Console, NonFiniteGuard, Run, fmt_metrics, train_epoch
+from eakd.engine.epoch import Console, Run, fmt_metrics, train_epoch
 from eakd.engine.files import atomic_write_text
+from eakd.engine.guard import FirstBadStep
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
 from eakd.engine.preflight import preflight
@@ -145,7 +146,7 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     metrics_csv = CsvLog(run_dir / "metrics.csv", "epoch", progress.epoch) if main else None
     diag = Diagnostics(run_dir, t.diag_samples, writer, progress.step) if main and t.diag_every > 0 else None
     run = Run(
-        cfg, task, accelerator, model, optimizer, scheduler, progress, writer, diag, log, NonFiniteGuard()
+        cfg, task, accelerator, model, optimizer, scheduler, progress, writer, diag, log, FirstBadStep()
     )
     n_params = sum(p.numel() for p in params)
     log(

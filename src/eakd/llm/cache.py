@@ -33,6 +33,8 @@ from eakd.weighting import entropy
 
 CACHE_FORMAT = "eakd-teacher-cache-2"
 FORMAT_PREFIX = "eakd-teacher-cache-"  # every format's name starts so (format 1 had no tail_logmass)
+TOP_K = 64  # teacher log-probs kept per token by default
+CACHE_BATCH = 8  # rows per teacher batch when writing a cache
 
 
 def topk_log_probs(
@@ -362,10 +364,10 @@ def build_cache(
     teacher: torch.nn.Module,
     rows: Sequence[dict[str, list[int]]],
     pad_token_id: int,
-    top_k: int = 64,
+    top_k: int = TOP_K,
     temperature: float = 1.0,
     tau: float = 2.0,
-    batch_size: int = 8,
+    batch_size: int = CACHE_BATCH,
     vocab_size: int | None = None,
     teacher_name: str = "",
     progress: bool = True,

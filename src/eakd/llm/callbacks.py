@@ -24,6 +24,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from eakd.engine.checkpoint import atomic_save
 from eakd.engine.diagnostics import Diagnostics
+from eakd.engine.guard import FirstBadStep, InvalidBatchError, NonFiniteLossError
 from eakd.engine.logs import CsvLog
 from eakd.llm import progress
 from eakd.llm.data import Pair
@@ -105,57 +106,40 @@ class StepProgress(TrainerCallback):
         progress.note("train")
 
 
-NEVER = 2**62  # the step recorded for a term that never went non-finite
-
-
-class NonFiniteLossError(ValueError):
-    """A training run met a NaN or inf loss term; raised before that run logs or saves anything more."""
-
-
-class InvalidBatchError(ValueError):
-    """A training batch failed a check the loss deferred to the device (``INPUT_CHECKS``); raised before
-    that run logs or saves anything more."""
-
-
 class FiniteGuard(TrainerCallback):
     """Stops a run at the first logging step, checkpoint save or end of training after a loss term went
     NaN or inf, before the Trainer writes the log or the checkpoint (so the last good checkpoint stays the
     latest and no non-finite student is saved).
 
-    The trainer hands each training micro-batch's ``TokenLossOutput.flags()`` to ``update``, which keeps,
-    on the device, the first step each flag was set: a term (``LOSS_TERMS``: weights, kd, ce) non-finite,
-    or an input check (``INPUT_CHECKS``) failed; no host sync per step. ``check`` reads it back (one sync;
-    the minimum over processes under torch.distributed) and raises ``InvalidBatchError`` naming the step
-    and what the batch had, else ``NonFiniteLossError`` naming the step and the term(s).
+    The trainer hands each training micro-batch's ``TokenLossOutput.flags()`` to ``update``: the
+    runners' one guard (``eakd.engine.guard.FirstBadStep``) keeps, on the device, the first step each flag
+    was set: a term (``LOSS_TERMS``: weights, kd, ce) non-finite, or an input check (``INPUT_CHECKS``)
+    failed; no host sync per step. ``check`` reads it back (one sync; the minimum over processes under
+    torch.distributed) and raises ``InvalidBatchError`` naming the step and what the batch had, else
+    ``NonFiniteLossError`` naming the step and the term(s).
     """
 
-    def __init__(self, device: torch.device | str) -> None:
-        size = len(LOSS_TERMS) + len(INPUT_CHECKS)
-        self.first = torch.full((size,), NEVER, dtype=torch.long, device=device)
+    def __init__(self) -> None:
+        self.guard = FirstBadStep()
 
     def update(self, flags: Tensor, step: int) -> None:
         """Record ``step`` for the flags set in ``flags`` (``TokenLossOutput.flags``) not set before."""
-        new = flags.to(self.first.device) & (self.first == NEVER)
-        self.first = torch.where(new, step, self.first)
+        self.guard.update(dict(zip(FLAGS, flags.unbind(), strict=True)), step)
 
     def check(self) -> None:
         """Raise InvalidBatchError or NonFiniteLossError if any flag has been set (on any process)."""
-        first = self.first.clone()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        steps = first.tolist()
-        step = min(steps)
-        if step == NEVER:
+        found = self.guard.read(_min_over_processes)
+        if found is None:
             return
-        n = len(LOSS_TERMS)
-        inputs = [what for what, s in zip(INPUT_CHECKS.values(), steps[n:], strict=True) if s == step]
+        step, names = found
+        inputs = [what for name, what in INPUT_CHECKS.items() if name in names]
         if inputs:  # what a bad input computes is not meaningful: report the input, not the terms
             raise InvalidBatchError(
                 f"training stopped: the batch at step {step} had {' and '.join(inputs)}; nothing was logged "
                 "or saved after it (the latest checkpoint is the last good one): check the data, its "
                 "collator (eakd.llm.data.collate) and the teacher cache"
             )
-        terms = " and ".join(t for t, s in zip(LOSS_TERMS, steps[:n], strict=True) if s == step)
+        terms = " and ".join(t for t in LOSS_TERMS if t in names)
         raise NonFiniteLossError(
             f"training stopped: the loss's {terms} term was non-finite (NaN or inf) at step {step}; nothing "
             "was logged or saved after it (the latest checkpoint is the last good one): lower the learning "
@@ -178,6 +162,17 @@ class FiniteGuard(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.check()
+
+
+FLAGS = (*LOSS_TERMS, *INPUT_CHECKS)  # the order of ``TokenLossOutput.flags``
+
+
+def _min_over_processes(local: Tensor) -> Tensor:
+    """The elementwise minimum of ``local`` over the processes of torch.distributed (itself without)."""
+    if dist.is_available() and dist.is_initialized():
+        local = local.clone()
+        dist.all_reduce(local, op=dist.ReduceOp.MIN)
+    return local
 
 
 SELECTION = "best_validation.pt"  # the best-validation selection, saved in each Trainer checkpoint

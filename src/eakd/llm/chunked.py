@@ -1,8 +1,9 @@
-"""The token-level EA-KD loss chunked and fused with the lm_head: never materialises the (B*T, V) logits.
+"""The token-level EA-KD loss chunked with the lm_head: never materialises the (B*T, V) logits.
 
-It runs ``chunk_size`` valid rows at a time, computes the gradients w.r.t. the hidden states, lm_head
-weight and bias in the forward pass, and scales them by the incoming gradient in the backward pass. Same
-math as ``eakd.llm.dense`` (see ``eakd.llm.settings`` for the formula).
+It runs ``chunk_size`` labelled rows at a time, computes the gradients w.r.t. the hidden states, lm_head
+weight and bias in the forward pass, and scales them by the incoming gradient in the backward pass. The
+teacher is any row source of ``eakd.llm.rows`` (logits, hidden states with an lm_head, a top-k cache) and
+the per-row math is that module's, the same as the dense path's (see ``eakd.llm.settings``).
 """
 
 from __future__ import annotations
@@ -12,24 +13,24 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from eakd.distill import normalise_weights
 from eakd.llm.cache import TeacherTopK
-from eakd.llm.dense import (
+from eakd.llm.rows import (
+    CachedRows,
+    HeadRows,
+    LogitRows,
+    Rows,
+    TeacherRows,
     align_vocab,
-    cached_weights,
-    check_labels,
-    denominator,
-    fused_rows,
+    depends_on_other_rows,
+    divergence_and_weights,
+    finish_weights,
     labelled_rows,
-    log_softmax_at,
-    loss_terms,
-    sequence_mean,
+    row_terms,
+    row_weights,
+    scatter,
 )
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
-from eakd.losses.token import token_mask
-from eakd.weighting import Policy, Weighted
-
-FUSED_RANGE = "eakd.fused_loss"  # the torch.profiler range of the fused pass (benchmarks/step_attribution.py)
+from eakd.weighting import Policy
 
 
 def check_rows(name: str, x: torch.Tensor, rows: torch.Size) -> None:
@@ -49,58 +50,20 @@ def check_head(name: str, weight: torch.Tensor, bias: torch.Tensor | None, width
         raise ValueError(f"{name}_bias {tuple(bias.shape)} is not ({weight.shape[0]},) for {name}_weight")
 
 
-class ChunkInputs(NamedTuple):
-    """What the autograd Function gets besides the student's (M, H) hidden states, (V, H) lm_head weight
-    and (V,) bias, all at the M valid rows: the teacher as hidden states (M, H_t) with its lm_head (V, H_t)
-    and bias, as logits (M, V), or as an offline top-k cache; labels (M,); the settings and their bound
-    policy; denom (0-dim) of the reduction; seq_ids (M,) the sequence of each row, of n_seq; chunk_size
-    rows."""
+class Job(NamedTuple):
+    """What the chunks compute: the settings and their bound policy, the labelled rows, rows per chunk."""
 
-    t_hidden: torch.Tensor | None
-    t_weight: torch.Tensor | None
-    t_bias: torch.Tensor | None
-    t_logits: torch.Tensor | None
-    t_topk: TeacherTopK | None
-    labels: torch.Tensor
     settings: TokenLossSettings
     policy: Policy | None
-    denom: torch.Tensor
-    seq_ids: torch.Tensor
-    n_seq: int
+    rows: Rows
     chunk_size: int
 
 
-def _teacher_rows(
-    c: ChunkInputs, i: int, j: int, vocab: int
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(teacher logits (j-i, V) | None, teacher log-probs at T (j-i, V) float32 | None: from logits with
-    ``settings.fused``, whose pass computes them) of rows i:j."""
-    if c.t_topk is not None:
-        return None, c.t_topk.rows(i, j).log_probs(vocab)
-    if c.t_logits is not None:
-        zt = c.t_logits[i:j]
-    else:
-        assert c.t_hidden is not None and c.t_weight is not None
-        zt = F.linear(c.t_hidden[i:j], c.t_weight, c.t_bias)
-    return zt, None if c.settings.fused else log_softmax_at(zt, c.settings.temperature)
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _weigh(c: ChunkInputs, policy: Policy, i: int, zs: torch.Tensor, zt: torch.Tensor | None) -> Weighted:
-    """The policy's weights and entropies of rows i:i+len(zs): on both logits, or with a cache's entropy."""
-    if c.t_topk is not None:
-        return cached_weights(policy, zs, c.t_topk.entropy[i : i + zs.shape[0]], None)
-    assert zt is not None
-    return policy.compute(zs, zt)
-
-
-def _store(out: list[torch.Tensor], weighted: Weighted, i: int, j: int) -> None:
-    """Write rows i:j of (weights, h_s, h_t) into the preallocated buffers ``out``."""
-    for buf, x in zip(out, weighted, strict=False):
-        if x is not None:
-            buf[i:j] = x
-
-
-class _FusedLinearDistill(torch.autograd.Function):
+class _ChunkedDistill(torch.autograd.Function):
     """Chunked forward that also computes the input gradients; backward only scales them.
 
     Returns (loss, kd, ce, per_token (M,), then weights (M,) with a policy, then h_s, h_t (M,) with a
@@ -109,26 +72,28 @@ class _FusedLinearDistill(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c: ChunkInputs
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        teacher: TeacherRows,
+        job: Job,
     ) -> tuple[torch.Tensor, ...]:
-        s, policy, chunk = c.settings, c.policy, c.chunk_size
-        n = c.labels.numel()
-        dev = hidden.device
+        s, policy, rows = job.settings, job.policy, job.rows
+        n, dev = rows.labels.numel(), hidden.device
+        chunks = _chunks(n, job.chunk_size)
         stats: list[torch.Tensor] = []  # weights, then h_s, h_t
         if policy is not None:
             stats = [torch.empty(n, device=dev) for _ in range(1 if policy.tau is None else 3)]
         # a pre-pass without gradients when a weight depends on other rows (sequence means, the mean over
-        # all valid rows): every row's weight first, then the means, before any chunk's gradient
-        prepass = policy is not None and (s.weight_level == "sequence" or s.weight_norm != "none")
+        # all valid rows): every row's weight first, then those steps, before any chunk's gradient
+        prepass = depends_on_other_rows(s, policy)
         if prepass:
             assert policy is not None
-            for i in range(0, n, chunk):
-                j = min(i + chunk, n)
+            for i, j in chunks:
                 zs = F.linear(hidden[i:j], weight, bias)
-                _store(stats, _weigh(c, policy, i, zs, _teacher_rows(c, i, j, weight.shape[0])[0]), i, j)
-            if s.weight_level == "sequence":
-                stats[0] = sequence_mean(stats[0], c.seq_ids, c.n_seq)
-            stats[0] = normalise_weights(stats[0], None, s.weight_norm)  # all M rows are valid
+                _store(stats, row_weights(policy, zs, teacher.chunk(i, j)), i, j)
+            stats[0] = finish_weights(stats[0], rows, s)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_weight else None
@@ -137,25 +102,21 @@ class _FusedLinearDistill(torch.autograd.Function):
             grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=dev)
         loss, kd, ce = (torch.zeros((), device=dev) for _ in range(3))
         per_token = torch.empty(n, dtype=torch.float32, device=dev)
-        for i in range(0, n, chunk):
-            j = min(i + chunk, n)
+        for i, j in chunks:
             h = hidden[i:j]
             zs = F.linear(h, weight, bias)
-            zt, log_p = _teacher_rows(c, i, j, weight.shape[0])
-            if policy is not None and not prepass and not s.fused:
-                _store(stats, _weigh(c, policy, i, zs, zt), i, j)
             with torch.enable_grad():
                 z = zs.detach().float().requires_grad_()
-                per = None
-                if s.fused:  # the divergence and, unless pre-passed, the weights' entropies: one pass
-                    h_t = None if c.t_topk is None else c.t_topk.entropy[i:j]
-                    with torch.profiler.record_function(FUSED_RANGE):
-                        per, weighted = fused_rows(z, zt, log_p, h_t, None if prepass else policy, s, None)
-                    if weighted is not None:
-                        _store(stats, weighted, i, j)
+                per_chunk = divergence_and_weights(
+                    s, None if prepass else policy, z, teacher.chunk(i, j), s.fused
+                )
+                per, weighted = per_chunk
+                if weighted is not None:
+                    _store(stats, weighted, i, j)
                 w = stats[0][i:j] if stats else None
-                total, kd_c, ce_c, per_token[i:j] = loss_terms(z, log_p, c.labels[i:j], w, s, c.denom, per)
+                total, kd_c, ce_c = row_terms(z, rows.labels[i:j], per, w, s, rows.denom)
                 (g,) = torch.autograd.grad(total, z)
+            per_token[i:j] = per.detach()
             loss += total.detach()
             kd += kd_c.detach()
             ce += ce_c.detach()
@@ -178,10 +139,17 @@ class _FusedLinearDistill(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
         grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
-        return (*grads, None)
+        return (*grads, None, None)
 
 
-def fused_linear_distill_loss(
+def _store(out: list[torch.Tensor], weighted: Any, i: int, j: int) -> None:
+    """Write rows i:j of (weights, h_s, h_t) into the preallocated buffers ``out``."""
+    for buf, x in zip(out, weighted, strict=False):
+        if x is not None:
+            buf[i:j] = x
+
+
+def chunked_distill_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     labels: torch.Tensor,
@@ -198,7 +166,7 @@ def fused_linear_distill_loss(
     chunk_size: int = 512,
     label_index: torch.Tensor | None = None,
 ) -> TokenLossOutput:
-    """Chunked fused-linear EA-KD loss; never materialises the (B*T, V) logits.
+    """Chunked EA-KD loss from the last hidden states and lm_head; never materialises the (B*T, V) logits.
 
     student_hidden (B, T, H) (or (N, H) with token weights), student_weight (V_s, H) lm_head, optional
     student_bias (V_s,); the teacher as teacher_hidden (B, T, H_t) with teacher_weight (V_t, H_t) (and
@@ -210,7 +178,7 @@ def fused_linear_distill_loss(
     the inputs' dtype. The output's entropies are those the weights were computed from (no extra pass).
     Every teacher form is shape-checked: its rows must be exactly the student's (no broadcasting), and
     an lm_head must match its hidden size. label_index: the flat positions (M,) of the labelled rows
-    (``eakd.llm.dense.labelled_rows``; None: found with a host sync); only those rows are computed. A
+    (``eakd.llm.rows.labelled_rows``; None: found with a host sync); only those rows are computed. A
     non-finite term, an invalid input or num_items_in_batch <= 0 is a ValueError (host syncs), except
     inside ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it and accumulates
     ``TokenLossOutput.flags`` on the device instead.
@@ -224,54 +192,38 @@ def fused_linear_distill_loss(
             "give one teacher: teacher_hidden with teacher_weight, teacher_logits, or teacher_topk"
         )
     h_size = student_hidden.shape[-1]
-    rows = student_hidden.shape[:-1]
+    shape = student_hidden.shape[:-1]
     check_head("student", student_weight, student_bias, h_size)
-    t_hidden = t_weight = t_bias = t_logits = None
     if teacher_topk is not None:
         v_t = teacher_topk.vocab_size
     elif teacher_logits is not None:
-        check_rows("teacher_logits", teacher_logits, rows)
+        check_rows("teacher_logits", teacher_logits, shape)
         v_t = teacher_logits.shape[-1]
-        t_logits = teacher_logits.detach().reshape(-1, v_t)
     else:
         assert teacher_hidden is not None and teacher_weight is not None
-        check_rows("teacher_hidden", teacher_hidden, rows)
+        check_rows("teacher_hidden", teacher_hidden, shape)
         check_head("teacher", teacher_weight, teacher_bias, teacher_hidden.shape[-1])
         v_t = teacher_weight.shape[0]
-        t_hidden = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
-        t_weight = teacher_weight.detach()
-        t_bias = None if teacher_bias is None else teacher_bias.detach()
     v = align_vocab(student_weight.shape[0], v_t, vocab_size)
-    labels, bad_labels = check_labels(labels, rows, v, s)
-    hidden = student_hidden.reshape(-1, h_size)
-    flat_labels = labels.reshape(-1)
-    mask = token_mask(flat_labels, s.ignore_index)
-    valid, bad_index = labelled_rows(mask, label_index)  # only labelled rows are computed at all
-    bad_cache = torch.zeros((), dtype=torch.bool, device=hidden.device)
+    rows = labelled_rows(labels, shape, v, s, label_index, num_items_in_batch)  # only these are computed
+    bad_cache = torch.zeros((), dtype=torch.bool, device=student_hidden.device)
+    teacher: TeacherRows
     if teacher_topk is not None:
-        teacher_topk, bad_cache = teacher_topk.checked(s, valid.numel(), v)
-    policy = s.policy()
-    inputs = ChunkInputs(
-        t_hidden=None if t_hidden is None else t_hidden.index_select(0, valid),
-        t_weight=None if t_weight is None else t_weight[:v],
-        t_bias=None if t_bias is None else t_bias[:v],
-        t_logits=None if t_logits is None else t_logits.index_select(0, valid)[:, :v],
-        t_topk=teacher_topk,
-        labels=flat_labels[valid],
-        settings=s,
-        policy=policy,
-        denom=denominator(mask, num_items_in_batch),
-        seq_ids=valid // labels.shape[-1],
-        n_seq=labels.shape[0] if labels.dim() > 1 else 1,
-        chunk_size=chunk_size,
-    )
-    w_s = student_weight[:v]
+        teacher_topk, bad_cache = teacher_topk.checked(s, rows.valid.numel(), v)
+        teacher = CachedRows(teacher_topk, v)
+    elif teacher_logits is not None:
+        teacher = LogitRows(teacher_logits.detach().reshape(-1, v_t).index_select(0, rows.valid)[:, :v])
+    else:
+        assert teacher_hidden is not None and teacher_weight is not None
+        t_hidden = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]).index_select(0, rows.valid)
+        t_bias = None if teacher_bias is None else teacher_bias.detach()[:v]
+        teacher = HeadRows(t_hidden, teacher_weight.detach()[:v], t_bias)
+    hidden = student_hidden.reshape(-1, h_size).index_select(0, rows.valid)
     b_s = None if student_bias is None else student_bias[:v]
-    loss, kd, ce, *per_row = _FusedLinearDistill.apply(hidden.index_select(0, valid), w_s, b_s, inputs)
-    n = flat_labels.numel()
-    per_token, *stats = [torch.zeros(n, device=x.device).index_copy_(0, valid, x) for x in per_row]
+    job = Job(s, s.policy(), rows, chunk_size)
+    loss, kd, ce, *per_row = _ChunkedDistill.apply(hidden, student_weight[:v], b_s, teacher, job)
+    per_token, *stats = [scatter(x, rows) for x in per_row]
     weights = stats[0] if stats else None
     h_s, h_t = stats[1:] if len(stats) == 3 else (None, None)
-    invalid = torch.stack([bad_labels, bad_index, bad_cache.to(bad_labels.device)])
-    out = TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s, invalid)
-    return out.check_finite()
+    invalid = torch.cat([rows.bad, bad_cache.to(rows.bad.device)[None]])
+    return TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s, invalid).check_finite()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from eakd.args import ArgumentParser
 from eakd.engine.config import load_config
+from eakd.llm.cache import CACHE_BATCH, TOP_K
 
 if TYPE_CHECKING:
     from eakd.llm.run import LLMRunConfig
@@ -77,8 +78,8 @@ def cache_cmd(argv: list[str]) -> int:
     p = ArgumentParser(prog="eakd llm cache")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value (data and train.temperature/tau matter)")
-    p.add_argument("--top-k", type=int, default=64, help="teacher log-probs kept per token")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=TOP_K, help="teacher log-probs kept per token")
+    p.add_argument("--batch-size", type=int, default=CACHE_BATCH)
     p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
     a = p.parse_args(argv)
     from eakd.llm.cache import CACHE_FORMAT, replaceable_cache
@@ -109,20 +110,21 @@ def cache_cmd(argv: list[str]) -> int:
 
 def evaluate_cmd(argv: list[str]) -> int:
     """``eakd llm eval MODEL``: evaluate a saved model folder, hub id or "smollm2" on the test split."""
+    from eakd.llm.run import DataSection, EvalSection
+
+    d, e = DataSection(), EvalSection()  # the defaults of a run config's sections, declared there
     p = ArgumentParser(prog="eakd llm eval")
     p.add_argument("model")
-    p.add_argument(
-        "--data", default="chatterbot", help="chatterbot, a hub id or a json/jsonl/csv/parquet file"
-    )
-    p.add_argument("--prompt-column", default="instruction")
-    p.add_argument("--context-column", default="context")
-    p.add_argument("--response-column", default="response")
-    p.add_argument("--val-size", type=int, default=100)
-    p.add_argument("--test-size", type=int, default=150)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampling-seeds", type=int, default=5, help="sampled decodings at temperature 1")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--data", default=d.source, help="chatterbot, a hub id or a json/jsonl/csv/parquet file")
+    p.add_argument("--prompt-column", default=d.prompt_column)
+    p.add_argument("--context-column", default=d.context_column)
+    p.add_argument("--response-column", default=d.response_column)
+    p.add_argument("--val-size", type=int, default=d.val_size)
+    p.add_argument("--test-size", type=int, default=d.test_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--sampling-seeds", type=int, default=e.sampling_seeds, help="sampled decodings")
+    p.add_argument("--max-new-tokens", type=int, default=e.max_new_tokens)
+    p.add_argument("--max-length", type=int, default=d.max_length)
     a = p.parse_args(argv)
     from eakd.llm.data import load_pairs, split_pairs
     from eakd.llm.evaluate import evaluate
@@ -243,7 +245,7 @@ def demo(argv: list[str]) -> int:
         help="run the teacher once per tau into OUT/teacher_cache_tau*.safetensors (reused) and train from "
         "it (default); --no-teacher-cache runs the teacher at every step",
     )
-    p.add_argument("--top-k", type=int, default=64, help="with --teacher-cache: log-probs kept per token")
+    p.add_argument("--top-k", type=int, default=TOP_K, help="with --teacher-cache: log-probs kept per token")
     p.add_argument("--results", default=None, help="also save the study there (e.g. results/demo_llm.json)")
     p.add_argument("--reuse", action="store_true", help="keep the finished runs of OUT/study.json")
     p.add_argument("overrides", nargs="*", help="section.key=value")

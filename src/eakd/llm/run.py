@@ -45,15 +45,21 @@ from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.evaluate import evaluate, teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
-from eakd.llm.trainer import EAKDConfig, EAKDTrainer
+from eakd.llm.settings import TokenLossSettings
+from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
-# the train keys a study's arms differ by: left out of the warm start (CE only, the same for every arm)
-ARM_KEYS = ("divergence", "beta", "alpha", "weighting", "tau", "h_ub", "weight_level", "weight_norm")
+# the train keys a study's arms differ by (declared in TokenLossSettings): left out of the warm start
+ARM_KEYS = tuple(f.name for f in dataclasses.fields(TokenLossSettings) if f.metadata["arm"])
 
 
 def _train_key(key: str) -> str:
-    """A key of the train section must be an EAKDConfig field (error with the nearest field name)."""
+    """A key of the train section must be an EAKDConfig field (error with the nearest field name, or the
+    new name of a renamed key)."""
+    if key in RENAMED:
+        raise PydanticCustomError(
+            "renamed_train_key", f"renamed: did you mean 'train.{RENAMED[key]}'? (the same setting)"
+        )
     if key not in TRAIN_KEYS:
         close = difflib.get_close_matches(key, TRAIN_KEYS, n=1)
         hint = f" (did you mean 'train.{close[0]}'?)" if close else ""
@@ -205,15 +211,21 @@ def resume_checkpoint(args: EAKDConfig) -> str | None:
     return max(done)[1] if done else None
 
 
+def checked_cache(cfg: LLMRunConfig, args: EAKDConfig) -> TeacherCache | None:
+    """The teacher cache at ``model.teacher_cache`` (None without), loaded once and checked against the
+    loss settings of ``args`` (ValueError)."""
+    if cfg.model.teacher_cache is None:
+        return None
+    cache = TeacherCache.load(cfg.model.teacher_cache)
+    check_settings(cache.temperature, cache.tau, args.loss_settings())
+    return cache
+
+
 def make_trainer(
-    cfg: LLMRunConfig, args: EAKDConfig, teacher: PreTrainedModel, tokenizer: Any, student: PreTrainedModel,
-    rows: list[dict[str, list[int]]], callbacks: list[Any] | None = None,
+    args: EAKDConfig, cache: TeacherCache | None, teacher: PreTrainedModel, tokenizer: Any,
+    student: PreTrainedModel, rows: list[dict[str, list[int]]], callbacks: list[Any] | None = None,
 ) -> EAKDTrainer:  # fmt: skip
-    """The run's EAKDTrainer: the teacher online, or the cache at ``model.teacher_cache`` (checked against
-    ``args``: ValueError)."""
-    cache = None if cfg.model.teacher_cache is None else TeacherCache.load(cfg.model.teacher_cache)
-    if cache is not None:
-        check_settings(cache.temperature, cache.tau, args.loss_settings())
+    """The run's EAKDTrainer: the teacher online, or the (checked) ``cache``."""
     trainer = EAKDTrainer(
         model=student,
         teacher=teacher if cache is None else None,
@@ -266,7 +278,10 @@ def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: A
         student = warm_start_student(sft, teacher, tokenizer)
         progress.phase("warm start")
         rows = split_rows(sft, tokenizer)[0]
-        make_trainer(sft, training_args(sft), teacher, tokenizer, student, rows, [StepProgress()]).train()
+        sft_args = training_args(sft)
+        make_trainer(
+            sft_args, checked_cache(sft, sft_args), teacher, tokenizer, student, rows, [StepProgress()]
+        ).train()
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         student.save_pretrained(tmp)
@@ -291,9 +306,7 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
     args = training_args(cfg)
     name = "/".join(Path(args.output_dir).parts[-2:])
     resume = resume_checkpoint(args)
-    if cfg.model.teacher_cache is not None:  # a mismatch fails before the models load
-        cache = TeacherCache.load(cfg.model.teacher_cache)
-        check_settings(cache.temperature, cache.tau, args.loss_settings())
+    cache = checked_cache(cfg, args)  # a mismatch fails before the models load
     teacher, tokenizer = load_teacher(cfg.model.teacher)
     student = warm_start_student(cfg, teacher, tokenizer).to(args.device)
     teacher.to(args.device)
@@ -303,7 +316,7 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
     kl_start = teacher_agreement(student, teacher, tokenizer, val, max_length, e.batch_size)["all"]["kl"]
     print(f"{name}: per-token KL(teacher || student) on validation at start: {kl_start:.3f} nats", flush=True)
     validation = BestValidation(tokenizer, val, e.every, e.max_new_tokens, e.batch_size)
-    trainer = make_trainer(cfg, args, teacher, tokenizer, student, rows, [validation, StepProgress()])
+    trainer = make_trainer(args, cache, teacher, tokenizer, student, rows, [validation, StepProgress()])
     progress.phase(f"{name}: training")
     start = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)

@@ -6,7 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from eakd.engine.config import ConfigError
-from eakd.llm.cache import CACHE_FORMAT, TeacherCache, build_cache, cache_path, fingerprint, replaceable_cache
+from eakd.llm.cache import (
+    CACHE_BATCH,
+    CACHE_FORMAT,
+    TOP_K,
+    TeacherCache,
+    build_cache,
+    cache_path,
+    fingerprint,
+    replaceable_cache,
+)
 from eakd.llm.models import load_teacher, load_tokenizer
 from eakd.llm.run import LLMRunConfig, split_rows, training_args
 from eakd.llm.trainer import EAKDConfig
@@ -23,7 +32,11 @@ def cache_tau(args: EAKDConfig) -> float:
 
 
 def write_cache(
-    cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8, progress: bool = True
+    cfg: LLMRunConfig,
+    path: str | Path,
+    top_k: int = TOP_K,
+    batch_size: int = CACHE_BATCH,
+    progress: bool = True,
 ) -> TeacherCache:
     """Run the config's teacher once over its training rows and save the top-k cache to ``path``, at the
     train section's temperature and policy's tau (so runs of that config can read it). A directory at
@@ -53,7 +66,7 @@ def write_cache(
 
 
 def reuse_or_write_cache(
-    cfg: LLMRunConfig, path: str | Path, top_k: int = 64, batch_size: int = 8
+    cfg: LLMRunConfig, path: str | Path, top_k: int = TOP_K, batch_size: int = CACHE_BATCH
 ) -> tuple[TeacherCache, bool]:
     """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and top_k,
     else a fresh one written there; whether it was reused). Only an eakd teacher cache is replaced: any

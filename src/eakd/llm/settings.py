@@ -15,19 +15,19 @@ else the valid tokens of this call.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 import torch
 
 from eakd.checks import check_finite, check_nonnegative, check_positive
-from eakd.distill import check_weight_norm
-from eakd.losses.token import TOKEN_DIVERGENCES, check_coefficient
-from eakd.weighting import Policy, get_policy, takes_setting
+from eakd.losses.registry import get_loss
+from eakd.losses.token import check_coefficient
+from eakd.weighting import Policy, check_weight_norm, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
-DEFAULT_TAU = 2.0  # the token loss's entropy temperature unless set
 LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
 # the input checks a loss defers to the device inside ``eakd.checks.deferred_checks()``, in the order of
 # ``TokenLossOutput.invalid``: what each flag means
@@ -39,34 +39,67 @@ INPUT_CHECKS = {
         "[0, V) or repeated, log-probs above 0 or summing above 1, entropies outside [0, ln V])"
     ),
 }
+TOKEN_INPUTS = ("student_logits", "teacher_logits")
+DIVERGENCE_SETTINGS = ("beta", "alpha")  # the settings a divergence takes by name (jsd; skl, srkl)
 
 
-@dataclass(frozen=True)
+def setting(default: Any, help: str, arm: bool = False) -> Any:
+    """A declared setting: its default and help text (``help``, as ``transformers.HfArgumentParser`` and
+    TRL's configs read it); ``arm``: a study arm may differ by it (left out of the shared warm start)."""
+    return field(default=default, metadata={"help": help, "arm": arm})
+
+
+def token_divergence(name: str) -> Callable[..., torch.Tensor]:
+    """The registered loss ``name`` (``eakd.losses.LOSSES``) as a per-token divergence: a function of
+    (student_logits, teacher_logits) (..., V) -> (...) that needs no other input; ValueError otherwise."""
+    fn = get_loss(name)
+    if isinstance(fn, type):
+        raise ValueError(f"loss {name!r} is a module with learnable parts; a token divergence is a function")
+    params = inspect.signature(fn).parameters
+    needs = [n for n, p in params.items() if p.default is p.empty and n not in TOKEN_INPUTS]
+    if any(n not in params for n in TOKEN_INPUTS) or needs:
+        raise ValueError(
+            f"loss {name!r} is not a token divergence: it must take {TOKEN_INPUTS} (and optional settings "
+            f"such as temperature), not need {needs}"
+        )
+    return fn
+
+
+@dataclass
 class TokenLossSettings:
-    """What to compute per token. divergence: fkl, rkl, jsd, skl, srkl, tvd. beta: JSD's beta; alpha: the
-    skew of skl/srkl. temperature: of the divergence. weighting: a policy name of ``eakd.weighting`` ("ea",
-    "er", "base", "interact", "inverse", "uniform") or None for the unweighted baseline; tau, h_ub: its
-    settings (tau None = the policy's default entropy temperature; h_ub None = ln V). weight_level: "token"
-    or "sequence". weight_norm: "none" (the paper's weights) or "mean" (divided by their mean over the
-    call's valid tokens: KD's loss scale, EA's emphasis; an extension). kd_weight, ce_weight: outer
-    weights of the distillation and hard-label terms. fused: the divergence and both entropies from one
-    compiled pass over each chunk of logits (``eakd.losses.fused.fused_token_terms``; built-in weightings
-    only), instead of the eager divergence and a separate entropy pass. Every value is checked here
-    (ValueError): temperature, tau, h_ub > 0; beta in [0, 1], alpha in [0, 1); weights finite >= 0."""
+    """What to compute per token; every LLM loss setting is declared here once, with its help text, and
+    ``EAKDConfig`` (the Trainer's config, the train section of a run config), the study arms and the CLI
+    take them from here. Every value is checked when built (ValueError): temperature, tau, h_ub > 0; beta
+    in [0, 1], alpha in [0, 1); the outer weights finite >= 0; the divergence and the policy by name."""
 
-    divergence: str = "fkl"
-    beta: float = 0.5
-    alpha: float = 0.1
-    temperature: float = 1.0
-    weighting: str | None = "ea"
-    tau: float | None = DEFAULT_TAU
-    h_ub: float | None = None
-    weight_level: str = "token"
-    weight_norm: str = "none"
-    kd_weight: float = 1.0
-    ce_weight: float = 0.0
-    ignore_index: int = -100
-    fused: bool = False
+    divergence: str = setting(
+        "fkl",
+        "a per-token loss of eakd.losses.LOSSES: fkl, rkl, jsd, skl, srkl, tvd, or one registered with "
+        "@register_loss taking (student_logits, teacher_logits[, temperature])",
+        arm=True,
+    )
+    beta: float = setting(0.5, "jsd's beta (0: forward KL, 1: reverse KL, TRL's convention)", arm=True)
+    alpha: float = setting(0.1, "the skew of skl / srkl, in [0, 1)", arm=True)
+    temperature: float = setting(1.0, "the divergence's temperature T (no T^2 factor)")
+    weighting: str | None = setting(
+        "ea", "a weight policy of eakd.weighting (ea, er, base, interact, inverse, uniform) or none", arm=True
+    )
+    tau: float | None = setting(
+        None, "the policy's entropy temperature; None: the policy's own default (EA 3, ER 4)", arm=True
+    )
+    h_ub: float | None = setting(None, "the policy's entropy bound; None: ln V", arm=True)
+    weight_level: str = setting("token", "token, or sequence (each token gets its sequence's mean)", arm=True)
+    weight_norm: str = setting(
+        "none", "none (the paper's weights) or mean (divided by their mean over the valid tokens)", arm=True
+    )
+    kd_weight: float = setting(1.0, "weight of the distillation term")
+    ce_weight: float = setting(0.0, "weight of the student's hard-label cross-entropy (never reweighted)")
+    ignore_index: int = setting(-100, "the label of tokens without a loss (prompt, padding)")
+    fused: bool = setting(
+        False,
+        "the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; built-in "
+        "divergences and weightings)",
+    )
 
     def __post_init__(self) -> None:
         types = {"divergence": str, "weight_level": str, "weight_norm": str, "ignore_index": int}
@@ -74,9 +107,9 @@ class TokenLossSettings:
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
-        if self.divergence not in TOKEN_DIVERGENCES:
-            known = ", ".join(sorted(TOKEN_DIVERGENCES))
-            raise ValueError(f"unknown token divergence {self.divergence!r}; known: {known}")
+        fn = token_divergence(self.divergence)
+        if self.temperature != 1.0 and "temperature" not in inspect.signature(fn).parameters:
+            raise ValueError(f"divergence {self.divergence!r} takes no temperature; leave temperature at 1")
         if self.weight_level not in WEIGHT_LEVELS:
             raise ValueError(f"weight_level must be one of {WEIGHT_LEVELS}, got {self.weight_level!r}")
         check_weight_norm(self.weight_norm)
@@ -85,35 +118,43 @@ class TokenLossSettings:
             value = getattr(self, name)
             if value is not None:
                 check_positive(name, value)
-        for name in ("beta", "alpha"):
+        for name in DIVERGENCE_SETTINGS:
             check_coefficient(name, getattr(self, name))
         for name in ("kd_weight", "ce_weight"):
             check_nonnegative(name, getattr(self, name))
         policy = self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
         if self.fused and policy is not None and policy.rule is None:
             raise ValueError(f"fused needs a built-in weighting, not the custom policy {policy.name!r}")
+        if self.fused and not hasattr(fn, "on_log_probs"):
+            raise ValueError(
+                f"fused needs a divergence with a log-probability form (register_divergence), "
+                f"not {self.divergence!r}"
+            )
+
+    @classmethod
+    def of(cls, config: Any) -> TokenLossSettings:
+        """The settings held by ``config`` (an ``EAKDConfig``, or any object with these attributes)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
     def policy(self) -> Policy | None:
-        """The bound weight policy (its ``tau``: the entropy temperature in use); None when unweighted. A
-        user callable gets the default tau only if it takes a tau (any other tau it does not take is an
-        error of ``get_policy``)."""
+        """The bound weight policy (its ``tau``: the entropy temperature in use); None when unweighted."""
         kw = {k: v for k, v in (("tau", self.tau), ("h_ub", self.h_ub)) if v is not None}
         if self.weighting in ("uniform", None, "none"):
             kw = {}
-        elif callable(self.weighting) and self.tau == DEFAULT_TAU:
-            kw = kw if takes_setting(self.weighting, "tau") else {k: v for k, v in kw.items() if k != "tau"}
         return get_policy(self.weighting, **kw)
 
     def divergence_settings(self) -> dict[str, float]:
-        """The divergence's own settings: beta for jsd, alpha for skl and srkl."""
-        if self.divergence == "jsd":
-            return {"beta": self.beta}
-        return {"alpha": self.alpha} if self.divergence in ("skl", "srkl") else {}
+        """The divergence's own settings it takes by name (beta for jsd, alpha for skl and srkl)."""
+        params = inspect.signature(get_loss(self.divergence)).parameters
+        return {name: getattr(self, name) for name in DIVERGENCE_SETTINGS if name in params}
 
     def divergence_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """(log_q, log_p) -> (...) per-token divergence with beta/alpha bound."""
-        fn, settings = TOKEN_DIVERGENCES[self.divergence], self.divergence_settings()
-        return lambda lq, lp: fn(lq, lp, **settings)
+        """(student logits (..., V), teacher logits (..., V)) -> (...) per-token divergence, settings and
+        temperature bound."""
+        fn, kw = get_loss(self.divergence), self.divergence_settings()
+        if "temperature" in inspect.signature(fn).parameters:
+            kw["temperature"] = self.temperature
+        return lambda zs, zt: fn(zs, zt, **kw)
 
 
 class TokenLossOutput(NamedTuple):

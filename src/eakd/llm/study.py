@@ -14,21 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from eakd.llm import progress
+from eakd.llm.cache import CACHE_BATCH, TOP_K
 from eakd.llm.models import load_teacher
 from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
 from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
+from eakd.llm.settings import TokenLossSettings
 from eakd.study import code_label, run_study, study_table
 
-# train-section overrides per arm; everything else is shared
+# train-section overrides per arm (``TokenLossSettings`` fields), everything else is shared; the unweighted
+# arms name tau 2 too: they read the study's tau-2 teacher cache (their loss uses no entropies)
 METHODS: dict[str, dict[str, Any]] = {
-    "kd": {"divergence": "fkl", "weighting": "none"},
+    "kd": {"divergence": "fkl", "weighting": "none", "tau": 2.0},
     "ea-kd": {"divergence": "fkl", "weighting": "ea", "tau": 2.0},
     "ea-kd-tau1": {"divergence": "fkl", "weighting": "ea", "tau": 1.0},
-    "kd-ce": {"divergence": "fkl", "weighting": "none", "kd_weight": 0.5, "ce_weight": 0.5},
+    "kd-ce": {"divergence": "fkl", "weighting": "none", "tau": 2.0, "kd_weight": 0.5, "ce_weight": 0.5},
     "ea-kd-ce": {"divergence": "fkl", "weighting": "ea", "tau": 2.0, "kd_weight": 0.5, "ce_weight": 0.5},
     "inverse-kd": {"divergence": "fkl", "weighting": "inverse", "tau": 2.0},
     "ea-kd-norm": {"divergence": "fkl", "weighting": "ea", "tau": 2.0, "weight_norm": "mean"},
 }
+for _arm in METHODS.values():  # every arm is valid loss settings (checked on import)
+    TokenLossSettings(**_arm)
 # each arm against KD, paired by seed (the +CE arms too: what the hard-label term adds shows against KD)
 REFERENCE = {arm: "kd" for arm in METHODS if arm != "kd"}
 METRICS = {
@@ -43,7 +48,6 @@ METRICS = {
     "run_s": "all s/run",
 }
 COMPARE = ["rougeL", "rougeL_greedy", "rougeL_last"]
-CACHE_BATCH = 8  # rows per teacher batch when writing a cache
 # seconds per batch or step of each progress kind (``eakd.llm.progress.KINDS``; "train" from the teacher
 # cache, "train_online" with the teacher; batches of 8 rows to train and cache, of 16 to evaluate; a
 # generation of 48 tokens, greedy or sampled) for SmolLM2-135M and its 6-layer student, measured once on
@@ -140,7 +144,7 @@ def llm_study(
     out_dir: str | Path,
     eval_teacher: bool = False,
     teacher_cache: bool = False,
-    top_k: int = 64,
+    top_k: int = TOP_K,
     results: Path | None = None,
     reuse: bool = False,
     show_progress: bool = False,

@@ -1,5 +1,5 @@
 """``EAKDTrainer``: a ``transformers.Trainer`` that distils a frozen teacher into the student with the
-token-level EA-KD loss (chunked fused-linear by default), plus its config dataclass ``EAKDConfig``.
+token-level EA-KD loss (chunked with the lm_head by default), plus its config dataclass ``EAKDConfig``.
 
 Works wherever Trainer does (``accelerate launch`` / torchrun for DDP and FSDP2, tested with 2 CPU
 processes): the student is wrapped as usual, the teacher is frozen, in eval mode, on each process's device,
@@ -20,67 +20,44 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from eakd.checks import deferred_checks
 from eakd.llm.cache import TeacherCache, TeacherTopK
 from eakd.llm.callbacks import FiniteGuard, RunLogCallback
-from eakd.llm.chunked import fused_linear_distill_loss
+from eakd.llm.chunked import chunked_distill_loss
 from eakd.llm.dense import distill_loss_from_logits
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
 
+RENAMED = {"fused_loss": "chunked"}  # old train keys, refused with their new name
+
 
 @dataclass
-class EAKDConfig(TrainingArguments):
-    """TrainingArguments plus the distillation settings (see ``TokenLossSettings`` for their meaning).
+class EAKDConfig(TrainingArguments, TokenLossSettings):
+    """TrainingArguments plus the loss settings (declared once, with their help, in ``TokenLossSettings``)
+    and the runner's own settings below."""
 
-    kd_weight / ce_weight: soft (distillation) and hard (cross-entropy) loss weights. weighting "none" is
-    the unweighted baseline. fused_loss: chunked fused-linear loss from the last hidden states and lm_head
-    (never materialises the logits; works under DDP and FSDP2); False computes full logits (use it when
-    the lm_head stays sharded outside the forward, e.g. FSDP1, DeepSpeed ZeRO-3). chunk_size: rows per
-    chunk. fused: the divergence and the weights' entropies from one compiled pass per chunk
-    (``TokenLossSettings.fused``; opt-in, compiles on first use). vocab_size: the real vocabulary when
-    the two lm_heads differ only by padding rows.
-    diag_samples: raw token samples kept per logging step for the diagnostics' histograms (the weight and
-    entropy quantiles are over all valid tokens of each logging step's micro-batches).
-    logging_nan_inf_filter is False by default here (Trainer's True reads the loss back every step; a
-    non-finite loss stops the run through ``FiniteGuard`` instead).
-    """
-
-    divergence: str = field(default="fkl", metadata={"help": "fkl, rkl, jsd, skl, srkl or tvd"})
-    beta: float = 0.5
-    alpha: float = 0.1
-    temperature: float = 1.0
-    weighting: str = field(default="ea", metadata={"help": "ea, er, base, interact, inverse, uniform, none"})
-    tau: float | None = 2.0
-    h_ub: float | None = None
-    weight_level: str = field(default="token", metadata={"help": "token or sequence"})
-    weight_norm: str = field(default="none", metadata={"help": "none or mean (weights / their batch mean)"})
-    kd_weight: float = 1.0
-    ce_weight: float = 0.0
-    fused_loss: bool = True
-    chunk_size: int = 512
-    fused: bool = False
-    vocab_size: int | None = None
-    diag_samples: int = 256
+    chunked: bool = field(
+        default=True,
+        metadata={
+            "help": "the loss from the last hidden states and lm_head, chunk_size rows at a time, never the "
+            "(B*T, V) logits (works under DDP and FSDP2); False: full logits (FSDP1, DeepSpeed ZeRO-3)"
+        },
+    )
+    chunk_size: int = field(default=512, metadata={"help": "rows per chunk of the chunked loss"})
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "the real vocabulary when the lm_heads differ only by padding rows"}
+    )
+    diag_samples: int = field(
+        default=256, metadata={"help": "raw token samples kept per logging step for the diagnostics"}
+    )
     # the FiniteGuard stops a run with a non-finite loss; Trainer's filter would read the loss every step
     logging_nan_inf_filter: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        self.loss_settings()  # bad divergence / weighting names fail when the config is built
+        TrainingArguments.__post_init__(self)
+        TokenLossSettings.__post_init__(
+            self
+        )  # bad divergence / weighting names fail when the config is built
 
     def loss_settings(self) -> TokenLossSettings:
         """The per-token loss settings of this config."""
-        return TokenLossSettings(
-            divergence=self.divergence,
-            beta=self.beta,
-            alpha=self.alpha,
-            temperature=self.temperature,
-            weighting=None if self.weighting == "none" else self.weighting,
-            tau=self.tau,
-            h_ub=self.h_ub,
-            weight_level=self.weight_level,
-            weight_norm=self.weight_norm,
-            kd_weight=self.kd_weight,
-            ce_weight=self.ce_weight,
-            fused=self.fused,
-        )
+        return TokenLossSettings.of(self)
 
 
 def token_payload(out: TokenLossOutput, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -122,7 +99,7 @@ class EAKDTrainer(Trainer):
         self.teacher_cache = None if teacher_cache is None else teacher_cache.to(self.args.device)
         self.run_log = RunLogCallback(args.diag_samples)
         self.add_callback(self.run_log)
-        self.guard = FiniteGuard(self.args.device)
+        self.guard = FiniteGuard()
         self.add_callback(self.guard)
         self._terms = torch.zeros(2, device=self.args.device)  # kd, ce summed since the last training log
         self._terms_from: int | None = None  # the global step they were first added at
@@ -150,7 +127,7 @@ class EAKDTrainer(Trainer):
         feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
         labels = inputs["labels"][:, 1:]
         topk = None if self.teacher is not None else self._cached_teacher(inputs)
-        if not args.fused_loss:
+        if not args.chunked:
             outputs = model(**feed)
             t_logits = None
             if self.teacher is not None:
@@ -176,7 +153,7 @@ class EAKDTrainer(Trainer):
             t_head = self.teacher.get_output_embeddings()
             t_weight, t_bias = t_head.weight, getattr(t_head, "bias", None)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        out = fused_linear_distill_loss(
+        out = chunked_distill_loss(
             outputs.hidden_states[-1][:, :-1],
             head.weight,
             labels,

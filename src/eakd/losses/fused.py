@@ -36,7 +36,8 @@ from eakd.checks import (
     check_same_leading,
 )
 from eakd.losses.logit import _check_target
-from eakd.losses.token import TOKEN_DIVERGENCES, check_coefficient
+from eakd.losses.registry import get_loss
+from eakd.losses.token import check_coefficient
 from eakd.weighting import Policy, Weighted, standardize
 
 Tensor = torch.Tensor
@@ -178,11 +179,11 @@ def _dkd_kernel(
 
 
 def _token_kernel(
-    zs: Tensor, zt: Tensor | None, log_p: Tensor | None, divergence: str, temperature: float,
-    tau: float | None, powers: Powers, teacher_entropy: bool, settings: dict[str, float],
+    zs: Tensor, zt: Tensor | None, log_p: Tensor | None, divergence: Callable[..., Tensor],
+    temperature: float, tau: float | None, powers: Powers, teacher_entropy: bool, settings: dict[str, float],
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
-    """A token divergence (``TOKEN_DIVERGENCES``) per row from the student logits and the teacher's logits
-    or float32 log-probabilities at T, and the entropies at tau."""
+    """A token divergence (its math on log-probabilities, ``on_log_probs``) per row from the student logits
+    and the teacher's logits or float32 log-probabilities at T, and the entropies at tau."""
     xs = zs.float()
     ds, _, ss, h_s = _parts(xs, temperature, tau, powers)
     log_q = ds - ss.log().unsqueeze(-1)
@@ -194,7 +195,7 @@ def _token_kernel(
         if tau is not None and teacher_entropy and powers is None:
             h_t = _entropy_at(xt, tau, False)
     assert log_p is not None
-    loss = TOKEN_DIVERGENCES[divergence](log_q, log_p, **settings)
+    loss = divergence(log_q, log_p, **settings)
     if tau is not None and powers is None:
         h_s = _entropy_at(xs, tau, False)
     return loss, h_s, h_t
@@ -291,8 +292,9 @@ def fused_token_terms(
     teacher_log_probs: Tensor | None = None,
     **divergence_settings: Any,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Per-token divergence (``eakd.losses.token``: fkl, rkl, jsd, skl, srkl, tvd) and the entropies (nats)
-    of student and teacher at ``tau``, fused.
+    """Per-token divergence (a registered loss with a log-probability form, ``on_log_probs``: the built-in
+    fkl, rkl, jsd, skl, srkl, tvd of ``eakd.losses.token``) and the entropies (nats) of student and teacher
+    at ``tau``, fused.
 
     zs: student logits (..., V); zt: teacher logits (..., V), or None with ``teacher_log_probs`` (..., V),
     the teacher's float32 log-probabilities at ``temperature`` (e.g. a top-k cache's ``log_probs``), and
@@ -301,9 +303,10 @@ def fused_token_terms(
     jsd, alpha for skl / srkl). Returns (loss (...) float32, h_s | None, h_t | None); tau None: no
     entropies.
     """
-    if divergence not in TOKEN_DIVERGENCES:
-        raise ValueError(f"unknown token divergence {divergence!r}; known: {sorted(TOKEN_DIVERGENCES)}")
-    params = inspect.signature(TOKEN_DIVERGENCES[divergence]).parameters
+    math_fn = getattr(get_loss(divergence), "on_log_probs", None)
+    if math_fn is None:
+        raise ValueError(f"loss {divergence!r} has no log-probability form (register_divergence) to fuse")
+    params = inspect.signature(math_fn).parameters
     defaults = {n: p.default for n, p in params.items() if n not in ("log_q", "log_p")}
     settings = _settings(divergence, divergence_settings, defaults)
     for name, value in settings.items():
@@ -339,7 +342,7 @@ def fused_token_terms(
         zt_rows = None if zt is None else _rows(zt.detach())
         log_p = None if teacher_log_probs is None else _rows(teacher_log_probs.detach().float())
         loss, h_s, h_t2 = kernel(
-            _rows(zs), zt_rows, log_p, divergence, temperature, tau, powers, teacher_entropy, settings
+            _rows(zs), zt_rows, log_p, math_fn, temperature, tau, powers, teacher_entropy, settings
         )
     check_finite(f"{divergence} loss from the student and teacher logits", loss)
     return _shaped(loss, h_s, h_t2, h_t, lead)

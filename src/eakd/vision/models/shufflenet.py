@@ -94,11 +94,15 @@ class ShuffleV2Block(nn.Module):
         self.conv3 = conv(half, half, 1)
         self.bn3 = nn.BatchNorm2d(half)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def with_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, pre-activation): the pre-activation is the kept half beside the branch before its last
+        ReLU, unshuffled (mdistiller's ``preact_feats`` of a stage's last block)."""
         keep, x = x.chunk(2, dim=1)
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([keep, out], 1), 2)
+        pre = self.bn3(self.conv3(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))))
+        return channel_shuffle(torch.cat([keep, F.relu(pre)], 1), 2), torch.cat([keep, pre], 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.with_preact(x)[0]
 
 
 class ShuffleV2Down(nn.Module):
@@ -129,7 +133,8 @@ class ShuffleV2Down(nn.Module):
 class ShuffleNetV2(nn.Module):
     """1x1 stem of 24 channels, three stages (116/232/464 channels, 4/8/4 blocks), 1x1 conv to 1024, linear.
 
-    stage_channels = [24, 116, 232, 464]; the pooled vector is 1024-d.
+    stage_channels = [24, 116, 232, 464]; the pooled vector is 1024-d. ``preact_feats`` are mdistiller's: the
+    stem output, then each stage's last block before its final ReLU (``ShuffleV2Block.with_preact``).
     """
 
     def __init__(self, num_classes: int = 100, in_channels: int = 3) -> None:
@@ -151,12 +156,13 @@ class ShuffleNetV2(nn.Module):
     def forward(self, x: Tensor) -> ModelOutput:
         """x: (N, in_channels, H, W) -> logits (N, num_classes), feats (see ``common``)."""
         x = F.relu(self.bn1(self.conv1(x)))
-        feats = [x]
+        feats, preacts = [x], [x]
         for stage in (self.layer1, self.layer2, self.layer3):
-            x = stage(x)
+            x, pre = stage[-1].with_preact(stage[:-1](x))
             feats.append(x)
+            preacts.append(pre)
         pooled = global_pool(F.relu(self.bn2(self.conv2(x))))
-        return self.linear(pooled), feature_dict(feats, pooled)
+        return self.linear(pooled), feature_dict(feats, pooled, preacts)
 
 
 @register_model("shufflenetv1")
