@@ -34,7 +34,9 @@ TINY = (
 )
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
 TOPK = (  # a valid teacher top-k of 2 tokens over a vocabulary of 4 (k = 2), then one value changed
-    "from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss as loss\n"
+    "from functools import partial\n"
+    "from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss\n"
+    "loss = partial(chunked_distill_loss, settings=TokenLossSettings(tau=2.0))  # the top-k's tau\n"
     "lp = torch.tensor([[-0.5, -1.5], [-0.2, -2.0]])\n"
     "t = TeacherTopK(torch.tensor([[0, 1], [2, 3]]), lp, torch.tensor([0.9, 0.6]), 4, 1.0, 2.0)\n"
     "h, w, labels = torch.randn(1, 2, 3), torch.randn(4, 3), torch.tensor([[1, 2]])\n"
