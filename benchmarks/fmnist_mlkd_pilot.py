@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from eakd.config_study import config_study
 from eakd.engine.config import load_config
 from eakd.losses.logit import kd_loss
 from eakd.losses.mlkd import mlkd_loss
-from eakd.study import run_study
 from eakd.vision.arms import MLKD_CIFAR, SETTINGS
 from eakd.vision.datasets import build_datasets
-from eakd.vision.demo import config_dir, teacher_run, train_student
+from eakd.vision.demo import config_dir, teacher_run, validation_task
 from eakd.vision.models import create_model, load_checkpoint
 
 VARIANTS: dict[str, list[str]] = {
@@ -74,19 +73,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     teacher = teacher_run([])
-    train_one = partial(
-        train_student,
-        out=args.out,
-        common=[],
-        teacher=Path(teacher["checkpoint"]),
-        arms=VARIANTS,
-        validation=True,
-    )
     start = time.perf_counter()
-    run_study(
-        train_one, args.variants, args.seeds, args.out, {"split": "validation"}, args.jobs, 1, True,
+    config_study(
+        config_dir() / "kd.yaml", {v: VARIANTS[v] for v in args.variants}, args.seeds, args.out,
+        [f"model.teacher_checkpoint={teacher['checkpoint']}"], {"split": "validation"}, args.jobs, 1, True,
         Path("results/fmnist_mlkd_pilot.json"),
-        {"teacher": teacher, "scale": loss_scale(Path(teacher["checkpoint"]))}, VARIANTS,
+        {"teacher": teacher, "scale": loss_scale(Path(teacher["checkpoint"]))}, task=validation_task,
     )  # fmt: skip
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -48,7 +48,7 @@ def main() -> None:
         student = make_student(teacher, cfg.model.student_layers, init="layers")
         rows = split_rows(cfg, tokenizer)[0][: a.batches * a.batch_size]
         start = time.perf_counter()
-        cache = build_cache(teacher, rows, tokenizer.pad_token_id, a.top_k, tau=args.tau, progress=False)
+        cache = build_cache(teacher, rows, tokenizer.pad_token_id, a.top_k, tau=args.tau)
         cache_s = time.perf_counter() - start
         online = EAKDTrainer(model=student, teacher=teacher, args=args)
         offline = EAKDTrainer(model=student, teacher=None, teacher_cache=cache, args=args)

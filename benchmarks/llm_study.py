@@ -6,7 +6,8 @@ with time for it (hours of CPU per run; minutes on a GPU):
 1. The teacher: SmolLM2-135M-Instruct fine-tuned with cross-entropy on the de-duplicated train split
    (all 30 layers, 3 epochs, lr 1e-4, the best validation ROUGE-L step), written once to
    runs/llm-study/teacher-sft/student and reused.
-2. The study (``eakd llm demo`` with these defaults): the seven arms of ``eakd.llm.study.METHODS``
+2. The study (``eakd llm demo`` with these defaults): the protocol's seven arms (``ARMS``, of
+   ``eakd.llm.study.METHODS``; its on-policy arms gkd and ea-gkd are not in this protocol)
    x 5 seeds, one teacher cache per tau, the shared 180-step warm start of a 6-layer student, 3 epochs,
    validation every 20 steps; saved after every run to runs/llm-study/study.json and
    results/llm_study.json. Every option of the demo is accepted after these and overrides them, e.g.
@@ -19,9 +20,9 @@ import sys
 from pathlib import Path
 
 from eakd.llm.cli import demo, read_run_config
-from eakd.llm.study import METHODS
 
 OUT = Path("runs/llm-study")
+ARMS = ["kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm"]  # the fixed protocol's
 TEACHER = OUT / "teacher-sft"
 TEACHER_SFT = [
     "model.student_layers=30",  # all the teacher's layers: the teacher itself, trained
@@ -35,7 +36,7 @@ TEACHER_SFT = [
 ]
 DEFAULTS = [
     "--config", "llm/base", "--steps", "-1", "--warm-start-steps", "180", "--eval-every", "20",
-    "--seeds", "0", "1", "2", "3", "4", "--methods", *METHODS, "--out", str(OUT), "--teacher-cache",
+    "--seeds", "0", "1", "2", "3", "4", "--methods", *ARMS, "--out", str(OUT), "--teacher-cache",
     "--eval-teacher", "--results", "results/llm_study.json", "--reuse",
     f"model.teacher={TEACHER / 'student'}",
 ]  # fmt: skip

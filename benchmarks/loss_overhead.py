@@ -13,8 +13,13 @@ times on a shared machine mean little; the ratios come from one process, the con
 rotating order. ``--clock cpu`` times the process's CPU time instead of the wall clock: with
 ``--threads 1`` it does not count the time other jobs hold the cores.
 
+``--crossover`` instead times the EA-weighted loss eager and fused on a ladder of shapes (KD, DKD, token
+forward KL) and prints, per shape, fused / eager and the path ``fused="auto"`` (the default) takes there
+(``eakd.losses.fused_rule.use_fused``, from ``AUTO_MIN_NUMEL``), so the default's time over eager's, which
+must not exceed 1 beyond noise.
+
     python benchmarks/loss_overhead.py [--repeats 30] [--threads 2] [--device cpu|cuda] [--clock wall|cpu]
-        [--dtype float32|bfloat16] [--small] [--results results/loss_overhead.json]
+        [--dtype float32|bfloat16] [--small] [--crossover] [--results results/loss_overhead.json]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from eakd import DistillLoss
 from eakd.losses.fused import fused_token_terms, shared_powers
+from eakd.losses.fused_rule import AUTO_MIN_NUMEL, use_fused
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.token import forward_kl
 from eakd.study import provenance
@@ -150,6 +156,35 @@ def cases(small: bool) -> list[tuple[str, int, int, float, float]]:
     ]
 
 
+LADDER = ((64, 100), (128, 200), (256, 250), (256, 500), (512, 500), (512, 1000))
+
+
+def crossover(repeats: int, sync: Callable[[], None], clock: Callable[[], float]) -> list[dict[str, Any]]:
+    """Median ms of the EA-weighted loss eager and fused on ``LADDER`` for KD, DKD (T 4, tau 3) and token
+    forward KL (T 1, tau 2), and the path ``fused="auto"`` takes; each row printed as it is measured."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    print(f"fused='auto' takes the compiled pass from N*K >= {AUTO_MIN_NUMEL}")
+    for method, temperature, tau in (("kd", 4.0, 3.0), ("dkd", 4.0, 3.0), ("fkl", 1.0, 2.0)):
+        for n, k in LADDER:
+            zs = torch.randn(n, k, generator=g).requires_grad_()
+            zt, target = torch.randn(n, k, generator=g) * 2, torch.randint(0, k, (n,), generator=g)
+            steps = make_steps(method, zs, zt, target, temperature, tau)
+            times = bench({v: steps[v] for v in ("eager_ea", "fused_ea")}, repeats, sync, clock)
+            t = {v: statistics.median(ts) * 1e3 for v, ts in times.items()}
+            auto = use_fused("auto", True, n * k)
+            default = t["fused_ea" if auto else "eager_ea"]
+            row = {"method": method, "n": n, "k": k, "ms": t, "auto": "fused" if auto else "eager",
+                   "fused_over_eager": t["fused_ea"] / t["eager_ea"],
+                   "default_over_eager": default / t["eager_ea"]}  # fmt: skip
+            print(f"{method:4} {n:4} x {k:5}: fused / eager {row['fused_over_eager']:.2f}, auto takes "
+                  f"{row['auto']:5}: default / eager {row['default_over_eager']:.2f}")  # fmt: skip
+            rows.append(row)
+    worst = max(r["default_over_eager"] for r in rows)
+    print(f"default (auto) over eager, worst shape: {worst:.2f} (1 = as fast as eager)")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -158,6 +193,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
     parser.add_argument("--small", action="store_true", help="small shapes: a quick smoke run")
+    parser.add_argument("--crossover", action="store_true", help="eager vs fused EA on a ladder of shapes")
     parser.add_argument("--results", type=Path, help="save the rows with provenance as JSON")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -167,6 +203,14 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     load_start, t_start = os.getloadavg(), time.perf_counter()
+    if args.crossover:
+        result = {"provenance": provenance(), "settings": {k: str(v) for k, v in vars(args).items()},
+                  "auto_min_numel": AUTO_MIN_NUMEL, "load_start": load_start,
+                  "rows": crossover(args.repeats, sync, clock), "load_end": os.getloadavg()}  # fmt: skip
+        print(f"load average (1 min) {load_start[0]:.1f} at start, {result['load_end'][0]:.1f} at the end")
+        if args.results:
+            args.results.write_text(json.dumps(result, indent=2) + "\n")
+        return
     g = torch.Generator().manual_seed(0)
     rows = []
     for method, n, k, temperature, tau_paper in cases(args.small):

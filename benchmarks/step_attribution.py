@@ -283,7 +283,7 @@ def llm_step(
     rows = _rows(batch, length, teacher.config.vocab_size, length // 4)
     cache = None
     if cached:
-        cache = build_cache(teacher, rows, pad_token_id=0, top_k=64, tau=2.0, progress=False)
+        cache = build_cache(teacher, rows, pad_token_id=0, top_k=64, tau=2.0)
         rows = cache.attach(rows)
     inputs = collate(rows, pad_token_id=0)
     with tempfile.TemporaryDirectory() as out:

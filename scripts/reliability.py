@@ -29,7 +29,7 @@ TINY = (
     "experiment: {name: tiny, output_dir: runs}\n"
     "data: {" + SYNTHETIC + "}\n"
     "model: {student: fmnist_tiny, teacher: null}\n"
-    "distill: {method: none, weighting: none}\n"
+    "distill: {method: none, weighting: none, ce_weight: 1}\n"
     "train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}\n"
 )
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
@@ -345,6 +345,43 @@ CASES += [
         expect="loss_ce = 0.0 with no valid target",
     ),
 ]
+
+
+# eakd study (issue 23): bad arms and seeds, and study folders that hold something else
+STUDY = ["study", "tiny.yaml", "--out", "st"]
+ARMS = ["--arm", "a=optim.lr=0.1", "--arm", "b"]
+TWO_ARMS = [*ARMS, "--seeds", "0"]
+FILES: dict[str, str | bytes] = {"tiny.yaml": TINY}
+CASES += [
+    Case("study", "unknown key in an arm", [*STUDY, "--arm", "a=optim.lrr=0.1", "--arm", "b"], FILES),
+    Case("study", "an arm equal to another", [*STUDY, "--arm", "a=optim.lr=0.05", "--arm", "b"], FILES),
+    Case("study", "empty seed list", [*STUDY, *ARMS, "--seeds", ","], FILES),
+    Case("study", "repeated seed", [*STUDY, *ARMS, "--seeds", "0,1,0"], FILES),
+    Case(
+        "study",
+        "study folder holding another study",
+        [*STUDY, *TWO_ARMS, "--resume", "train.batch_size=8"],
+        FILES,
+        [[*STUDY, *TWO_ARMS]],
+        ["st/study.json", "st/a-seed0/summary.json"],
+    ),
+    Case(
+        "study",
+        "study folder in use, without --resume",
+        [*STUDY, *TWO_ARMS],
+        FILES,
+        [[*STUDY, *TWO_ARMS]],
+        ["st/study.json", "st/a-seed0/summary.json"],
+    ),
+    Case(
+        "study",
+        "--resume with an arm defined otherwise",
+        [*STUDY, "--arm", "a=optim.lr=0.2", "--arm", "b", "--seeds", "0", "--resume"],
+        FILES,
+        [[*STUDY, *TWO_ARMS]],
+        ["st/study.json", "st/a-seed0/summary.json"],
+    ),
+]  # fmt: skip
 
 
 @dataclass

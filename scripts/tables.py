@@ -25,15 +25,18 @@ from eakd.llm.lm_study import pilot_table as llm_lm_pilot_table
 from eakd.llm.lm_study import table as llm_lm_table
 from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
+from eakd.study_report import report_tables
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
 from eakd.vision.demo import current_runs
 from eakd.vision.demo import format_table as vision_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (not a package)
+from _render_cache_bias import render as llm_cache_bias_table  # noqa: E402
 from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
 from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
 from det_scenes_pilots import pilot_table  # noqa: E402
+from llm_onpolicy_cost import table as onpolicy_cost_table  # noqa: E402
 
 RESULTS = ROOT / "results"
 MARKER = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
@@ -191,9 +194,12 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
     "demo_llm": llm_demo_time,
+    "llm_cache_bias": llm_cache_bias_table,
     "cifar100_recipes": recipes_table,
+    "llm_onpolicy_cost": onpolicy_cost_table,
     "llm_lm_pilot": study(llm_lm_pilot_table),
     "llm_lm_study": study(llm_lm_table),
+    "study_readme": study(report_tables),
 }
 
 

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import eakd
-from eakd.checks import deferred_checks
 from eakd.distill import DistillLoss
 from eakd.engine.config import DistillConfig
 from eakd.losses import LOSSES, dkd_loss, kd_loss, linear_warmup, weighted_mean
@@ -198,17 +197,18 @@ def test_weighted_mean_tensor_denominator_and_empty_mask():
     v = torch.tensor([1.0, 2.0, 3.0])
     assert weighted_mean(v, denominator=torch.tensor(4)).item() == pytest.approx(1.5)
     assert weighted_mean(v, mask=torch.zeros(3, dtype=torch.bool)).item() == 0.0  # nothing valid: 0
-    with deferred_checks():  # no host read: a bad count turns the result NaN for the caller's device check
-        assert math.isnan(weighted_mean(v, denominator=torch.tensor(0)).item())
+    # defer: no host read, a bad count turns the result NaN for the caller's device check
+    assert math.isnan(weighted_mean(v, denominator=torch.tensor(0), defer=True).item())
 
 
 def test_bad_tensor_temperature_deferred_gives_nan_not_error():
-    """Inside deferred checks a learned temperature <= 0 or NaN is not read back: its rows become NaN, which
-    the caller's device-side finiteness flag reports."""
+    """With defer=True a learned temperature <= 0 or NaN is not read back: its rows become NaN, which the
+    caller's device-side finiteness flag reports; without, it is a ValueError."""
     t = torch.tensor([1.0, 2.0, 0.0, math.nan, 1.0])
-    with deferred_checks():
-        out = kd_loss(torch.randn(5, 4), torch.randn(5, 4), t)
+    out = kd_loss(torch.randn(5, 4), torch.randn(5, 4), t, defer=True)
     assert torch.isfinite(out).tolist() == [True, True, False, False, True]
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kd_loss(torch.randn(5, 4), torch.randn(5, 4), t)
 
 
 @pytest.mark.parametrize(

@@ -217,3 +217,42 @@ def test_from_config_passes_fused() -> None:
     cfg = DistillConfig(method="kd", weighting="ea", fused=True, hparams={"temperature": 4.0})
     loss = DistillLoss.from_config(cfg)
     assert loss is not None and loss.fused
+
+
+def test_auto_takes_the_compiled_pass_past_the_crossover_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused="auto" (the default everywhere): eager below AUTO_MIN_NUMEL logits, the compiled pass from
+    there when the settings are fusable and torch.compile works; True / False force a path."""
+    from eakd.llm.settings import TokenLossSettings
+    from eakd.losses import fused_rule as fused
+
+    big, small = fused.AUTO_MIN_NUMEL, fused.AUTO_MIN_NUMEL - 1
+    monkeypatch.setattr(fused, "compile_works", lambda: True)
+    assert fused.use_fused("auto", True, big) and not fused.use_fused("auto", True, small)
+    assert not fused.use_fused("auto", False, big)  # settings without a compiled pass: eager
+    assert fused.use_fused(True, True, 1) and not fused.use_fused(False, True, big)
+    monkeypatch.setattr(fused, "compile_works", lambda: False)
+    assert not fused.use_fused("auto", True, big)  # no working compiler: eager
+    assert DistillLoss().fused == "auto" and TokenLossSettings().fused == "auto"
+    assert not DistillLoss("kd", lambda zs, zt, mask=None: torch.ones(zt.shape[:-1])).fusable
+    assert TokenLossSettings(weighting=lambda zs, zt, mask=None: zt[..., 0]).compiled(big) is False  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fused must be true, false or 'auto'"):
+        DistillLoss(fused="yes")  # type: ignore[arg-type]
+
+
+def test_distill_loss_auto_calls_the_path_the_rule_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DistillLoss with the default fused="auto" runs the compiled pass on logits past the crossover and
+    the eager loss below it (the path recorded, not timed)."""
+    from eakd import distill
+    from eakd.losses import fused_rule as fused
+
+    monkeypatch.setattr(fused, "AUTO_MIN_NUMEL", 60)
+    monkeypatch.setattr(fused, "compile_works", lambda: True)
+    taken = []
+    real = distill.fused_weighted
+    monkeypatch.setattr(distill, "fused_weighted", lambda *a: taken.append("fused") or real(*a))
+    loss = DistillLoss("kd", "ea", temperature=4.0)
+    for n in (5, 6):  # 5 x 10 = 50 logits: eager; 6 x 10 = 60: compiled
+        zs, zt, _ = logits(n=n)
+        loss(zs, zt)
+        taken.append(f"call {n}")
+    assert taken == ["call 5", "fused", "call 6"]

@@ -11,7 +11,6 @@ import torch
 from test_llm_cache import _case
 
 import eakd
-from eakd.checks import deferred_checks
 from eakd.llm import TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
 from eakd.llm.settings import INPUT_CHECKS
 from eakd.report import write_report
@@ -53,15 +52,18 @@ def test_an_impossible_teacher_topk_is_refused(what: str, path: str) -> None:
     hidden, weight, _, labels, _ = _case()
     bad = _bad_topks()[what]
 
-    def loss():
+    def loss(defer: bool = False):
         if path == "chunked":
-            return chunked_distill_loss(hidden, weight, labels, teacher_topk=bad, settings=SETTINGS)
-        return distill_loss_from_logits(hidden @ weight.t(), None, labels, SETTINGS, teacher_topk=bad)
+            return chunked_distill_loss(
+                hidden, weight, labels, teacher_topk=bad, settings=SETTINGS, defer=defer
+            )
+        return distill_loss_from_logits(
+            hidden @ weight.t(), None, labels, SETTINGS, teacher_topk=bad, defer=defer
+        )
 
     with pytest.raises(ValueError, match=f"the teacher top-k holds impossible values: {what.strip()}"):
         loss()
-    with deferred_checks():
-        out = loss()
+    out = loss(defer=True)
     assert out.invalid is not None and out.invalid.tolist() == [k == "teacher_cache" for k in INPUT_CHECKS]
 
 
@@ -149,7 +151,6 @@ def test_get_policy_refuses_what_is_no_policy(weighting, error, message) -> None
     [
         ({"ignore_index": "x"}, "ignore_index must be int, got str 'x'"),
         ({"ignore_index": True}, "ignore_index must be int, got bool True"),
-        ({"fused": "yes"}, "fused must be bool, got str 'yes'"),
         ({"divergence": 3}, "divergence must be str, got int 3"),
         ({"kd_weight": "1"}, "kd_weight must be a number, got str '1'"),
     ],
@@ -157,6 +158,12 @@ def test_get_policy_refuses_what_is_no_policy(weighting, error, message) -> None
 def test_token_settings_refuse_values_of_the_wrong_type(kw, message) -> None:
     with pytest.raises(TypeError, match=message):
         TokenLossSettings(**kw)
+
+
+def test_token_settings_refuse_a_fused_value_it_does_not_take() -> None:
+    """fused takes true, false or "auto" (main's default), so a string it does not know is a value error."""
+    with pytest.raises(ValueError, match="fused must be true, false or 'auto', got 'yes'"):
+        TokenLossSettings(fused="yes")
 
 
 def test_a_callable_weighting_is_not_given_the_default_tau() -> None:

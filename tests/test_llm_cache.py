@@ -3,6 +3,7 @@ values and gradients), the cache file, and EAKDTrainer in offline mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 import eakd
 from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
-from eakd.llm.cache import topk_log_probs
+from eakd.llm.sparse import topk_log_probs
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
 
@@ -181,7 +182,7 @@ from eakd.llm.trainer import EAKDTrainer  # noqa: E402
 
 def test_cache_file_roundtrip_and_rows_check(tokenizer, teacher, tmp_path: Path) -> None:  # noqa: F811
     rows = encode_pairs(tokenizer, PAIRS[:6])
-    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, batch_size=4, progress=False)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, batch_size=4)
     n_valid = sum(sum(x != -100 for x in r["labels"][1:]) for r in rows)
     assert cache.ids.shape == (n_valid, 4) and cache.entropy.shape == (n_valid,)
     assert int(cache.offsets[-1]) == n_valid and 0 < float(cache.coverage().min()) <= 1
@@ -203,7 +204,7 @@ def test_offline_trainer_matches_the_online_teacher(tokenizer, teacher, tmp_path
     """A full-vocabulary cache makes the offline trainer's loss the online one; a top-k cache trains."""
     rows = encode_pairs(tokenizer, PAIRS[:4])
     student = make_student(teacher, num_layers=2, init="layers")
-    full = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=len(tokenizer), progress=False)
+    full = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=len(tokenizer))
     args = _config(tmp_path, chunked=fused, divergence="jsd")
     online = EAKDTrainer(model=student, teacher=teacher, args=args)
     offline = EAKDTrainer(model=student, teacher=None, teacher_cache=full, args=args)
@@ -219,7 +220,7 @@ def test_offline_trainer_trains(tokenizer, teacher, tmp_path: Path) -> None:  # 
     from functools import partial
 
     rows = encode_pairs(tokenizer, PAIRS)
-    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8, progress=False)
+    cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=8)
     student = make_student(teacher, num_layers=2, init="random")
     trainer = EAKDTrainer(
         model=student,
@@ -260,7 +261,7 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     out = tmp_path / "cache.safetensors"
     assert main(["cache", str(config), "--top-k", "4", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert summary["rows"] == 2 and summary["top_k"] == 4 and 0 < summary["top_k_mass_mean"] <= 1
+    assert summary["rows"] == 2 and summary["top_k"] == 4 and 0 < summary["exact_mass_mean"] <= 1
     assert main(["train", str(config), f"model.teacher_cache={out}"]) == 0
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["config"]["model"]["teacher_cache"] == str(out) and result["train_rows"] == 2
@@ -312,7 +313,7 @@ def test_cache_files_are_checked_for_consistency(tokenizer, teacher, tmp_path: P
     from safetensors.torch import load_file, save_file
 
     rows = encode_pairs(tokenizer, PAIRS[:4])
-    good = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=3, tau=2.0, progress=False).save(
+    good = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=3, tau=2.0).save(
         tmp_path / "good.safetensors"
     )
     tensors = load_file(str(good))
@@ -352,14 +353,14 @@ def test_cache_files_are_checked_for_consistency(tokenizer, teacher, tmp_path: P
         TeacherCache.load(good).save(tmp_path)
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(ValueError, match="top_k and batch_size must be >= 1"):
-        build_cache(teacher, rows, tokenizer.pad_token_id, top_k=0, progress=False)
+        build_cache(teacher, rows, tokenizer.pad_token_id, top_k=0)
 
 
 def test_a_cache_is_written_only_over_an_eakd_cache(tmp_path: Path) -> None:
     """A user's file at the cache path is refused (and kept); an eakd cache of any format may be replaced."""
     from safetensors.torch import save_file
 
-    from eakd.llm.cache import CACHE_FORMAT, replaceable_cache
+    from eakd.llm.cache_file import CACHE_FORMAT, replaceable_cache
 
     assert replaceable_cache(tmp_path / "new.safetensors") is None
     notes = tmp_path / "notes.txt"
@@ -377,10 +378,14 @@ def test_a_cache_is_written_only_over_an_eakd_cache(tmp_path: Path) -> None:
         topk.ids, topk.logprobs, topk.tail_logmass, topk.entropy, torch.tensor([0, topk.ids.shape[0]]),
         topk.vocab_size, topk.ids.shape[1], topk.temperature, topk.tau, "t", "f",
     )  # fmt: skip
-    with pytest.raises(FileExistsError, match="not overwritten"):
-        cache.save(notes)
+    tail = torch.log1p(-topk.logprobs[:, :3].double().exp().sum(-1)).float()  # the mass beyond the top 3
+    sampled = dataclasses.replace(cache, samples=2, tail_logmass=tail)  # top 3 exact, then 2 "drawn"
+    for kind in (cache, sampled):  # neither kind is written over a user's file
+        with pytest.raises(FileExistsError, match="not overwritten"):
+            kind.save(notes)
     assert notes.read_text() == "my notes\n"
     assert TeacherCache.load(cache.save(old)).ids.equal(cache.ids)  # an older eakd cache is replaced
+    assert TeacherCache.load(sampled.save(old)).samples == 2  # so is a cache of the other kind
 
 
 def test_llm_cache_command_keeps_a_users_file(tmp_path: Path, capsys) -> None:

@@ -12,7 +12,7 @@ from eakd.cli import main as eakd_main
 from eakd.engine.config import ConfigError, load_config
 from eakd.llm.cli import budget_note, main
 from eakd.llm.run import LLMRunConfig, training_args
-from eakd.llm.study import METHODS, table
+from eakd.llm.study import METHODS, REFERENCE, method_config, table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "eakd" / "configs" / "llm"
 
@@ -79,7 +79,13 @@ def test_cli_user_errors_print_one_line_and_exit_2(
 
 
 def test_study_methods_and_table() -> None:
-    assert list(METHODS) == ["kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm"]
+    assert list(METHODS) == [
+        "kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm", "gkd", "ea-gkd"
+    ]  # fmt: skip
+    assert REFERENCE["ea-gkd"] == "gkd" and METHODS["ea-gkd"]["lmbda"] == 0.5
+    # on-policy arms run the teacher online in a study that trains the others from its cache
+    assert method_config(LLMRunConfig(), "ea-gkd", 0, "out", teacher_cache=True).model.teacher_cache is None
+    assert method_config(LLMRunConfig(), "ea-kd", 0, "out", teacher_cache=True).model.teacher_cache
     assert METHODS["ea-kd-norm"]["weight_norm"] == "mean" and METHODS["ea-kd-ce"]["ce_weight"] == 0.5
     kd = {"0": {"rougeL": 10.0, "perplexity": 5.0, "train_s": 3.0}, "1": {"rougeL": 12.0, "perplexity": 7.0}}
     result = {"arms": ["kd", "ea-kd"], "seeds": [0], "runs": {"kd": {"0": kd["0"]}, "ea-kd": {"0": kd["1"]}}}
@@ -156,8 +162,17 @@ def _cli_case(name: str, tmp_path: Path) -> tuple[list[str], str]:
         "folder not a model": (["train", str(config), f"model.teacher={tmp_path}"], "is not a model folder"),
         "missing cache": (["train", str(config), "model.teacher_cache=none.safetensors"], "does not exist"),
         "cache is a directory": (["train", str(config), f"model.teacher_cache={tmp_path}"], "is a directory"),
-        "top-k 0": (["cache", str(config), "--top-k", "0"], "top_k (eakd llm cache --top-k) must be >= 1"),
+        "top-k 0": (["cache", str(config), "--top-k", "0"], "'cache.top_k': input should be greater than 0"),
         "out is a directory": (["cache", str(config), "--out", str(tmp_path / "outdir")], "is a directory"),
+        "sparse unknown": (["cache", str(config), "--sparse", "random"], "'cache.sparse': input should be"),
+        "sampled all exact": (
+            ["cache", str(config), "--sparse", "sampled", "--exact", "64"],
+            "cache.exact < ",
+        ),
+        "sampled rkl": (
+            ["cache", str(config), "train.divergence=rkl", "--sparse", "sampled"],
+            "divergence 'rkl' cannot train from a sampled teacher cache",
+        ),
         "missing data": (["train", str(config), "data.source=none.jsonl"], "data file none.jsonl does not"),
     }[name]
 
@@ -178,6 +193,9 @@ def _cli_case(name: str, tmp_path: Path) -> tuple[list[str], str]:
         "cache is a directory",
         "top-k 0",
         "out is a directory",
+        "sparse unknown",
+        "sampled all exact",
+        "sampled rkl",
         "missing data",
     ],
 )
@@ -215,40 +233,43 @@ def test_demo_without_model_or_data_ends_in_one_line_naming_both(
 
 
 def test_demo_progress_plan_counts_every_phase() -> None:
-    """The planned work: the cache's batches, the warm start's steps, and per run its steps, validations
-    and two test evaluations; with the teacher online, no cache and dearer steps."""
-    from eakd.llm.study import CACHE_BATCH, COST, planned_work
+    """The planned work per kind: the caches' batches, the warm start's and every run's steps, and per run
+    its validations and two test evaluations."""
+    from eakd.llm.study import CACHE_BATCH, planned_work
 
     cfg = load_run_config(None, ["train.max_steps=10", "eval.every=5", "model.warm_start_steps=4",
                                  "eval.sampling_seeds=2", "eval.batch_size=16"])  # fmt: skip
-    work, cost = planned_work(cfg, rows=20, val=16, test=32, teacher_cache=True)
-    assert work["cache"] == COST["cache"] * 3 and CACHE_BATCH == 8
-    assert work["warm_start"] == COST["train"] * 4
+    plan = planned_work(cfg, rows=20, val=16, test=32, caches=1, runs=2)
     generate = 2 * 1 + 2 * 3 * 2  # validations at steps 5 and 10 (1 batch), 2 x (greedy + 2 sampled) x 2
-    expected = COST["agreement"] * 3 + COST["train"] * 10 + COST["generate"] * generate + COST["forward"] * 4
-    assert work["run"] == pytest.approx(expected)
-    online, cost_online = planned_work(cfg, rows=20, val=16, test=32, teacher_cache=False)
-    assert online["cache"] == 0 and cost_online["train"] == COST["train_online"] > cost["train"]
+    assert CACHE_BATCH == 8
+    assert plan == {
+        "cache": 3,
+        "train": 4 + 2 * 10,
+        "agreement": 2 * 3,
+        "generate": 2 * generate,
+        "forward": 8,
+    }
+    assert planned_work(cfg, rows=20, val=16, test=32, caches=0, runs=2)["cache"] == 0
 
 
-def test_progress_bar_reports_and_settles(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without a bar, note and phase do nothing; with one, kinds advance it by their cost, a print goes
-    above it, settle moves it forward only, and it ends full."""
+def test_progress_bar_eta_from_measured_rates(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The library's default hook does nothing; the demo's bar estimates what is left from the rates it
+    measured per kind (a kind not seen yet at the mean rate), a print goes above it, it ends full."""
     from eakd.llm import progress
 
-    progress.note("train", 3)  # no bar: nothing
-    bar = progress.Progress(10.0, {"train": 1.0, "generate": 2.0}, "test")
-    with progress.active(bar):
-        progress.note("train", 2)
-        progress.note("generate")
-        assert bar.bar.n == 4.0
-        bar.settle(3.0)
-        assert bar.bar.n == 4.0
-        bar.settle(7.5)
-        progress.note("generate", 5)  # never past the end
-        assert bar.bar.n == 10.0
-        print("above the bar")
-    assert bar.bar.n == 10.0 and progress.current() is None
+    progress.QUIET.note("train", 3)  # the default hook: nothing
+    clock = iter([0.0, 1.0, 2.0, 5.0])  # fake seconds: the bar's own clock, no timing in the test
+    monkeypatch.setattr(progress, "perf_counter", lambda: next(clock))
+    bar = progress.Bar({"train": 4, "generate": 2}, "test")
+    bar.note("train")
+    bar.note("train")  # 1 s per step so far
+    assert bar.estimate() == (2.0, 2 * 1.0 + 2 * 1.0)  # generate not seen: the mean rate
+    bar.note("generate")  # 3 s per generation batch
+    assert bar.estimate() == (5.0, 2 * 1.0 + 1 * 3.0)
+    assert bar.bar.n == pytest.approx(0.5)
+    print("above the bar")
+    bar.close()
+    assert bar.bar.n == 1.0
     assert "above the bar" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown progress kind"):
-        progress.Progress(1.0, {"steps": 1.0})
+        progress.Bar({"steps": 1})

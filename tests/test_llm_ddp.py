@@ -1,5 +1,6 @@
-"""EAKDTrainer under torchrun: 2 CPU processes (gloo) end with the student of 1 process: DDP online and
-from a teacher cache (the loss is normalised by the token count over all processes), and FSDP2 (full
+"""EAKDTrainer under torchrun: 2 CPU processes (gloo) end with the student of 1 process: DDP online, from a
+teacher cache (the loss is normalised by the token count over all processes) and on generated responses
+(lmbda, seq_kd: the same draws on every process, the generated tokens counted over all), and FSDP2 (full
 shard) with the fused loss reading the lm_head. FSDP1 needs a GPU under Accelerate and is not run here."""
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "fsdp"), [("online", ""), ("offline", ""), ("online", "2")])
+@pytest.mark.parametrize(
+    ("mode", "fsdp"), [("online", ""), ("offline", ""), ("onpolicy", ""), ("online", "2")]
+)
 def test_two_processes_match_one(mode: str, fsdp: str, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, str(SCRIPT), str(one), mode, "4"], tmp_path)
@@ -40,3 +43,5 @@ def test_two_processes_match_one(mode: str, fsdp: str, tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for name, value in a.items():
         torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    if mode == "onpolicy":  # every step trained on generated responses (student's or teacher's, seq_kd)
+        assert len(torch.load(one / "generated.pt")) == len(torch.load(two / "generated.pt")) == 3

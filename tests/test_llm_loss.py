@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 import eakd
-from eakd.checks import deferred_checks
 from eakd.llm import TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
 from eakd.losses import get_loss
 from eakd.losses.token import token_mask
@@ -287,8 +286,9 @@ def test_num_items_in_batch_must_be_positive(count: int | torch.Tensor) -> None:
     with pytest.raises(ValueError, match="num_items_in_batch must be > 0"):
         distill_loss_from_logits(hidden @ weight.t(), t_hidden @ t_weight.t(), labels, None, count)
     if isinstance(count, torch.Tensor):  # the trainer's form: not read back, the kd term turns NaN instead
-        with deferred_checks():
-            out = chunked_distill_loss(hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count)
+        out = chunked_distill_loss(
+            hidden, weight, labels, t_hidden, t_weight, num_items_in_batch=count, defer=True
+        )
         assert out.nonfinite().tolist() == [False, True, False]
 
 
@@ -300,17 +300,16 @@ def nan_policy(student_logits, teacher_logits, mask=None, **settings):
 @pytest.mark.parametrize("fused", [True, False])
 def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
     """NaN inputs with weighting=None or "ea", and a custom policy returning NaN: a ValueError naming the
-    term; inside deferred_checks (the trainer) the output's device-side flags say which term went bad."""
+    term; with defer=True (the trainer) the output's device-side flags say which term went bad."""
     hidden, weight, t_hidden, t_weight, labels = _inputs(seed=11)
 
-    def loss(s: TokenLossSettings, h: torch.Tensor = hidden, th: torch.Tensor = t_hidden):
+    def loss(s: TokenLossSettings, h: torch.Tensor = hidden, th: torch.Tensor = t_hidden, defer=False):
         if fused:
-            return chunked_distill_loss(h, weight, labels, th, t_weight, settings=s)
-        return distill_loss_from_logits(h @ weight.t(), th @ t_weight.t(), labels, s)
+            return chunked_distill_loss(h, weight, labels, th, t_weight, settings=s, defer=defer)
+        return distill_loss_from_logits(h @ weight.t(), th @ t_weight.t(), labels, s, defer=defer)
 
     def deferred(s: TokenLossSettings, h: torch.Tensor = hidden) -> list[bool]:
-        with deferred_checks():
-            return loss(s, h).nonfinite().tolist()
+        return loss(s, h, defer=True).nonfinite().tolist()
 
     unweighted = TokenLossSettings(weighting=None, ce_weight=0.5)
     bad_student, bad_teacher = hidden.detach().clone(), t_hidden.clone()

@@ -327,9 +327,13 @@ def test_nonfinite_loss_stops_the_run_before_it_saves(tokenizer, teacher, tmp_pa
 
 
 @pytest.mark.slow
-def test_llm_train_resumes_after_kill_9_to_the_uninterrupted_student(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra", [{}, {"lmbda": 0.5, "max_new_tokens": 4}], ids=["teacher-forced", "on-policy"]
+)
+def test_llm_train_resumes_after_kill_9_to_the_uninterrupted_student(tmp_path: Path, extra: dict) -> None:
     """`eakd llm train` killed (SIGKILL) after its first Trainer checkpoint, then run again with
-    train.resume_from_checkpoint=auto, ends with the student of an uninterrupted run (same data order)."""
+    train.resume_from_checkpoint=auto, ends with the student of an uninterrupted run (same data order; on
+    policy, the same draws and generated responses: both are seeded by the step)."""
     import os
     import signal
     import subprocess
@@ -343,7 +347,7 @@ def test_llm_train_resumes_after_kill_9_to_the_uninterrupted_student(tmp_path: P
 
     steps = 200  # ~100 steps/s on one CPU thread: the kill lands long before the end
     train = {"max_steps": steps, "save_strategy": "steps", "save_steps": 25, "save_total_limit": 2}
-    config = write_run(tmp_path, logging_steps=25, resume_from_checkpoint="auto", **train)
+    config = write_run(tmp_path, logging_steps=25, resume_from_checkpoint="auto", **train, **extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
     def train_cmd(out: Path) -> list[str]:

@@ -17,7 +17,6 @@ import torch
 from test_engine_trainer import toy_config, toy_task
 
 import eakd
-from eakd.checks import deferred_checks
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "nonzero")
 
@@ -93,7 +92,7 @@ def test_classification_step_reads_nothing_back(tmp_path):
     task.loss.sync_checks = False
     batch = next(iter(torch.utils.data.DataLoader(task.train_set, batch_size=8)))
     task.training_step(task.trainable, batch, 0.5)
-    with counted_reads() as seen, deferred_checks():
+    with counted_reads() as seen:
         for _ in range(3):
             terms = task.training_step(task.trainable, batch, 0.5)
             torch.stack(list(terms.values())).sum().backward()
@@ -118,9 +117,10 @@ def test_engine_reads_do_not_grow_with_the_steps(tmp_path):
     assert few == many, f"{few} read-backs for 2 steps, {many} for 8: a read-back per step"
 
 
-def llm_trainer(tmp_path, chunked: bool, cached: bool, **train):
+def llm_trainer(tmp_path, chunked: bool, cached: bool, samples: int = 0, **train):
     """An EAKDTrainer on the tiny teacher (tests/tiny_llm.py) and a 2-layer student, teacher online or
-    from a top-k cache, never logging (logging_steps beyond the steps run); and one collated batch."""
+    from a top-k cache (sampled with ``samples`` > 0), never logging (logging_steps beyond the steps
+    run); and one collated batch."""
     from functools import partial
 
     from tiny_llm import PAIRS, make_teacher, make_tokenizer
@@ -138,7 +138,7 @@ def llm_trainer(tmp_path, chunked: bool, cached: bool, **train):
                       chunked=chunked, chunk_size=8, ce_weight=0.5, tau=2.0, **train)  # fmt: skip
     cache = None
     if cached:
-        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, progress=False)
+        cache = build_cache(teacher, rows, tokenizer.pad_token_id, top_k=4, tau=2.0, samples=samples)
         rows = cache.attach(rows)
     trainer = EAKDTrainer(
         model=student,
@@ -172,6 +172,36 @@ def test_llm_compute_loss_reads_nothing_back(tmp_path, chunked, cached, train):
             trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()
     assert seen == []
     trainer.guard.check()  # the flags of those steps, read once: all clear
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])
+def test_llm_sampled_cache_reads_nothing_back(tmp_path, chunked):
+    """The same with a sampled teacher cache (its estimate of the divergence, EA weights)."""
+    trainer, batch = llm_trainer(tmp_path, chunked, True, samples=3)
+    model = trainer.model.train()
+    n_items = (batch["labels"][:, 1:] != -100).sum()
+    trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()  # warm-up
+    with counted_reads(ignore=MODEL_MASKS) as seen:
+        trainer.compute_loss(model, batch, num_items_in_batch=n_items).backward()
+    assert seen == []
+    trainer.guard.check()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "dense"])
+def test_llm_compute_loss_on_generated_responses_reads_nothing_back(tmp_path, chunked):
+    """On-policy data (lmbda 1): generating a micro-batch's responses reads back (the step's one sync, before
+    the loss); the loss on the generated batch, as the Trainer runs it, reads nothing back."""
+    trainer, batch = llm_trainer(tmp_path, chunked, False, lmbda=1.0, max_new_tokens=6)
+    model = trainer.model.train()
+    generated = trainer._responses(batch, 0)
+    assert generated is not batch
+    n_items = (generated["labels"][:, 1:] != -100).sum()
+    trainer.compute_loss(model, generated, num_items_in_batch=n_items).backward()  # warm-up
+    with counted_reads(ignore=MODEL_MASKS) as seen:
+        for _ in range(3):
+            trainer.compute_loss(model, generated, num_items_in_batch=n_items).backward()
+    assert seen == []
+    trainer.guard.check()
 
 
 def test_llm_compute_loss_without_label_index_reads_back(tmp_path):

@@ -1,32 +1,19 @@
 """Input checks shared by weights and losses: clear errors instead of silent broadcasts or silent NaNs.
 
 Shape, device and setting checks look at metadata only. Value checks (``check_finite``,
-``check_positive_values``) read one value back to the host: eager by default, so a direct call fails at
-once. Inside ``deferred_checks()`` they do no host sync and raise nothing; the caller then checks its
-results on the device (``DistillLoss(sync_checks=False)`` records flags a training loop reads).
+``check_positive_values``, ``check_flag``) read one value back to the host: eager by default, so a direct
+call fails at once. With ``defer=True``, an explicit argument that training paths pass down (never an
+ambient switch), they do no host sync and raise nothing; the caller then checks its results on the
+device (``DistillLoss(sync_checks=False)`` and ``EAKDTrainer`` record flags a training loop reads at its
+logging steps, ``eakd.engine.guard``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from numbers import Real
 
 import torch
-
-_DEFERRED: ContextVar[bool] = ContextVar("eakd_deferred_checks", default=False)
-
-
-@contextmanager
-def deferred_checks() -> Iterator[None]:
-    """Within this context the value checks do no host sync and raise nothing (see the module docstring)."""
-    token = _DEFERRED.set(True)
-    try:
-        yield
-    finally:
-        _DEFERRED.reset(token)
 
 
 def nonfinite(x: torch.Tensor) -> torch.Tensor:
@@ -57,56 +44,56 @@ def check_tensor(name: str, x: object) -> torch.Tensor:
     return x
 
 
-def _eager_values(name: str, x: torch.Tensor) -> bool:
-    """Whether a value check reads ``x`` now (not deferred); a meta tensor holds no value to read."""
-    if _DEFERRED.get():
+def _eager_values(name: str, x: torch.Tensor, defer: bool) -> bool:
+    """Whether a value check reads ``x`` now (not ``defer``); a meta tensor holds no value to read."""
+    if defer:
         return False
     if x.is_meta:
         raise ValueError(f"{name}: the inputs are on the meta device, which holds no values (use cpu/cuda)")
     return True
 
 
-def check_weight_values(name: str, w: torch.Tensor) -> torch.Tensor:
+def check_weight_values(name: str, w: torch.Tensor, *, defer: bool = False) -> torch.Tensor:
     """Weights (...) must be finite and >= 0 everywhere; returns them. Eager: ValueError saying how many are
-    not (one host read). Deferred: no sync; bad values become NaN, so the loss they weight is non-finite
-    and the caller's device-side check stops the run (as ``check_positive_values``)."""
+    not (one host read). With ``defer``: no sync; bad values become NaN, so the loss they weight is
+    non-finite and the caller's device-side check stops the run (as ``check_positive_values``)."""
     ok = (w >= 0) & torch.isfinite(w)
-    if not _eager_values(name, w):
+    if not _eager_values(name, w, defer):
         return torch.where(ok, w, torch.full_like(w, math.nan))
     if not bool(ok.all()):
         raise ValueError(f"{name} must be finite and >= 0; {int((~ok).sum())} of {w.numel()} are not")
     return w
 
 
-def check_positive_values(name: str, x: torch.Tensor) -> torch.Tensor:
+def check_positive_values(name: str, x: torch.Tensor, *, defer: bool = False) -> torch.Tensor:
     """A float tensor setting (a learned temperature, a token count) that must be finite and > 0 everywhere;
-    returns it. Eager: ValueError otherwise. Deferred: no sync; bad values become NaN, so whatever is
+    returns it. Eager: ValueError otherwise. With ``defer``: no sync; bad values become NaN, so whatever is
     computed from them is non-finite and the caller's device-side check reports it.
     """
     ok = (x > 0) & torch.isfinite(x)
-    if not _eager_values(name, x):
+    if not _eager_values(name, x, defer):
         return torch.where(ok, x, torch.full_like(x, math.nan))
     if not bool(ok.all()):
         raise ValueError(f"{name} must be > 0 and finite everywhere; {int((~ok).sum())} value(s) are not")
     return x
 
 
-def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Raise ValueError if ``x`` holds NaN or inf, saying how many; returns ``x`` (unchecked when deferred).
+def check_finite(name: str, x: torch.Tensor, *, defer: bool = False) -> torch.Tensor:
+    """Raise ValueError if ``x`` holds NaN or inf, saying how many; returns ``x`` (unchecked with ``defer``).
 
     Losses and weights call it on their per-sample results (N,), not on the (N, K) logits: a NaN or inf
     logit makes its row's result non-finite, so the check costs O(N), not another pass over the logits.
     """
-    if _eager_values(name, x) and bool(nonfinite(x)):
+    if _eager_values(name, x, defer) and bool(nonfinite(x)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf) of {x.numel()}")
     return x
 
 
-def check_flag(message: str, bad: torch.Tensor) -> torch.Tensor:
+def check_flag(message: str, bad: torch.Tensor, *, defer: bool = False) -> torch.Tensor:
     """``bad`` (0-dim bool) says an input value is invalid: eager, ValueError(message) when True (one host
-    read); deferred, no sync and no error: returns ``bad`` for the caller to record on the device."""
-    if _eager_values(message, bad) and bool(bad):
+    read); with ``defer``, no sync and no error: returns ``bad`` for the caller to record on the device."""
+    if _eager_values(message, bad, defer) and bool(bad):
         raise ValueError(message)
     return bad
 

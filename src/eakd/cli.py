@@ -36,7 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "list, show, copy packaged configs: eakd configs [FILTER] | show NAME | copy NAME DEST",
     ),
     "eval": ("eakd.cli:eval_command", "evaluate a run or config: eakd eval RUN_DIR|CONFIG"),
-    "report": ("eakd.report:report_command", "plots and report.md for runs: eakd report RUN_DIR ..."),
+    "report": (
+        "eakd.report:report_command",
+        "plots and report.md for runs or a study: eakd report RUN_DIR|STUDY_DIR ...",
+    ),
+    "study": (
+        "eakd.study_cli:main",
+        "does EA help on my data? arms x paired seeds of one config: eakd study CONFIG [--arm ...]",
+    ),
     "det": ("eakd.detection.demo:main", "detection demo on real tree images: eakd det demo [--seeds 0 1 2]"),
 }
 

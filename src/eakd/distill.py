@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from eakd.checks import check_nonnegative, check_positive, deferred_checks, nonfinite
-from eakd.losses.fused import check_fusable, fused_weighted
+from eakd.checks import check_nonnegative, check_positive, nonfinite
+from eakd.losses.fused import fused_weighted, unfusable
+from eakd.losses.fused_rule import Fused, check_fused, use_fused
 from eakd.losses.logit import cross_entropy, linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
 from eakd.weighting import Policy, check_weight_norm, get_policy, normalise_weights, standardize
 
-INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats")
+# what a loss is called with (those its signature names); defer: whether its value checks wait (eakd.checks)
+INPUTS = ("student_logits", "teacher_logits", "target", "student_feats", "teacher_feats", "defer")
 
 
 def _accepted(fn: Any) -> set[str]:
@@ -57,12 +58,14 @@ class DistillLoss(nn.Module):
     weights) or "mean" (the weights divided by their mean over the batch's valid samples, so the loss keeps
     KD's scale and only the emphasis changes; an extension, ``normalise_weights``). Remaining keyword
     arguments go to the loss (its temperature, alpha, beta, ...) or, for a loss with learnable parts, to
-    its constructor. sync_checks: see below. fused: compute the loss and the policy's entropies in one
-    compiled pass over each logit row (``eakd.losses.fused``: torch.compile, compiled on the first call;
-    same values, gradients and diagnostics as the eager path, less time; the entropies share the loss's
-    exps when tau == temperature, and for "kd" also when tau / temperature is a small fraction such as the
-    paper's 3 / 4). Methods "kd" and "dkd" with a built-in policy and a float temperature only; anything
-    else is refused here.
+    its constructor. sync_checks: see below. fused: True computes the loss and the policy's entropies in
+    one compiled pass over each logit row (``eakd.losses.fused``: torch.compile, compiled on the first
+    call; same values, gradients and diagnostics as the eager path, less time; the entropies share the
+    loss's exps when tau / temperature is 1 or a small fraction such as the paper's 3 / 4); methods "kd"
+    and "dkd" with a built-in policy and a float temperature only, anything else is refused here. False:
+    the eager path. "auto" (default): the compiled pass where it is faster, i.e. for such settings when
+    the logits hold at least ``eakd.losses.fused_rule.AUTO_MIN_NUMEL`` elements and torch.compile works here,
+    else eager (``use_fused``).
 
     Call with student_logits (N, K), teacher_logits (N, K), and target (N,), student_feats,
     teacher_feats, epoch where needed (a loss module with ``set_epoch``, such as CTKD's curriculum, is
@@ -79,7 +82,7 @@ class DistillLoss(nn.Module):
     input that reaches the loss is caught at O(N) cost, never with another pass over the (N, K) logits.
     ``sync_checks=True`` (default): a non-finite value raises ValueError in the call, naming the term;
     the checks read values back to the host (device syncs). ``sync_checks=False`` (for training loops):
-    no check syncs or raises (the losses' and weights' own checks are deferred, ``eakd.checks``); a NaN
+    no check syncs or raises (the losses and weights get ``defer=True``, ``eakd.checks``); a NaN
     or inf weight or input makes the returned terms non-finite, which the runner's guard
     (``eakd.engine.guard``) records on the device and reads at its logging steps.
     """
@@ -98,7 +101,7 @@ class DistillLoss(nn.Module):
         warmup_epochs: float = 0.0,
         weight_norm: str = "none",
         sync_checks: bool = True,
-        fused: bool = False,
+        fused: Fused = "auto",
         **hparams: Any,
     ) -> None:
         super().__init__()
@@ -130,9 +133,11 @@ class DistillLoss(nn.Module):
             policy_kw["standardized"] = True
         self.policy: Policy | None = get_policy(weighting, **policy_kw)
         self.weighting = weighting if isinstance(weighting, str) or weighting is None else "callable"
-        if fused:
-            check_fusable(method, self.policy, hparams)
-        self.fused = fused
+        check_fused(fused)
+        reason = unfusable(method, self.policy, hparams)
+        if fused is True and reason is not None:
+            raise ValueError(reason)
+        self.fused, self.fusable = fused, reason is None
         self.standardize_logits = standardize_logits
         self.kd_weight = kd_weight
         self.ce_weight = ce_weight
@@ -151,10 +156,7 @@ class DistillLoss(nn.Module):
         epoch: float | None = None,
         mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        with nullcontext() if self.sync_checks else deferred_checks():
-            out = self._terms(
-                student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask
-            )
+        out = self._terms(student_logits, teacher_logits, target, student_feats, teacher_feats, epoch, mask)
         if not self.sync_checks:
             return out
         weights = self.last["weights"]
@@ -178,19 +180,22 @@ class DistillLoss(nn.Module):
         epoch: float | None,
         mask: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """The reduced terms of one call (unchecked); sets ``self.last``."""
+        """The reduced terms of one call (value checks deferred unless ``sync_checks``); sets ``last``."""
+        defer = not self.sync_checks
         teacher_logits = teacher_logits.detach()
         if epoch is not None and hasattr(self.module, "set_epoch"):  # e.g. CTKD's reversal curriculum
             self.module.set_epoch(epoch)
-        if self.fused:
+        if use_fused(self.fused, self.fusable, student_logits.numel()):
             weighted, raw = fused_weighted(
                 self.policy, self.method, student_logits, teacher_logits, target, mask,
-                self.standardize_logits, self.hparams,
+                self.standardize_logits, self.hparams, defer,
             )  # fmt: skip
         else:
             policy = self.policy
-            weighted = None if policy is None else policy.compute(student_logits, teacher_logits, mask)
-            raw = self._eager(student_logits, teacher_logits, target, student_feats, teacher_feats)
+            weighted = None
+            if policy is not None:
+                weighted = policy.compute(student_logits, teacher_logits, mask, defer=defer)
+            raw = self._eager(student_logits, teacher_logits, target, student_feats, teacher_feats, defer)
         weights = None if weighted is None else normalise_weights(weighted.weights, mask, self.weight_norm)
         terms = raw if isinstance(raw, dict) else {"kd": raw}
         scale = self.kd_weight * (1.0 if epoch is None else linear_warmup(epoch, self.warmup_epochs))
@@ -201,7 +206,7 @@ class DistillLoss(nn.Module):
                 out[f"loss_{name}"] = scale * values
                 continue
             per_sample = values if per_sample is None else per_sample + values
-            out[f"loss_{name}"] = scale * weighted_mean(values, weights, mask)
+            out[f"loss_{name}"] = scale * weighted_mean(values, weights, mask, defer=defer)
         if self.ce_weight > 0:
             if target is None:
                 raise ValueError("ce_weight > 0 needs the target labels")
@@ -221,6 +226,7 @@ class DistillLoss(nn.Module):
         target: torch.Tensor | None,
         student_feats: Any,
         teacher_feats: Any,
+        defer: bool,
     ) -> Any:
         """The registered loss's output on the (optionally standardised) inputs it accepts."""
         zs, zt = student_logits, teacher_logits
@@ -232,6 +238,7 @@ class DistillLoss(nn.Module):
             "target": target,
             "student_feats": student_feats,
             "teacher_feats": teacher_feats,
+            "defer": defer,
         }
         missing = [n for n in self.inputs if given[n] is None]
         if missing:

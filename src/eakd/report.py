@@ -1,4 +1,5 @@
-"""``eakd report RUN_DIR [RUN_DIR ...]``: PNG plots and a markdown summary (report.md) for training runs.
+"""``eakd report RUN_DIR [RUN_DIR ...]``: PNG plots and a markdown summary (report.md) for training runs
+(a study folder, ``eakd study``'s, gets its study report: ``eakd.study_report``).
 
 Reads what the engine writes in a run folder (metrics.csv, diagnostics.csv, diagnostics/samples-*.npz,
 summary.json, config.yaml), or an LLM run's folder (``eakd llm train``'s train.output_dir: the same CSV
@@ -27,6 +28,7 @@ import yaml
 
 from eakd.args import ArgumentParser
 from eakd.engine.logs import read_csv
+from eakd.plots import pyplot
 
 PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png", "roi_weights.png")
 
@@ -58,15 +60,6 @@ def read_numbers(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
     """(epoch, path) of the run's raw diagnostic samples, by epoch."""
     folder = run_dir / "diagnostics"
@@ -78,7 +71,7 @@ def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
 
 def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     """Loss terms, eval metrics (percent metrics on their own axis) and lr against the epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epoch = _column(rows, "epoch")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in rows[0]:
@@ -103,7 +96,7 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
 
 def plot_weight_stats(rows: list[dict[str, str]], path: Path) -> None:
     """w quantile bands (5-95, 25-75, median), ESS and corr(w, loss) against the optimiser step."""
-    plt = _pyplot()
+    plt = pyplot()
     step = _column(rows, "step")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for prefix, ax, title in (("w", axes[0], "weight w"), ("h_t", axes[1], "entropies (nats)")):
@@ -137,7 +130,7 @@ def plot_weight_histograms(files: list[tuple[int, Path]], path: Path) -> bool:
     data = [(epoch, d["weights"]) for epoch, d in data if "weights" in d.files]
     if not data:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(data)))
     hi = max(float(w.max()) for _, w in data)
@@ -157,7 +150,7 @@ def plot_entropy_scatter(file: Path, path: Path) -> bool:
     d = np.load(file)
     if not {"h_t", "h_s", "weights"} <= set(d.files):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     points = ax.scatter(d["h_t"], d["h_s"], c=d["weights"], s=6, cmap="viridis", alpha=0.7)
     fig.colorbar(points, ax=ax, label="w")
@@ -182,7 +175,7 @@ def plot_roi_weights(rows: list[dict[str, str]], path: Path) -> bool:
     label 0) or object, with the mean weight per 0.1-wide bin. False without rows."""
     if not rows:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     w, label = _column(rows, "weight"), _column(rows, "label")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = np.linspace(0.0, 1.0, 11)
@@ -330,12 +323,20 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def report_command(argv: list[str]) -> int:
-    """``eakd report RUN_DIR [RUN_DIR ...]``: write each run's report; compare them when several."""
-    parser = ArgumentParser(prog="eakd report", description="Plots and report.md for training runs.")
-    parser.add_argument("runs", nargs="+", help="run folders (experiment.output_dir/experiment.name)")
+    """``eakd report RUN_DIR|STUDY_DIR ...``: write each run's report, compare the runs when several; a
+    study folder (``eakd study``'s, with a study.json) gets its study report (``eakd.study_report``)."""
+    from eakd.study_report import is_study_dir, write_study_report
+
+    parser = ArgumentParser(
+        prog="eakd report", description="Plots and report.md for training runs and study folders."
+    )
+    parser.add_argument(
+        "runs", nargs="+", help="run folders (experiment.output_dir/experiment.name) or study folders"
+    )
     args = parser.parse_args(argv)
-    for run in args.runs:
-        print(f"wrote {write_report(run)}")
-    if len(args.runs) > 1:
-        print(markdown_table([summary_row(Path(r)) for r in args.runs]))
+    runs = [r for r in args.runs if not is_study_dir(Path(r))]
+    for folder in args.runs:
+        print(f"wrote {write_study_report(folder) if folder not in runs else write_report(folder)}")
+    if len(runs) > 1:
+        print(markdown_table([summary_row(Path(r)) for r in runs]))
     return 0

@@ -100,6 +100,13 @@ def reusable_runs(
     return kept
 
 
+def changed_arms(before: dict[str, Any], definitions: dict[str, Any]) -> list[str]:
+    """The arms of ``definitions`` that an earlier study result ``before`` holds runs of under another
+    definition (``eakd study --resume`` refuses them rather than rerunning or mixing)."""
+    recorded = before.get("definitions", {})
+    return [a for a in definitions if before.get("runs", {}).get(a) and recorded.get(a) != definitions[a]]
+
+
 def run_study(
     train_one: TrainOne,
     arms: list[str],

@@ -84,9 +84,10 @@ def resolve_h_ub(h_ub: float | None, num_classes: int) -> float:
     return float(h_ub)
 
 
-def _finish(w: Tensor, mask: Tensor | None) -> Tensor:
-    """Check the weights (a NaN/inf logit makes its row's weight non-finite) and zero masked positions."""
-    check_finite("weights from the student and teacher logits", w)
+def _finish(w: Tensor, mask: Tensor | None, defer: bool) -> Tensor:
+    """Check the weights (a NaN/inf logit makes its row's weight non-finite; ``eakd.checks.check_finite``
+    with ``defer``) and zero masked positions."""
+    check_finite("weights from the student and teacher logits", w, defer=defer)
     if mask is None:
         return w
     check_same_leading("mask", mask, w)
@@ -164,22 +165,35 @@ class Policy:
 
     @_profiled
     def from_entropies(
-        self, h_s: Tensor | None, h_t: Tensor, num_classes: int, mask: Tensor | None = None
+        self,
+        h_s: Tensor | None,
+        h_t: Tensor,
+        num_classes: int,
+        mask: Tensor | None = None,
+        *,
+        defer: bool = False,
     ) -> Tensor:
-        """The rule's weights from given entropies in nats (...) -> (...) (built-in rules only)."""
+        """The rule's weights from given entropies in nats (...) -> (...) (built-in rules only). Non-finite
+        weights are a ValueError; ``defer=True`` (training loops): no host read, no error."""
         if self.rule is None:
             raise ValueError(f"weight policy {self.name!r} has no entropy form (custom policies need logits)")
         bound = resolve_h_ub(self.h_ub, num_classes) if self.rule.bound else 0.0
         if self.rule.student and h_s is None:
             raise ValueError(f"weight policy {self.name!r} needs the student's entropies")
         h_s = h_t if h_s is None else h_s
-        return _finish(self.rule.fn(h_s.float(), h_t.float(), bound), mask)
+        return _finish(self.rule.fn(h_s.float(), h_t.float(), bound), mask, defer)
 
     @_profiled
     def compute(
-        self, student_logits: Tensor | None, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor | None,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        *,
+        defer: bool = False,
     ) -> Weighted:
-        """Weights (...) and the entropies behind them; student_logits may be None for teacher-only rules."""
+        """Weights (...) and the entropies behind them; student_logits may be None for teacher-only rules.
+        defer: as in ``from_entropies``."""
         if student_logits is not None:
             check_logit_pair(student_logits, teacher_logits)
         check_logits("teacher logits", teacher_logits)
@@ -197,14 +211,17 @@ class Policy:
             if mask is not None:  # masked positions get 0, whatever the callable gave there
                 check_same_leading("mask", mask, w)
                 w = torch.where(mask.to(torch.bool), w, torch.zeros((), dtype=w.dtype, device=w.device))
-            return Weighted(check_weight_values(f"weights of policy {self.name!r}", w), None, None)
+            return Weighted(
+                check_weight_values(f"weights of policy {self.name!r}", w, defer=defer), None, None
+            )
         if self.rule.tau is None:  # no entropies (uniform)
             ones = torch.ones(teacher_logits.shape[:-1], dtype=torch.float32, device=teacher_logits.device)
-            return Weighted(_finish(ones, mask), None, None)
+            return Weighted(_finish(ones, mask, defer), None, None)
         if self.rule.student and student_logits is None:
             raise ValueError(f"weight policy {self.name!r} needs the student's logits")
         h_s, h_t = self.entropies(student_logits, teacher_logits)
-        return Weighted(self.from_entropies(h_s, h_t, teacher_logits.shape[-1], mask), h_s, h_t)
+        weights = self.from_entropies(h_s, h_t, teacher_logits.shape[-1], mask, defer=defer)
+        return Weighted(weights, h_s, h_t)
 
     def __call__(
         self, student_logits: Tensor | None, teacher_logits: Tensor, mask: Tensor | None = None

@@ -135,7 +135,11 @@ class DistillConfig:
     (None: the policy's default). h_ub: entropy upper bound (None: ln K). weight_norm: "none" (the paper's
     rule) or "mean" (weights divided by their batch mean, ``eakd.distill.normalise_weights``). hparams: the
     loss's own settings (temperature, alpha, beta, ...). fused: the compiled single-pass loss and entropies
-    (kd / dkd, ``eakd.losses.fused``).
+    (kd / dkd, ``eakd.losses.fused``): true, false, or "auto" (where faster, ``DistillLoss``). kd_weight,
+    ce_weight: the outer weights of the distillation terms and of the hard-label cross-entropy. Every
+    default is ``DistillLoss``'s (and the LLM side's, ``TokenLossSettings``): one rule for all entry
+    points, so ce_weight is 0 unless a config sets it (the packaged ones do); method "none" needs
+    ce_weight > 0.
     """
 
     method: StrictStr = "kd"
@@ -145,11 +149,15 @@ class DistillConfig:
     entropy_on: Literal["raw", "standardized"] = "raw"
     standardize_logits: StrictBool = False
     kd_weight: NonNegFloat = 1.0
-    ce_weight: NonNegFloat = 1.0
+    ce_weight: NonNegFloat = 0.0
     warmup_epochs: NonNegFloat = 0.0
     weight_norm: Literal["none", "mean"] = "none"
-    fused: StrictBool = False
+    fused: StrictBool | Literal["auto"] = "auto"
     hparams: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method == "none" and self.ce_weight == 0:
+            raise ValueError("method none (the student alone) needs ce_weight > 0, or nothing is trained")
 
 
 @section

@@ -4,10 +4,11 @@ lm_head in ``chunked``, their row math in ``rows``), the offline teacher cache (
 imported here (torch only); ``eakd.llm.trainer``, ``models``, ``data``, ``evaluate`` and ``run`` need the
 ``llm`` extra (transformers, gguf, safetensors, rouge-score, datasets)."""
 
-from eakd.llm.cache import TeacherTopK, topk_log_probs
+from eakd.llm.cache import TeacherTopK
 from eakd.llm.chunked import chunked_distill_loss
 from eakd.llm.dense import distill_loss_from_logits
 from eakd.llm.settings import TokenLossOutput, TokenLossSettings
+from eakd.llm.sparse import topk_log_probs
 
 __all__ = [
     "TeacherTopK",

@@ -2,12 +2,14 @@
 (``eakd llm cache``) and read by training runs instead of running the teacher at every step; a batch's
 share of it is a ``TeacherTopK``, which both loss paths take as the teacher.
 
-The cache is one safetensors file: ``ids`` (M, k) int32 top-k token ids, ``logprobs`` (M, k) float32
+The cache is one safetensors file: ``ids`` (M, k) int32 token ids, ``logprobs`` (M, k) float32 their
 teacher log-probabilities at the distillation temperature, ``tail_logmass`` (M,) float32 log of the mass
-outside the top-k (exact, from the full logits), ``entropy`` (M,) float32 teacher entropy in nats at the
-entropy temperature tau, ``offsets`` (R + 1,) int64 (row r owns tokens offsets[r]:offsets[r+1]), over
-the M labelled tokens of R encoded rows, in order; its metadata holds V, k, the temperatures, the teacher
-name and a fingerprint of the rows' token ids and labels, so a cache is never used with other data.
+outside the first k - samples ids (exact, from the full logits), ``entropy`` (M,) float32 teacher entropy
+in nats at the entropy temperature tau, ``offsets`` (R + 1,) int64 (row r owns tokens
+offsets[r]:offsets[r+1]), over the M labelled tokens of R encoded rows, in order; its metadata holds its
+kind, V, k, samples, the seed, the temperatures, the teacher name and a fingerprint of the rows' token ids
+and labels, so a cache is never used with other data. Kind "topk" (samples 0): the ids are the teacher's
+top k. Kind "sampled": the top k - samples, then ``samples`` draws from the rest (``eakd.llm.sparse``).
 """
 
 from __future__ import annotations
@@ -15,41 +17,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from eakd.checks import check_flag, check_positive
-from eakd.llm import progress as demo_progress
-from eakd.llm.cache_checks import LOGPROB_SLACK, check_settings, impossible_values
+from eakd.llm.cache_checks import LOGPROB_SLACK, impossible_values
+from eakd.llm.cache_file import CACHE_FORMAT, cache_path, replaceable_cache
 from eakd.llm.data import IGNORE_INDEX, collate
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.settings import TokenLossSettings
+from eakd.llm.sparse import KINDS, check_settings, draw_uniforms, sparse_rows, topk_log_probs
 from eakd.weighting import entropy
 
-CACHE_FORMAT = "eakd-teacher-cache-2"
-FORMAT_PREFIX = "eakd-teacher-cache-"  # every format's name starts so (format 1 had no tail_logmass)
 TOP_K = 64  # teacher log-probs kept per token by default
 CACHE_BATCH = 8  # rows per teacher batch when writing a cache
-
-
-def topk_log_probs(
-    ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, tail_logmass: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Full teacher log-probabilities (M, V) float32 from top-k ids/log-probs (M, k): the top-k entries
-    as given, the remaining mass (exp(tail_logmass) (M,), else 1 - sum(top-k)) spread evenly over the other
-    V - k tokens."""
-    lp = logprobs.float()
-    k = ids.shape[-1]
-    if tail_logmass is None:
-        tail_logmass = (1.0 - lp.double().exp().sum(-1)).clamp_min(1e-30).log().float()
-    rest = tail_logmass.float() - math.log(max(vocab_size - k, 1))
-    out = rest.unsqueeze(-1).expand(*lp.shape[:-1], vocab_size).clone()
-    return out.scatter_(-1, ids.long(), lp)
 
 
 class TeacherTopK(NamedTuple):
@@ -62,7 +47,9 @@ class TeacherTopK(NamedTuple):
     None: 1 - sum(top-k), which float rounding floors when the top-k hold nearly all the mass). That mass
     is spread evenly over the other V - k tokens. mismatch: a 0-dim bool flag on the device, True when the
     batch's labelled tokens and the cache rows it was gathered from differed in count
-    (``TeacherCache.batch`` with ``tokens``), or None.
+    (``TeacherCache.batch`` with ``tokens``), or None. samples: 0 for a top-k cache; for a sampled one,
+    the last ``samples`` of the k ids are draws from the teacher outside the first k - samples, and
+    tail_logmass is the mass outside those (``eakd.llm.sparse``: the divergence is estimated from them).
     """
 
     ids: torch.Tensor
@@ -73,6 +60,7 @@ class TeacherTopK(NamedTuple):
     tau: float
     tail_logmass: torch.Tensor | None = None
     mismatch: torch.Tensor | None = None
+    samples: int = 0
 
     def rows(self, i: int, j: int) -> TeacherTopK:
         """The cache of valid tokens i:j."""
@@ -82,16 +70,19 @@ class TeacherTopK(NamedTuple):
         )
 
     def log_probs(self, vocab_size: int) -> torch.Tensor:
-        """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs``."""
+        """(M, vocab_size) float32 teacher log-probabilities rebuilt by ``topk_log_probs`` (top-k only)."""
+        if self.samples:
+            raise ValueError("a sampled teacher cache has no full distribution: see eakd.llm.sparse")
         return topk_log_probs(self.ids, self.logprobs, vocab_size, self.tail_logmass)
 
-    def checked(self, s: TokenLossSettings, rows: int, vocab: int) -> tuple[TeacherTopK, torch.Tensor]:
+    def checked(
+        self, s: TokenLossSettings, rows: int, vocab: int, defer: bool = False
+    ) -> tuple[TeacherTopK, torch.Tensor]:
         """(this cache, a 0-dim bool flag): it must match the loss settings (temperature; the policy's tau,
         built-in policies only), the batch's count of labelled tokens and the vocabulary, and hold k <= V
         ids per token (ValueError). Its values must be possible (``impossible_values``; ids also < vocab)
-        and ``mismatch`` False: eager, a ValueError naming what is wrong (host reads); deferred
-        (``eakd.checks.deferred_checks``), no host read: the ids are clamped into [0, vocab) and the flag
-        is set."""
+        and ``mismatch`` False: a ValueError naming what is wrong (host reads); with ``defer`` (no host
+        read), the ids are clamped into [0, vocab) and the flag is set."""
         if (
             self.ids.shape != self.logprobs.shape
             or self.ids.dim() != 2
@@ -102,6 +93,8 @@ class TeacherTopK(NamedTuple):
                 f"{tuple(self.logprobs.shape)}, entropy {tuple(self.entropy.shape)}; "
                 "expected (M, k), (M, k), (M,)"
             )
+        if self.samples and self.tail_logmass is None:
+            raise ValueError("a sampled teacher cache needs its tail_logmass (the mass its draws share)")
         if self.tail_logmass is not None and self.tail_logmass.shape != self.entropy.shape:
             raise ValueError(f"teacher cache tail_logmass {tuple(self.tail_logmass.shape)} is not (M,)")
         if self.ids.shape[0] != rows:
@@ -118,18 +111,20 @@ class TeacherTopK(NamedTuple):
                 f"the teacher top-k holds k={self.ids.shape[1]} ids per token, more than its vocabulary "
                 f"V={self.vocab_size}"
             )
-        check_settings(self.temperature, self.tau, s)
+        check_settings(self.temperature, self.tau, s, self.samples)
         bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
         if self.mismatch is not None:
             msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
-            bad = check_flag(msg, self.mismatch)
+            bad = check_flag(msg, self.mismatch, defer=defer)
         if not rows:
             return self, bad
-        found = impossible_values(self.ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size)
+        found = impossible_values(
+            self.ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size, self.samples
+        )
         if self.vocab_size > vocab:  # a teacher vocabulary padded beyond the loss's
             found[f"ids beyond the loss's vocabulary {vocab}"] = (self.ids >= vocab).any()
         for what, flag in found.items():
-            bad = bad | check_flag(f"the teacher top-k holds impossible values: {what}", flag)
+            bad = bad | check_flag(f"the teacher top-k holds impossible values: {what}", flag, defer=defer)
         return self._replace(ids=self.ids.clamp(0, vocab - 1)), bad
 
 
@@ -139,38 +134,6 @@ def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
     for r in rows:
         h.update(json.dumps([r["input_ids"], r["labels"]]).encode())
     return h.hexdigest()
-
-
-def cache_path(path: str | Path) -> Path:
-    """``path`` as the file to write a cache to; a directory there is a ValueError (a cache is one file)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"the teacher cache path {path} is a directory; give a file path, e.g. "
-            f"{path / 'teacher_cache.safetensors'}"
-        )
-    return path
-
-
-def replaceable_cache(path: str | Path) -> str | None:
-    """What a cache written to ``path`` would replace: None (nothing there), or the format of the eakd teacher
-    cache there (``CACHE_FORMAT`` or an older one). Anything else there (a file that is not an eakd teacher
-    cache, however it is named) is a FileExistsError: a cache is never written over a user's file."""
-    path = cache_path(path)
-    if not path.exists():
-        return None
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            found = (f.metadata() or {}).get("format", "")
-    except (SafetensorError, OSError, ValueError):
-        found = ""
-    if not found.startswith(FORMAT_PREFIX):
-        raise FileExistsError(
-            f"{path} exists and is not an eakd teacher cache; not overwritten (choose another file)"
-        )
-    return found
 
 
 @dataclass(frozen=True)
@@ -189,16 +152,21 @@ class TeacherCache:
     tau: float
     teacher: str
     rows_fingerprint: str
+    samples: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        """ids (M, k) integer in [0, V) with k = top_k in [1, V]; logprobs (M, k) finite and <= 0;
-        tail_logmass (M,) <= 0 (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0;
-        nothing ``impossible_values`` flags (repeated ids, masses above 1, entropies above ln V);
-        offsets (R + 1,) integer from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over
-        the values when the cache is built or loaded, never per training step."""
+        """ids (M, k) integer in [0, V) with k = top_k in [1, V]; samples in [0, k] (then tail_logmass
+        finite: the draws share that mass); logprobs (M, k) finite and <= 0; tail_logmass (M,) <= 0
+        (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0; nothing
+        ``impossible_values`` flags (repeated exact ids, masses above 1, entropies above ln V); offsets
+        (R + 1,) integer from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over the values
+        when the cache is built or loaded, never per training step."""
         ids, m = self.ids, self.ids.shape[0] if self.ids.dim() else 0
         if self.top_k < 1 or self.top_k > self.vocab_size:
             raise ValueError(f"top_k {self.top_k} is not in [1, vocab_size {self.vocab_size}]")
+        if not 0 <= self.samples <= self.top_k:
+            raise ValueError(f"samples {self.samples} is not in [0, top_k {self.top_k}]")
         if ids.dim() != 2 or ids.shape[1] != self.top_k or ids.is_floating_point():
             raise ValueError(f"ids {tuple(ids.shape)} {ids.dtype} are not integer (M, top_k={self.top_k})")
         if self.logprobs.shape != ids.shape:
@@ -219,13 +187,16 @@ class TeacherCache:
             )
         checks = {
             "logprobs": self.logprobs.isfinite() & (self.logprobs <= LOGPROB_SLACK),
-            "tail_logmass": ~self.tail_logmass.isnan() & (self.tail_logmass <= LOGPROB_SLACK),
+            "tail_logmass": (self.tail_logmass.isfinite() if self.samples else ~self.tail_logmass.isnan())
+            & (self.tail_logmass <= LOGPROB_SLACK),
             "entropy": self.entropy.isfinite() & (self.entropy >= -LOGPROB_SLACK),
         }
         for name, ok in checks.items():
             if not bool(ok.all()):
                 raise ValueError(f"{name} holds {int((~ok).sum())} NaN, infinite or out-of-range value(s)")
-        found = impossible_values(ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size)
+        found = impossible_values(
+            ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size, self.samples
+        )
         for what, flag in found.items():
             if bool(flag):
                 raise ValueError(f"the cache holds impossible values: {what}")
@@ -271,6 +242,7 @@ class TeacherCache:
             self.tau,
             self.tail_logmass[sel].to(device),
             None if mismatch is None else mismatch.to(device),
+            self.samples,
         )
 
     def attach(self, rows: Sequence[dict[str, list[int]]]) -> list[dict[str, Any]]:
@@ -293,8 +265,11 @@ class TeacherCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CACHE_FORMAT,
+            "kind": KINDS[bool(self.samples)],
             "vocab_size": str(self.vocab_size),
             "top_k": str(self.top_k),
+            "samples": str(self.samples),
+            "seed": str(self.seed),
             "temperature": repr(self.temperature),
             "tau": repr(self.tau),
             "teacher": self.teacher,
@@ -336,6 +311,8 @@ class TeacherCache:
                 f"{meta.get('format')!r}); {fix}"
             )
         try:
+            if meta["kind"] != KINDS[int(meta["samples"]) > 0]:
+                raise ValueError(f"kind {meta['kind']!r} does not match samples {meta['samples']}")
             return cls(
                 t["ids"],
                 t["logprobs"],
@@ -348,6 +325,8 @@ class TeacherCache:
                 float(meta["tau"]),
                 meta["teacher"],
                 meta["rows_fingerprint"],
+                int(meta["samples"]),
+                int(meta["seed"]),
             )
         except KeyError as err:
             raise ValueError(f"teacher cache {path} lacks {err}; {fix}") from None
@@ -355,8 +334,9 @@ class TeacherCache:
             raise ValueError(f"teacher cache {path} is inconsistent: {err}; {fix}") from None
 
     def coverage(self) -> torch.Tensor:
-        """(M,) teacher probability mass inside the top-k per token, at the cache's temperature."""
-        return self.logprobs.double().exp().sum(-1).float()
+        """(M,) teacher probability mass kept exactly per token (the top k - samples), at the cache's
+        temperature."""
+        return -torch.expm1(self.tail_logmass.double()).float()
 
 
 @torch.no_grad()
@@ -370,23 +350,32 @@ def build_cache(
     batch_size: int = CACHE_BATCH,
     vocab_size: int | None = None,
     teacher_name: str = "",
-    progress: bool = True,
+    progress: ProgressHook = QUIET,
+    samples: int = 0,
+    seed: int = 0,
 ) -> TeacherCache:
     """Run the teacher once over the encoded rows and keep, per labelled token (the position predicting a
-    label), the top-k log-probs at ``temperature`` and the full entropy at ``tau``.
+    label), the top-k log-probs at ``temperature`` and the full entropy at ``tau``; with ``samples`` > 0
+    (a sampled cache) the top k - samples, then ``samples`` tokens drawn from the rest of the teacher at
+    ``temperature`` with their log-probs (``eakd.llm.sparse``; the draws depend on ``seed`` and the rows
+    only, not on ``batch_size`` or the device).
 
     vocab_size: the real vocabulary when the lm_head has padding rows (rows beyond it are dropped).
+    Each batch is reported to ``progress`` ("cache", ``eakd.llm.progress``).
     """
     if not rows:
         raise ValueError("no rows to cache")
-    if top_k < 1 or batch_size < 1:
-        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}")
+    if top_k < 1 or batch_size < 1 or not 0 <= samples <= top_k:
+        raise ValueError(
+            f"top_k and batch_size must be >= 1 and samples in [0, top_k], got {top_k}, {batch_size}, "
+            f"{samples}"
+        )
+    generator = torch.Generator().manual_seed(seed)
     device = next(teacher.parameters()).device
     v = vocab_size
     ids, logprobs, tails, ents, counts = [], [], [], [], []
     starts = range(0, len(rows), batch_size)
-    quiet = not progress or demo_progress.current() is not None  # the job's own bar reports the batches
-    for start in tqdm(starts, desc="teacher cache", unit="batch", disable=quiet):
+    for start in starts:
         batch = collate(list(rows[start : start + batch_size]), pad_token_id)
         feed = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
         logits = teacher(**feed).logits[:, :-1]
@@ -397,13 +386,15 @@ def build_cache(
         valid = labels != IGNORE_INDEX
         z = logits[valid][:, :v].float()
         full = torch.log_softmax(z / temperature, dim=-1)
-        lp, idx = full.topk(top_k, dim=-1)
+        idx, lp, tail = sparse_rows(
+            full, top_k, samples, draw_uniforms(valid.sum(1).tolist(), samples, generator)
+        )
         ids.append(idx.to(torch.int32).cpu())
         logprobs.append(lp.cpu())
-        tails.append(full.scatter_(-1, idx, -torch.inf).logsumexp(-1).cpu())
+        tails.append(tail.cpu())
         ents.append(entropy(z, tau).cpu())
         counts.append(valid.sum(1).cpu())
-        demo_progress.note("cache")
+        progress.note("cache")
     n = torch.cat(counts)
     return TeacherCache(
         torch.cat(ids),
@@ -417,4 +408,6 @@ def build_cache(
         float(tau),
         teacher_name,
         fingerprint(rows),
+        samples,
+        seed,
     )

@@ -26,9 +26,9 @@ from eakd.engine.checkpoint import atomic_save
 from eakd.engine.diagnostics import Diagnostics
 from eakd.engine.guard import FirstBadStep, InvalidBatchError, NonFiniteLossError
 from eakd.engine.logs import CsvLog
-from eakd.llm import progress
 from eakd.llm.data import Pair
 from eakd.llm.evaluate import generate, rouge_l
+from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.settings import INPUT_CHECKS, LOSS_TERMS
 
 METRIC_NAMES = {
@@ -98,12 +98,15 @@ class RunLogCallback(TrainerCallback):
 
 
 class StepProgress(TrainerCallback):
-    """Reports each optimiser step to the active progress bar (``eakd.llm.progress``; nothing without)."""
+    """Reports each optimiser step to a progress hook (``eakd.llm.progress``) as "train"."""
+
+    def __init__(self, progress: ProgressHook) -> None:
+        self.progress = progress
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        progress.note("train")
+        self.progress.note("train")
 
 
 class FiniteGuard(TrainerCallback):
@@ -187,9 +190,12 @@ class BestValidation(TrainerCallback):
     generates on its own copy).
     """
 
-    def __init__(self, tokenizer: Any, pairs: list[Pair], every: int, max_new_tokens: int, batch_size: int):
+    def __init__(
+        self, tokenizer: Any, pairs: list[Pair], every: int, max_new_tokens: int, batch_size: int,
+        progress: ProgressHook = QUIET,
+    ) -> None:  # fmt: skip
         self.tokenizer, self.pairs, self.every = tokenizer, pairs, every
-        self.gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+        self.gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
         self.best_state: dict[str, Tensor] = {}

@@ -51,12 +51,16 @@ def check_head(name: str, weight: torch.Tensor, bias: torch.Tensor | None, width
 
 
 class Job(NamedTuple):
-    """What the chunks compute: the settings and their bound policy, the labelled rows, rows per chunk."""
+    """What the chunks compute: the settings and their bound policy, the labelled rows, rows per chunk,
+    whether the value checks wait for the caller (``defer``, ``eakd.checks``) and whether the chunks take
+    the compiled pass (``compiled``, decided once per call on a full chunk's size)."""
 
     settings: TokenLossSettings
     policy: Policy | None
     rows: Rows
     chunk_size: int
+    defer: bool
+    compiled: bool
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -92,7 +96,7 @@ class _ChunkedDistill(torch.autograd.Function):
             assert policy is not None
             for i, j in chunks:
                 zs = F.linear(hidden[i:j], weight, bias)
-                _store(stats, row_weights(policy, zs, teacher.chunk(i, j)), i, j)
+                _store(stats, row_weights(policy, zs, teacher.chunk(i, j), job.defer), i, j)
             stats[0] = finish_weights(stats[0], rows, s)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -107,14 +111,13 @@ class _ChunkedDistill(torch.autograd.Function):
             zs = F.linear(h, weight, bias)
             with torch.enable_grad():
                 z = zs.detach().float().requires_grad_()
-                per_chunk = divergence_and_weights(
-                    s, None if prepass else policy, z, teacher.chunk(i, j), s.fused
+                per, weighted = divergence_and_weights(
+                    s, None if prepass else policy, z, teacher.chunk(i, j), job.compiled, job.defer
                 )
-                per, weighted = per_chunk
                 if weighted is not None:
                     _store(stats, weighted, i, j)
                 w = stats[0][i:j] if stats else None
-                total, kd_c, ce_c = row_terms(z, rows.labels[i:j], per, w, s, rows.denom)
+                total, kd_c, ce_c = row_terms(z, rows.labels[i:j], per, w, s, rows.denom, job.defer)
                 (g,) = torch.autograd.grad(total, z)
             per_token[i:j] = per.detach()
             loss += total.detach()
@@ -165,6 +168,7 @@ def chunked_distill_loss(
     vocab_size: int | None = None,
     chunk_size: int = 512,
     label_index: torch.Tensor | None = None,
+    defer: bool = False,
 ) -> TokenLossOutput:
     """Chunked EA-KD loss from the last hidden states and lm_head; never materialises the (B*T, V) logits.
 
@@ -180,8 +184,8 @@ def chunked_distill_loss(
     an lm_head must match its hidden size. label_index: the flat positions (M,) of the labelled rows
     (``eakd.llm.rows.labelled_rows``; None: found with a host sync); only those rows are computed. A
     non-finite term, an invalid input or num_items_in_batch <= 0 is a ValueError (host syncs), except
-    inside ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it and accumulates
-    ``TokenLossOutput.flags`` on the device instead.
+    with ``defer=True`` (``EAKDTrainer``): no host sync, and the caller reads ``TokenLossOutput.flags``
+    on the device.
     """
     s = settings or TokenLossSettings()
     if chunk_size < 1:
@@ -205,11 +209,11 @@ def chunked_distill_loss(
         check_head("teacher", teacher_weight, teacher_bias, teacher_hidden.shape[-1])
         v_t = teacher_weight.shape[0]
     v = align_vocab(student_weight.shape[0], v_t, vocab_size)
-    rows = labelled_rows(labels, shape, v, s, label_index, num_items_in_batch)  # only these are computed
+    rows = labelled_rows(labels, shape, v, s, label_index, num_items_in_batch, defer)  # only these count
     bad_cache = torch.zeros((), dtype=torch.bool, device=student_hidden.device)
     teacher: TeacherRows
     if teacher_topk is not None:
-        teacher_topk, bad_cache = teacher_topk.checked(s, rows.valid.numel(), v)
+        teacher_topk, bad_cache = teacher_topk.checked(s, rows.valid.numel(), v, defer)
         teacher = CachedRows(teacher_topk, v)
     elif teacher_logits is not None:
         teacher = LogitRows(teacher_logits.detach().reshape(-1, v_t).index_select(0, rows.valid)[:, :v])
@@ -220,10 +224,12 @@ def chunked_distill_loss(
         teacher = HeadRows(t_hidden, teacher_weight.detach()[:v], t_bias)
     hidden = student_hidden.reshape(-1, h_size).index_select(0, rows.valid)
     b_s = None if student_bias is None else student_bias[:v]
-    job = Job(s, s.policy(), rows, chunk_size)
+    compiled = s.compiled(min(chunk_size, max(rows.labels.numel(), 1)) * v)
+    job = Job(s, s.policy(), rows, chunk_size, defer, compiled)
     loss, kd, ce, *per_row = _ChunkedDistill.apply(hidden, student_weight[:v], b_s, teacher, job)
     per_token, *stats = [scatter(x, rows) for x in per_row]
     weights = stats[0] if stats else None
     h_s, h_t = stats[1:] if len(stats) == 3 else (None, None)
     invalid = torch.cat([rows.bad, bad_cache.to(rows.bad.device)[None]])
-    return TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s, invalid).check_finite()
+    out = TokenLossOutput(loss, kd, ce, weights, per_token, h_t, h_s, invalid)
+    return out if defer else out.check_finite()

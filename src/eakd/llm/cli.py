@@ -6,6 +6,7 @@ prints it as one line ``eakd llm CMD: message`` to stderr and exits 2."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from eakd.args import ArgumentParser
 from eakd.engine.config import load_config
-from eakd.llm.cache import CACHE_BATCH, TOP_K
+from eakd.llm.cache import CACHE_BATCH
 
 if TYPE_CHECKING:
     from eakd.llm.run import LLMRunConfig
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 USAGE = """usage: eakd llm {train,cache,eval,demo} ...
 
   train CONFIG [section.key=value ...] [--eval-teacher]   distil and evaluate (eakd configs llm/)
-  cache CONFIG [section.key=value ...] [--top-k K] [--out FILE]
+  cache CONFIG [section.key=value ...] [--sparse topk|sampled] [--top-k K] [--exact E] [--out FILE]
                                                          run the teacher once: top-k log-probs + entropy
                                                          per token; train with model.teacher_cache=FILE
   eval MODEL [--data chatterbot|HUB_ID|FILE] [--val-size N] [--test-size N] [--sampling-seeds K]
@@ -73,16 +74,32 @@ def train(argv: list[str]) -> int:
     return 0
 
 
+CACHE_FLAGS = (  # flag, type, help: each sets the run config's cache.<name>
+    ("--sparse", str, "topk or sampled"),
+    ("--top-k", int, "teacher tokens stored per labelled token"),
+    ("--exact", int, "a sampled cache's top tokens kept exactly (the rest of top-k are drawn)"),
+    ("--seed", int, "a sampled cache's seed"),
+)
+
+
+def cache_overrides(a: argparse.Namespace) -> list[str]:
+    """The ``cache.<name>=value`` overrides of the cache flags given on the command line."""
+    given = {flag[2:].replace("-", "_"): getattr(a, flag[2:].replace("-", "_")) for flag, _, _ in CACHE_FLAGS}
+    return [f"cache.{k}={v}" for k, v in given.items() if v is not None]
+
+
 def cache_cmd(argv: list[str]) -> int:
     """``eakd llm cache CONFIG``: write the offline teacher cache of a config's training data."""
     p = ArgumentParser(prog="eakd llm cache")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value (data and train.temperature/tau matter)")
-    p.add_argument("--top-k", type=int, default=TOP_K, help="teacher log-probs kept per token")
+    for flag, kind, what in CACHE_FLAGS:
+        p.add_argument(flag, type=kind, default=None, help=f"{what} (the config's cache.* by default)")
     p.add_argument("--batch-size", type=int, default=CACHE_BATCH)
     p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
     a = p.parse_args(argv)
-    from eakd.llm.cache import CACHE_FORMAT, replaceable_cache
+    from eakd.llm.cache_file import CACHE_FORMAT, replaceable_cache
+    from eakd.llm.progress import Bar
     from eakd.llm.run_cache import write_cache
 
     found = replaceable_cache(a.out)  # refuses a file that is not an eakd teacher cache
@@ -90,16 +107,22 @@ def cache_cmd(argv: list[str]) -> int:
         older = "" if found == CACHE_FORMAT else f" of the older format {found!r}"
         print(f"eakd llm cache: replacing the eakd teacher cache{older} at {a.out}", file=sys.stderr)
     start = time.perf_counter()
-    cache = write_cache(read_run_config(a.config, a.overrides), a.out, a.top_k, a.batch_size)
+    cfg = read_run_config(a.config, [*a.overrides, *cache_overrides(a)])
+    bar = Bar({}, "teacher cache batches")
+    try:
+        cache = write_cache(cfg, a.out, a.batch_size, bar)
+    finally:
+        bar.close()
     cover = cache.coverage()
     summary = {
         "file": a.out,
         "rows": len(cache.offsets) - 1,
         "tokens": cache.ids.shape[0],
         "top_k": cache.top_k,
+        "samples": cache.samples,
         "vocab_size": cache.vocab_size,
-        "top_k_mass_mean": round(float(cover.mean()), 4),
-        "top_k_mass_p10": round(float(cover.quantile(0.1)), 4),
+        "exact_mass_mean": round(float(cover.mean()), 4),
+        "exact_mass_p10": round(float(cover.quantile(0.1)), 4),
         "megabytes": round(sum(t.nbytes for t in (cache.ids, cache.logprobs, cache.entropy)) / 2**20, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -219,7 +242,6 @@ def demo(argv: list[str]) -> int:
 
     ``benchmarks/llm_study.py`` runs the same study with the full protocol.
     """
-    import argparse
     import os
 
     from eakd.llm.study import METHODS
@@ -245,14 +267,16 @@ def demo(argv: list[str]) -> int:
         help="run the teacher once per tau into OUT/teacher_cache_tau*.safetensors (reused) and train from "
         "it (default); --no-teacher-cache runs the teacher at every step",
     )
-    p.add_argument("--top-k", type=int, default=TOP_K, help="with --teacher-cache: log-probs kept per token")
+    for flag, kind, what in CACHE_FLAGS:
+        p.add_argument(flag, type=kind, default=None, help=f"with --teacher-cache: {what} (sets cache.*)")
     p.add_argument("--results", default=None, help="also save the study there (e.g. results/demo_llm.json)")
     p.add_argument("--reuse", action="store_true", help="keep the finished runs of OUT/study.json")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     a = p.parse_args(argv)
     from pathlib import Path
 
-    from eakd.llm.study import llm_study, table
+    from eakd.llm.progress import Bar
+    from eakd.llm.study import llm_study, study_plan, table
     from eakd.study import provenance
 
     budget = [f"{k}={v}" for k, v in DEMO["overrides"].items()] if a.config is None else []
@@ -265,15 +289,20 @@ def demo(argv: list[str]) -> int:
             f"model.warm_start_steps={a.warm_start_steps}",
             f"eval.every={a.eval_every}",
             *a.overrides,
+            *cache_overrides(a),
         ],
     )
     check_sources(cfg)
     quiet_libraries()
     load, start = os.getloadavg(), time.perf_counter()
     results = None if a.results is None else Path(a.results)
-    result = llm_study(
-        cfg, a.methods, a.seeds, a.out, a.eval_teacher, a.teacher_cache, a.top_k, results, a.reuse, True
-    )
+    bar = Bar(study_plan(cfg, a.methods, a.seeds, a.out, a.teacher_cache), "LLM demo")
+    try:
+        result = llm_study(
+            cfg, a.methods, a.seeds, a.out, a.eval_teacher, a.teacher_cache, results, a.reuse, bar
+        )
+    finally:
+        bar.close()
     wall = time.perf_counter() - start
     print(table(result))
     print(f"\n{timings(result, wall)}")

@@ -31,6 +31,8 @@ def distill_loss_from_logits(
     vocab_size: int | None = None,
     teacher_topk: TeacherTopK | None = None,
     label_index: torch.Tensor | None = None,
+    *,
+    defer: bool = False,
 ) -> TokenLossOutput:
     """The loss from materialised logits (B, T, V) (dense path; the reference of the chunked one).
 
@@ -38,9 +40,8 @@ def distill_loss_from_logits(
     teacher_logits (B, T, V_t) (exactly the student's rows: no broadcasting), or (teacher_logits None) an
     offline ``teacher_topk`` of the valid tokens. label_index: the flat positions of the valid tokens in
     (B*T) (``eakd.llm.rows.labelled_rows``; None: found with a host sync). A non-finite term, an invalid
-    input or num_items_in_batch <= 0 is a ValueError (host syncs), except inside
-    ``eakd.checks.deferred_checks()``, where ``EAKDTrainer`` runs it and accumulates
-    ``TokenLossOutput.flags`` on the device instead.
+    input or num_items_in_batch <= 0 is a ValueError (host syncs), except with ``defer=True``
+    (``EAKDTrainer``): no host sync, and the caller reads ``TokenLossOutput.flags`` on the device.
     """
     s = settings or TokenLossSettings()
     if (teacher_logits is None) == (teacher_topk is None):
@@ -48,11 +49,11 @@ def distill_loss_from_logits(
     v_t = teacher_logits.shape[-1] if teacher_logits is not None else teacher_topk.vocab_size  # type: ignore[union-attr]
     v = align_vocab(student_logits.shape[-1], v_t, vocab_size)
     zs = student_logits[..., :v]
-    rows = labelled_rows(labels, zs.shape[:-1], v, s, label_index, num_items_in_batch)
+    rows = labelled_rows(labels, zs.shape[:-1], v, s, label_index, num_items_in_batch, defer)
     bad_cache = torch.zeros((), dtype=torch.bool, device=zs.device)
     teacher: TeacherRows
     if teacher_topk is not None:
-        teacher_topk, bad_cache = teacher_topk.checked(s, rows.valid.numel(), v)
+        teacher_topk, bad_cache = teacher_topk.checked(s, rows.valid.numel(), v, defer)
         teacher = CachedRows(teacher_topk, v)
     else:
         assert teacher_logits is not None
@@ -61,9 +62,11 @@ def distill_loss_from_logits(
         teacher = LogitRows(zt.reshape(-1, v).index_select(0, rows.valid))
     z = zs.reshape(-1, v).index_select(0, rows.valid)
     policy = s.policy()
-    per_token, weighted = divergence_and_weights(s, policy, z, teacher.chunk(0, z.shape[0]), s.fused)
+    teacher_rows = teacher.chunk(0, z.shape[0])
+    compiled = s.compiled(z.numel())
+    per_token, weighted = divergence_and_weights(s, policy, z, teacher_rows, compiled, defer)
     weights = None if weighted is None else finish_weights(weighted.weights, rows, s)
-    total, kd, ce = row_terms(z, rows.labels, per_token, weights, s, rows.denom)
+    total, kd, ce = row_terms(z, rows.labels, per_token, weights, s, rows.denom, defer)
     h_s = h_t = None
     if weighted is not None and weighted.h_t is not None and weighted.h_s is not None:
         h_t, h_s = scatter(weighted.h_t, rows), scatter(weighted.h_s, rows)
@@ -72,4 +75,4 @@ def distill_loss_from_logits(
     out = TokenLossOutput(
         total, kd.detach(), ce.detach(), w, scatter(per_token.detach(), rows), h_t, h_s, invalid
     )
-    return out.check_finite()
+    return out if defer else out.check_finite()

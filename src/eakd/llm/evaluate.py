@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from eakd.llm import progress
 from eakd.llm.data import IGNORE_INDEX, Pair, collate, encode_pairs, prompt_text
+from eakd.llm.progress import QUIET, ProgressHook
 
 
 @torch.no_grad()
@@ -27,8 +27,10 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 16,
     seed: int = 0,
+    progress: ProgressHook = QUIET,
 ) -> list[str]:
-    """Responses to ``prompts`` (chat template applied), greedy by default; special tokens stripped."""
+    """Responses to ``prompts`` (chat template applied), greedy by default; special tokens stripped. Each
+    batch is reported to ``progress`` ("generate", ``eakd.llm.progress``)."""
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     torch.manual_seed(seed)
@@ -68,9 +70,15 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 
 @torch.no_grad()
 def perplexity(
-    model: Any, tokenizer: Any, pairs: list[Pair], max_length: int = 256, batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    pairs: list[Pair],
+    max_length: int = 256,
+    batch_size: int = 16,
+    progress: ProgressHook = QUIET,
 ) -> float:
-    """exp(mean cross-entropy in nats per response token) of ``model`` on the reference responses."""
+    """exp(mean cross-entropy in nats per response token) of ``model`` on the reference responses; each
+    batch reported to ``progress`` ("forward")."""
     model.eval()
     rows = encode_pairs(tokenizer, pairs, max_length)
     total, count = 0.0, 0
@@ -98,13 +106,14 @@ def evaluate(
     batch_size: int = 16,
     sampling_seeds: int = 5,
     temperature: float = 1.0,
+    progress: ProgressHook = QUIET,
 ) -> dict[str, Any]:
     """ROUGE-L (x100) of generated responses and perplexity on the reference responses over ``pairs``:
     {"rougeL": the mean over ``sampling_seeds`` sampled decodings (seeds 0..k-1, ``temperature``, top-p 1;
     the primary metric), "rougeL_seeds": each of them, "rougeL_greedy", "perplexity", "n", "samples": the
-    first three (prompt, reference, greedy output)}."""
+    first three (prompt, reference, greedy output)}. Its batches are reported to ``progress``."""
     prompts, refs = [p["prompt"] for p in pairs], [p["response"] for p in pairs]
-    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
     greedy = generate(model, tokenizer, prompts, **gen)
     sampled = [
         rouge_l(
@@ -116,7 +125,7 @@ def evaluate(
         "rougeL": sum(sampled) / len(sampled) if sampled else float("nan"),
         "rougeL_seeds": sampled,
         "rougeL_greedy": rouge_l(greedy, refs),
-        "perplexity": perplexity(model, tokenizer, pairs, max_length, batch_size),
+        "perplexity": perplexity(model, tokenizer, pairs, max_length, batch_size, progress),
         "n": len(pairs),
         "samples": [(p["prompt"], p["response"], o) for p, o in zip(pairs[:3], greedy, strict=False)],
     }
@@ -131,11 +140,13 @@ def teacher_agreement(
     max_length: int = 256,
     batch_size: int = 16,
     confident: float = 0.9,
+    progress: ProgressHook = QUIET,
 ) -> dict[str, Any]:
     """Teacher-forced on the reference responses (response tokens only, T = 1): the mean per-token
     KL(teacher || student) in nats and the top-1 agreement (student argmax = teacher argmax), over all
     tokens ("all") and split by the teacher's confidence: p_max > ``confident`` ("confident") or not
-    ("rest"); each {"tokens", "kl", "top1"} (nan for no token)."""
+    ("rest"); each {"tokens", "kl", "top1"} (nan for no token). Each batch is reported to ``progress``
+    ("agreement")."""
     student.eval()
     rows = encode_pairs(tokenizer, pairs, max_length)
     kls, agree, sure = [], [], []

@@ -1,20 +1,20 @@
-"""One progress bar with an ETA over a whole multi-phase job (``eakd llm demo``): teacher cache, warm start,
-each run's training and evaluation.
+"""Progress hooks of the LLM runners: the library reports its work through a hook, a front end shows it.
 
-The library's loops (and ``eakd.llm.callbacks.StepProgress`` for Trainer steps) report their work with
-``note(kind, n)`` (n batches or steps of one ``KINDS`` kind); without an active bar that does nothing.
-The job plans its work up front in the same units (``Progress(total, cost)``): each kind costs
-``cost[kind]`` units (an estimate of its relative time), so the bar's rate, and so its ETA, holds across
-phases; ``settle`` moves the bar to a planned mark when a phase ends (a phase may do less than planned,
-e.g. no second test evaluation when the best step is the last).
+The loops of ``eakd.llm`` (teacher-cache batches, Trainer steps through
+``eakd.llm.callbacks.StepProgress``, evaluation batches) and the runners (``run``, ``warm_start_student``,
+``llm_study``) take a ``ProgressHook`` argument (default ``QUIET``, which does nothing) and call
+``note(kind, n)`` after n batches or steps of a ``KINDS`` kind, and ``phase(name)`` when a phase begins.
+No library function holds a bar. ``Bar`` is the front ends' hook (``eakd llm demo``, ``eakd llm cache``):
+a tqdm bar over planned counts per kind, whose ETA comes from the rates it measures (seconds per unit of
+each kind, so that phases of different speed mix), not from a table of one machine's timings.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
-from contextvars import ContextVar
+from contextlib import ExitStack, redirect_stdout
+from time import perf_counter
+from typing import Protocol
 
 from tqdm.auto import tqdm
 from tqdm.contrib import DummyTqdmFile
@@ -23,69 +23,85 @@ from tqdm.contrib import DummyTqdmFile
 # agreement batch (student and teacher forward), a generation batch (max_new_tokens decoding steps)
 KINDS = ("cache", "train", "forward", "agreement", "generate")
 
-_ACTIVE: ContextVar[Progress | None] = ContextVar("eakd_llm_progress", default=None)
 
-
-class Progress:
-    """A tqdm bar over ``total`` units; ``cost``: units per batch or step of each kind in ``KINDS``."""
-
-    def __init__(self, total: float, cost: dict[str, float], desc: str = "") -> None:
-        unknown = set(cost) - set(KINDS)
-        if unknown:
-            raise ValueError(f"unknown progress kind(s) {sorted(unknown)}; known: {KINDS}")
-        self.cost = cost
-        self.bar = tqdm(
-            total=round(total, 3), desc=desc, unit="u", dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
-        )  # fmt: skip
+class ProgressHook(Protocol):
+    """What the runners report to: work done, and the phase it belongs to."""
 
     def note(self, kind: str, n: int = 1) -> None:
-        """Advance by n batches or steps of ``kind`` (never past the end)."""
-        step = self.cost.get(kind, 0.0) * n
-        self.bar.update(min(step, max(self.bar.total - self.bar.n, 0)))
+        """n batches or steps of ``kind`` (one of ``KINDS``) are done."""
+        ...
 
     def phase(self, name: str) -> None:
-        """Show ``name`` as the bar's description."""
-        self.bar.set_description_str(name)
+        """A phase named ``name`` begins."""
+        ...
 
-    def settle(self, mark: float) -> None:
-        """Move the bar to ``mark`` units (the planned end of a finished phase), forward only."""
-        mark = min(mark, self.bar.total)
-        if mark > self.bar.n:
-            self.bar.update(mark - self.bar.n)
+
+class Quiet:
+    """The hook that reports nothing (the runners' default)."""
+
+    def note(self, kind: str, n: int = 1) -> None:
+        pass
+
+    def phase(self, name: str) -> None:
+        pass
+
+
+QUIET = Quiet()
+
+
+class Bar:
+    """A tqdm bar (a ``ProgressHook``) over ``plan``, the planned batches or steps of each kind ({} for
+    a bar that counts units without a plan). Its fill and ETA are in estimated seconds: each kind's rate is
+    measured as its units arrive (the time since the previous note or phase start), a kind not seen yet
+    takes the mean rate of those seen. Work planned but not done (a skipped evaluation) stays in the ETA
+    until ``close``. While the bar is open, what is printed goes above it (``tqdm.write``)."""
+
+    def __init__(self, plan: dict[str, int], desc: str = "") -> None:
+        unknown = set(plan) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown progress kind(s) {sorted(unknown)}; known: {KINDS}")
+        self.plan = {k: v for k, v in plan.items() if v > 0}
+        self.done = dict.fromkeys(KINDS, 0)
+        self.seconds = dict.fromkeys(KINDS, 0.0)
+        self.last = perf_counter()
+        self.stdout = ExitStack()
+        self.stdout.enter_context(redirect_stdout(DummyTqdmFile(sys.stdout)))
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}" if self.plan else None
+        total = 1.0 if self.plan else None
+        # shown after a second only: a command that fails at once prints its one-line error and no bar
+        self.bar = tqdm(total=total, desc=desc, unit="", dynamic_ncols=True, bar_format=fmt, delay=1.0)
+
+    def note(self, kind: str, n: int = 1) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown progress kind {kind!r}; known: {KINDS}")
+        now = perf_counter()
+        self.seconds[kind] += now - self.last
+        self.done[kind] += n
+        self.last = now
+        if not self.plan:
+            self.bar.update(n)
+            return
+        spent, left = self.estimate()
+        self.bar.n = spent / (spent + left) if spent + left > 0 else 0.0
+        self.bar.set_postfix_str("" if left == 0 else f"ETA {tqdm.format_interval(left)}", refresh=False)
+        self.bar.refresh()
+
+    def estimate(self) -> tuple[float, float]:
+        """(seconds spent on the noted units, seconds estimated for the planned units left)."""
+        units, spent = sum(self.done.values()), sum(self.seconds.values())
+        mean = spent / units if units else 0.0
+        rate = {k: self.seconds[k] / self.done[k] if self.done[k] else mean for k in KINDS}
+        left = sum(max(n - self.done[k], 0) * rate[k] for k, n in self.plan.items())
+        return spent, left
+
+    def phase(self, name: str) -> None:
+        self.bar.set_description_str(name)
+        self.last = perf_counter()  # the time between phases (loading models) counts to no kind
 
     def close(self) -> None:
-        self.settle(self.bar.total)
+        """Fill the bar, close it, and print normally again."""
+        if self.plan:
+            self.bar.n = 1.0
+            self.bar.set_postfix_str("")
         self.bar.close()
-
-
-@contextmanager
-def active(progress: Progress) -> Iterator[Progress]:
-    """Make ``progress`` the bar that ``note`` and ``phase`` report to, within this context; what is printed
-    meanwhile goes above the bar (``tqdm.write``)."""
-    token = _ACTIVE.set(progress)
-    try:
-        with redirect_stdout(DummyTqdmFile(sys.stdout)):
-            yield progress
-    finally:
-        _ACTIVE.reset(token)
-        progress.close()
-
-
-def current() -> Progress | None:
-    """The active bar, or None."""
-    return _ACTIVE.get()
-
-
-def note(kind: str, n: int = 1) -> None:
-    """Report n batches or steps of ``kind`` to the active bar (nothing without one)."""
-    bar = _ACTIVE.get()
-    if bar is not None:
-        bar.note(kind, n)
-
-
-def phase(name: str) -> None:
-    """Name the current phase on the active bar (nothing without one)."""
-    bar = _ACTIVE.get()
-    if bar is not None:
-        bar.phase(name)
+        self.stdout.close()

@@ -2,9 +2,10 @@
 (``eakd.llm.chunked``): both select the M labelled rows first, then compute on (n, V) rows of logits.
 
 A teacher is one of three row sources (``TeacherRows``): its logits (``LogitRows``), its last hidden
-states and lm_head (``HeadRows``), or an offline top-k cache (``CachedRows``); each gives a chunk of rows
-as a ``TeacherChunk``: logits (the cache's as T * log-probs, whose softmax at T is the cached
-distribution), and what the cache knows already (its log-probs at T and entropy at tau). The rest is
+states and lm_head (``HeadRows``), or an offline cache (``CachedRows``); each gives a chunk of rows
+as a ``TeacherChunk``: logits (a top-k cache's as T * log-probs, whose softmax at T is the cached
+distribution), and what the cache knows already (its log-probs at T and entropy at tau); a sampled cache
+gives its rows instead of logits, and the divergence is estimated from them (``eakd.llm.sparse``). The rest is
 functions of rows: the divergence and the policy's weights (``divergence_and_weights``), the
 row-dependent weight steps (``finish_weights``: per-sequence means, mean normalisation) and the reduced
 terms (``row_terms``). See ``eakd.llm.settings`` for the formula.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from eakd.checks import check_flag, check_positive, check_positive_values
 from eakd.llm.cache import TeacherTopK
 from eakd.llm.settings import TokenLossSettings
+from eakd.llm.sparse import sampled_divergence
 from eakd.losses.reduce import weighted_mean
 from eakd.weighting import Policy, Weighted, normalise_weights
 
@@ -28,13 +30,15 @@ COMPILED_RANGE = "eakd.compiled_pass"  # the torch.profiler range of the compile
 
 
 class TeacherChunk(NamedTuple):
-    """The teacher at n rows. logits (n, V): whose softmax at T is the teacher. log_probs (n, V) float32:
-    its log-probabilities at T when known (a cache), else None. entropy (n,): its entropy in nats at the
-    policy's tau when known (a cache), else None."""
+    """The teacher at n rows. logits (n, V): whose softmax at T is the teacher (None for a sampled cache).
+    log_probs (n, V) float32: its log-probabilities at T when known (a top-k cache), else None. entropy
+    (n,): its entropy in nats at the policy's tau when known (a cache), else None. sampled: a sampled
+    cache's n rows (``TeacherTopK`` with samples > 0), else None."""
 
-    logits: Tensor
+    logits: Tensor | None
     log_probs: Tensor | None = None
     entropy: Tensor | None = None
+    sampled: TeacherTopK | None = None
 
 
 class TeacherRows(Protocol):
@@ -66,22 +70,24 @@ class HeadRows(NamedTuple):
 
 
 class CachedRows(NamedTuple):
-    """An offline top-k teacher (``TeacherTopK``) of the M labelled rows, rebuilt over ``vocab`` tokens."""
+    """An offline teacher (``TeacherTopK``) of the M labelled rows: a top-k cache rebuilt over ``vocab``
+    tokens, or a sampled cache's rows as they are."""
 
     topk: TeacherTopK
     vocab: int
 
     def chunk(self, i: int, j: int) -> TeacherChunk:
         rows = self.topk.rows(i, j)
+        if rows.samples:
+            return TeacherChunk(None, None, rows.entropy.float(), rows)
         log_p = rows.log_probs(self.vocab)
         return TeacherChunk(log_p * self.topk.temperature, log_p, rows.entropy.float())
 
 
-def denominator(count: Tensor, num_items_in_batch: int | Tensor | None) -> Tensor:
+def denominator(count: Tensor, num_items_in_batch: int | Tensor | None, defer: bool) -> Tensor:
     """The loss's 0-dim float denominator: ``num_items_in_batch`` (> 0), else ``count`` (the valid tokens
-    of this call, 0-dim). A count <= 0 is a ValueError; a count tensor inside
-    ``eakd.checks.deferred_checks()`` is not read back (no host sync): a count <= 0 then makes the
-    denominator NaN, and the loss's terms non-finite."""
+    of this call, 0-dim). A count <= 0 is a ValueError; with ``defer`` a count tensor is not read back (no
+    host sync): a count <= 0 then makes the denominator NaN, and the loss's terms non-finite."""
     if num_items_in_batch is None:
         return count.clamp_min(1).float()
     if not isinstance(num_items_in_batch, Tensor):
@@ -89,7 +95,7 @@ def denominator(count: Tensor, num_items_in_batch: int | Tensor | None) -> Tenso
     n = torch.as_tensor(num_items_in_batch, device=count.device).float()
     if n.numel() != 1:
         raise ValueError(f"num_items_in_batch must be one number, got shape {tuple(n.shape)}")
-    return check_positive_values("num_items_in_batch", n.reshape(()))
+    return check_positive_values("num_items_in_batch", n.reshape(()), defer=defer)
 
 
 def align_vocab(v_student: int, v_teacher: int, vocab_size: int | None) -> int:
@@ -129,13 +135,14 @@ def labelled_rows(
     s: TokenLossSettings,
     label_index: Tensor | None,
     num_items_in_batch: int | Tensor | None,
+    defer: bool,
 ) -> Rows:
     """The labelled rows of ``labels``, which must have exactly the student's row shape ``shape`` ((B, T)
     for sequence-level weights), each in [0, vocab) or ``s.ignore_index``. label_index: the flat positions
     the data collator computed on the host (``eakd.llm.data.collate``), checked on the device (rising
-    strictly, at labelled tokens only, all of them); None: ``nonzero()`` (a host sync). Eager, a bad label
-    or label_index is a ValueError (a host read); deferred (``eakd.checks.deferred_checks``) it is clamped
-    into range so nothing indexes out of bounds, and flagged in ``Rows.bad``."""
+    strictly, at labelled tokens only, all of them); None: ``nonzero()`` (a host sync). A bad label or
+    label_index is a ValueError (a host read); with ``defer`` it is clamped into range so nothing indexes
+    out of bounds, and flagged in ``Rows.bad`` (no host read)."""
     if labels.shape != shape:
         raise ValueError(
             f"labels {tuple(labels.shape)} do not match the student's rows {tuple(shape)} (hidden states or "
@@ -146,7 +153,8 @@ def labelled_rows(
     flat = labels.reshape(-1)
     mask = flat != s.ignore_index
     out = mask & ((flat < 0) | (flat >= vocab))
-    bad_labels = check_flag(f"labels must be in [0, {vocab}) or ignore_index={s.ignore_index}", out.any())
+    msg = f"labels must be in [0, {vocab}) or ignore_index={s.ignore_index}"
+    bad_labels = check_flag(msg, out.any(), defer=defer)
     flat = torch.where(out, flat.clamp(0, vocab - 1), flat)
     if label_index is None:
         valid, bad_index = mask.nonzero().squeeze(1), torch.zeros((), dtype=torch.bool, device=flat.device)
@@ -157,39 +165,45 @@ def labelled_rows(
         if index.numel():
             ok = ok & mask[valid].all()
         msg = "label_index is not the flat positions of the labelled tokens, in order"
-        bad_index = check_flag(msg, ~ok)
+        bad_index = check_flag(msg, ~ok, defer=defer)
     n_seq = labels.shape[0] if labels.dim() > 1 else 1
-    denom = denominator(mask.sum(), num_items_in_batch)
+    denom = denominator(mask.sum(), num_items_in_batch, defer)
     bad = torch.stack([bad_labels, bad_index])
     return Rows(valid, flat[valid], valid // labels.shape[-1], n_seq, denom, flat.numel(), bad)
 
 
-def cached_weights(policy: Policy, zs: Tensor, h_t: Tensor) -> Weighted:
+def cached_weights(policy: Policy, zs: Tensor, h_t: Tensor, defer: bool) -> Weighted:
     """The built-in ``policy`` on student rows zs (n, V) against a known teacher entropy h_t (n,) in nats
     at the policy's tau: weights (n,), and the student entropy at that tau (None for "uniform")."""
     if policy.tau is None:  # uniform: no entropies
-        return Weighted(policy.from_entropies(None, h_t, zs.shape[-1]), None, None)
+        return Weighted(policy.from_entropies(None, h_t, zs.shape[-1], defer=defer), None, None)
     _, h_s = policy.entropies(None, zs)  # the policy's entropy of zs (tau, standardisation)
-    return Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1]), h_s, h_t)
+    return Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1], defer=defer), h_s, h_t)
 
 
-def row_weights(policy: Policy, zs: Tensor, t: TeacherChunk) -> Weighted:
+def row_weights(policy: Policy, zs: Tensor, t: TeacherChunk, defer: bool) -> Weighted:
     """The policy's weights and entropies of student rows zs (n, V): from both logits, or with the
-    teacher's known entropy."""
+    teacher's known entropy. defer: the value checks' (``eakd.checks``)."""
     if t.entropy is not None and policy.rule is not None:
-        return cached_weights(policy, zs, t.entropy)
-    return policy.compute(zs, t.logits)
+        return cached_weights(policy, zs, t.entropy, defer)
+    return policy.compute(zs, t.logits, defer=defer)
 
 
 def divergence_and_weights(
-    s: TokenLossSettings, policy: Policy | None, zs: Tensor, t: TeacherChunk, compiled: bool
+    s: TokenLossSettings, policy: Policy | None, zs: Tensor, t: TeacherChunk, compiled: bool, defer: bool
 ) -> tuple[Tensor, Weighted | None]:
     """(the per-token divergence (n,) float32 of student rows zs (n, V) against the teacher chunk, the
     policy's weights and entropies (n,) | None without a policy). compiled: both from one compiled pass
     (``eakd.losses.fused.fused_token_terms``, built-in divergences and policies); else the registered
-    divergence and ``row_weights``."""
+    divergence and ``row_weights``. A sampled cache's divergence is its estimate (``sampled_divergence``,
+    eager: it reads k tokens per row), whatever ``compiled``. defer: the value checks' (``eakd.checks``)."""
+    if t.sampled is not None:
+        c = t.sampled
+        per_token = sampled_divergence(s, zs, c.ids, c.logprobs, c.tail_logmass, c.samples)  # type: ignore[arg-type]
+        return per_token, None if policy is None else row_weights(policy, zs, t, defer)
     if not compiled:
-        return s.divergence_fn()(zs, t.logits), None if policy is None else row_weights(policy, zs, t)
+        weighted = None if policy is None else row_weights(policy, zs, t, defer)
+        return s.divergence_fn(defer)(zs, t.logits), weighted
     from eakd.losses.fused import fused_token_terms
 
     tau = None if policy is None else policy.tau
@@ -198,13 +212,14 @@ def divergence_and_weights(
         per_token, h_s, h_t = fused_token_terms(
             s.divergence, zs, None if cached else t.logits, temperature=s.temperature, tau=tau,
             h_t=t.entropy if cached and tau is not None else None, teacher_log_probs=t.log_probs,
-            **s.divergence_settings(),
+            defer=defer, **s.divergence_settings(),
         )  # fmt: skip
     if policy is None:
         return per_token, None
     if h_t is None:  # uniform: no entropies
-        return per_token, Weighted(policy.from_entropies(None, per_token.detach(), zs.shape[-1]), None, None)
-    return per_token, Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1]), h_s, h_t)
+        ones = policy.from_entropies(None, per_token.detach(), zs.shape[-1], defer=defer)
+        return per_token, Weighted(ones, None, None)
+    return per_token, Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1], defer=defer), h_s, h_t)
 
 
 def sequence_mean(weights: Tensor, seq_ids: Tensor, n_seq: int) -> Tensor:
@@ -229,11 +244,18 @@ def depends_on_other_rows(s: TokenLossSettings, policy: Policy | None) -> bool:
 
 
 def row_terms(
-    zs: Tensor, labels: Tensor, per_token: Tensor, weights: Tensor | None, s: TokenLossSettings, denom: Tensor
+    zs: Tensor,
+    labels: Tensor,
+    per_token: Tensor,
+    weights: Tensor | None,
+    s: TokenLossSettings,
+    denom: Tensor,
+    defer: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(total, kd, ce) float32 0-dim of student rows zs (n, V) with labels (n,), their per-token divergence
-    (n,) and detached weights (n,) | None, over the denominator ``denom``; CE at T = 1, never reweighted."""
-    kd = weighted_mean(per_token, weights, denominator=denom)
+    (n,) and detached weights (n,) | None, over the denominator ``denom``; CE at T = 1, never reweighted.
+    defer: the value checks' (``eakd.checks``)."""
+    kd = weighted_mean(per_token, weights, denominator=denom, defer=defer)
     total = s.kd_weight * kd
     ce = torch.zeros((), device=zs.device)
     if s.ce_weight > 0:

@@ -20,7 +20,6 @@ a fresh start) or a checkpoint folder; checkpoints are written with ``save_strat
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import json
@@ -38,19 +37,20 @@ from pydantic_core import PydanticCustomError
 from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
-from eakd.llm import progress
-from eakd.llm.cache import TeacherCache
-from eakd.llm.cache_checks import check_settings
+from eakd.llm.cache import TOP_K, TeacherCache
 from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
-from eakd.llm.evaluate import evaluate, teacher_agreement
+from eakd.llm.evaluate import teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
-from eakd.llm.settings import TokenLossSettings
+from eakd.llm.progress import QUIET, ProgressHook
+from eakd.llm.run_results import evaluate_on_test, print_start, save_run
+from eakd.llm.sparse import check_settings
 from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(EAKDConfig) if f.init]
-# the train keys a study's arms differ by (declared in TokenLossSettings): left out of the warm start
-ARM_KEYS = tuple(f.name for f in dataclasses.fields(TokenLossSettings) if f.metadata["arm"])
+# the train keys a study's arms differ by (declared in TokenLossSettings and GenerationSettings): left out
+# of the warm start
+ARM_KEYS = tuple(f.name for f in dataclasses.fields(EAKDConfig) if f.metadata.get("arm"))
 
 
 def _train_key(key: str) -> str:
@@ -124,6 +124,19 @@ class EvalSection:
 
 
 @section
+class CacheSection:
+    """The teacher cache ``eakd llm cache``, the demo and the studies write for this config (a run reads
+    whatever ``model.teacher_cache`` holds). sparse: "topk" (the teacher's top_k tokens, the rest spread
+    evenly) or "sampled" (its top ``exact`` tokens, then top_k - exact tokens drawn from the rest by
+    ``seed``: unbiased, ``eakd.llm.sparse``); top_k: tokens stored per labelled token (8 bytes each)."""
+
+    sparse: Literal["topk", "sampled"] = "topk"
+    top_k: PosInt = TOP_K
+    exact: NonNegInt = 0
+    seed: NonNegInt = 0
+
+
+@section
 class LLMRunConfig:
     """A whole LLM run. imports: modules imported first (they register plugins, e.g. weight policies).
     train: EAKDConfig / TrainingArguments keyword arguments (an unknown key is a ConfigError on loading;
@@ -133,6 +146,7 @@ class LLMRunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    cache: CacheSection = field(default_factory=CacheSection)
     train: dict[Annotated[str, AfterValidator(_train_key)], Any] = field(default_factory=dict)
 
 
@@ -168,9 +182,15 @@ def training_args(cfg: LLMRunConfig) -> EAKDConfig:
         "disable_tqdm": True,
     }
     try:
-        return EAKDConfig(**{**defaults, **cfg.train})
+        args = EAKDConfig(**{**defaults, **cfg.train})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config section 'train': {err}") from err
+    if cfg.model.teacher_cache is not None and args.generation().generates():
+        raise ConfigError(
+            "model.teacher_cache holds the teacher on the dataset's responses only: train.lmbda > 0 or "
+            "train.seq_kd (generated responses) need the teacher online; drop one of them"
+        )
+    return args
 
 
 def split_rows(
@@ -217,15 +237,17 @@ def checked_cache(cfg: LLMRunConfig, args: EAKDConfig) -> TeacherCache | None:
     if cfg.model.teacher_cache is None:
         return None
     cache = TeacherCache.load(cfg.model.teacher_cache)
-    check_settings(cache.temperature, cache.tau, args.loss_settings())
+    check_settings(cache.temperature, cache.tau, args.loss_settings(), cache.samples)
     return cache
 
 
 def make_trainer(
     args: EAKDConfig, cache: TeacherCache | None, teacher: PreTrainedModel, tokenizer: Any,
-    student: PreTrainedModel, rows: list[dict[str, list[int]]], callbacks: list[Any] | None = None,
+    student: PreTrainedModel, rows: list[dict[str, list[int]]], progress: ProgressHook = QUIET,
+    callbacks: tuple[Any, ...] = (),
 ) -> EAKDTrainer:  # fmt: skip
-    """The run's EAKDTrainer: the teacher online, or the (checked) ``cache``."""
+    """The run's EAKDTrainer: the teacher online, or the (checked) ``cache``; its steps reported to
+    ``progress`` (``eakd.llm.progress``), which then replaces the printed log dicts."""
     trainer = EAKDTrainer(
         model=student,
         teacher=teacher if cache is None else None,
@@ -233,30 +255,26 @@ def make_trainer(
         args=args,
         train_dataset=rows if cache is None else cache.attach(rows),
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
-        callbacks=callbacks,
+        callbacks=[*callbacks, StepProgress(progress)],
     )
-    if progress.current() is not None:  # under a job's progress bar: no printed log dicts
+    if progress is not QUIET:
         trainer.remove_callback(PrinterCallback)
     return trainer
 
 
-def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: Any) -> PreTrainedModel:
-    """The run's initial student: ``make_student`` from the teacher, or the warm start at
-    ``model.warm_start``, written first when missing: ``warm_start_steps`` steps of cross-entropy only
-    (weighting none, kd_weight 0, ce_weight 1, seed 0) on the training rows, the rest of the train section
-    as given but the arm's loss keys (``ARM_KEYS``), so that every arm of a study shares it. Its recipe
-    is saved beside it (warm_start.json); a folder of another recipe is a ValueError."""
+def layer_student(m: ModelSection, teacher: PreTrainedModel) -> PreTrainedModel:
+    """A student of ``m``'s shape from the teacher (``make_student``, seed 0)."""
+    return make_student(teacher, m.student_layers, m.student_hidden, m.student_intermediate, m.init, seed=0)
+
+
+def warm_start_recipe(cfg: LLMRunConfig) -> LLMRunConfig:
+    """The config that writes ``cfg``'s warm start (a new config; ``cfg`` is not changed): cross-entropy
+    only (weighting none, kd_weight 0, ce_weight 1, seed 0) for ``model.warm_start_steps`` steps on the
+    training rows, the rest of the train section as given but the arm's loss keys (``ARM_KEYS``), so
+    that every arm of a study shares it; no warm start of its own and no teacher cache (CE needs none)."""
     m = cfg.model
-    if m.warm_start is None:
-        if m.warm_start_steps:
-            raise ConfigError("model.warm_start_steps needs model.warm_start: the folder to save it in")
-        return make_student(
-            teacher, m.student_layers, m.student_hidden, m.student_intermediate, m.init, seed=0
-        )
-    folder = Path(m.warm_start)
-    sft = copy.deepcopy(cfg)
-    sft.model.warm_start, sft.model.teacher_cache = None, None
-    sft.train = {
+    folder = Path(str(m.warm_start))
+    train = {
         **{k: v for k, v in cfg.train.items() if k not in ARM_KEYS},
         "weighting": "none",
         "kd_weight": 0.0,
@@ -267,26 +285,51 @@ def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: A
         "save_strategy": "no",
         "resume_from_checkpoint": None,
     }
-    recipe = json.loads(json.dumps({**dataclasses.asdict(sft), "eval": None}, default=str))
+    model = dataclasses.replace(m, warm_start=None, teacher_cache=None)
+    return dataclasses.replace(cfg, model=model, train=train)
+
+
+def write_warm_start(
+    sft: LLMRunConfig, folder: Path, recipe: dict[str, Any], teacher: PreTrainedModel, tokenizer: Any,
+    progress: ProgressHook,
+) -> None:  # fmt: skip
+    """Train the warm start ``sft`` (``warm_start_recipe``) and save it with its ``recipe`` in ``folder``
+    (written beside it first, then renamed: a killed run leaves no half folder)."""
+    student = layer_student(sft.model, teacher)
+    progress.phase("warm start")
+    rows = split_rows(sft, tokenizer)[0]
+    args = training_args(sft)
+    make_trainer(args, checked_cache(sft, args), teacher, tokenizer, student, rows, progress).train()
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_pretrained(tmp)
+    (tmp / "warm_start.json").write_text(json.dumps(recipe, indent=1))
+    tmp.rename(folder)
+
+
+def warm_start_student(
+    cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: Any, progress: ProgressHook = QUIET
+) -> PreTrainedModel:
+    """The run's initial student: ``layer_student`` from the teacher, or the warm start at
+    ``model.warm_start``, written first when missing (``warm_start_recipe``; the run's teacher cache, if
+    any, only speeds that up). Its recipe is saved beside it (warm_start.json); a folder of another
+    recipe is a ValueError."""
+    m = cfg.model
+    if m.warm_start is None:
+        if m.warm_start_steps:
+            raise ConfigError("model.warm_start_steps needs model.warm_start: the folder to save it in")
+        return layer_student(m, teacher)
+    folder = Path(m.warm_start)
+    sft = warm_start_recipe(cfg)
+    kept = {k: v for k, v in dataclasses.asdict(sft).items() if k != "cache"}  # CE reads no teacher cache
+    recipe = json.loads(json.dumps({**kept, "eval": None}, default=str))
     if not (folder / "config.json").is_file():
         if not m.warm_start_steps:
             raise FileNotFoundError(
                 f"model.warm_start {folder} holds no model; set model.warm_start_steps > 0"
             )
-        sft.model.warm_start_steps = 0
-        sft.model.teacher_cache = cfg.model.teacher_cache  # only a speed-up: CE needs no teacher
-        student = warm_start_student(sft, teacher, tokenizer)
-        progress.phase("warm start")
-        rows = split_rows(sft, tokenizer)[0]
-        sft_args = training_args(sft)
-        make_trainer(
-            sft_args, checked_cache(sft, sft_args), teacher, tokenizer, student, rows, [StepProgress()]
-        ).train()
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(tmp)
-        (tmp / "warm_start.json").write_text(json.dumps(recipe, indent=1))
-        tmp.rename(folder)
+        cached = dataclasses.replace(sft, model=dataclasses.replace(sft.model, teacher_cache=m.teacher_cache))
+        write_warm_start(cached, folder, recipe, teacher, tokenizer, progress)
     saved = folder / "warm_start.json"
     if saved.is_file() and json.loads(saved.read_text()) != recipe:
         raise ValueError(
@@ -295,44 +338,39 @@ def warm_start_student(cfg: LLMRunConfig, teacher: PreTrainedModel, tokenizer: A
     return from_pretrained(AutoModelForCausalLM, str(folder), dtype=torch.float32).train()
 
 
-def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
+def run(cfg: LLMRunConfig, eval_teacher: bool = False, progress: ProgressHook = QUIET) -> dict[str, Any]:
     """Train the student by ``cfg`` (resuming by ``train.resume_from_checkpoint``) and evaluate it (see the
     module docstring); writes output_dir/results.json, the selected student in output_dir/student, and
     returns the results. A teacher cache that does not match the config's rows, temperature or tau is a
     ValueError before training. results["seconds"]: wall time of its parts (start: models, warm start, KL
-    at start; train, of which validation; test; total); each phase is reported to the active progress bar
-    (``eakd.llm.progress``)."""
+    at start; train, of which validation; test; total). Each phase and its work is reported to
+    ``progress`` (``eakd.llm.progress``)."""
     begin = time.perf_counter()
     args = training_args(cfg)
     name = "/".join(Path(args.output_dir).parts[-2:])
     resume = resume_checkpoint(args)
     cache = checked_cache(cfg, args)  # a mismatch fails before the models load
     teacher, tokenizer = load_teacher(cfg.model.teacher)
-    student = warm_start_student(cfg, teacher, tokenizer).to(args.device)
+    student = warm_start_student(cfg, teacher, tokenizer, progress).to(args.device)
     teacher.to(args.device)
     rows, val, test = split_rows(cfg, tokenizer)
     e, max_length = cfg.eval, cfg.data.max_length
     progress.phase(f"{name}: KL at start")
-    kl_start = teacher_agreement(student, teacher, tokenizer, val, max_length, e.batch_size)["all"]["kl"]
-    print(f"{name}: per-token KL(teacher || student) on validation at start: {kl_start:.3f} nats", flush=True)
-    validation = BestValidation(tokenizer, val, e.every, e.max_new_tokens, e.batch_size)
-    trainer = make_trainer(args, cache, teacher, tokenizer, student, rows, [validation, StepProgress()])
+    kl_start = teacher_agreement(
+        student, teacher, tokenizer, val, max_length, e.batch_size, progress=progress
+    )["all"]["kl"]
+    print_start(name, kl_start)
+    validation = BestValidation(tokenizer, val, e.every, e.max_new_tokens, e.batch_size, progress)
+    trainer = make_trainer(args, cache, teacher, tokenizer, student, rows, progress, (validation,))
     progress.phase(f"{name}: training")
     start = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - start
     progress.phase(f"{name}: test evaluation")
-    gen = {
-        "max_new_tokens": e.max_new_tokens,
-        "max_length": max_length,
-        "batch_size": e.batch_size,
-        "sampling_seeds": e.sampling_seeds,
-        "temperature": e.temperature,
-    }
-    best = last = evaluate(student, tokenizer, test, **gen)
-    if validation.best["step"] != trainer.state.global_step:
-        student.load_state_dict(validation.best_state)
-        best = evaluate(student, tokenizer, test, **gen)
+    tested = evaluate_on_test(
+        cfg, student, teacher, tokenizer, test, validation, trainer.state.global_step, eval_teacher, progress
+    )
+    end = time.perf_counter()
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "student_params": num_params(student),
@@ -345,25 +383,13 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False) -> dict[str, Any]:
             "start": start - begin,
             "train": train_s,
             "validation": validation.seconds,
-            "test": 0.0,  # below
-            "total": 0.0,
+            "test": end - start - train_s,
+            "total": end - begin,
         },
         "train_loss": train_out.training_loss,
         "log_history": trainer.state.log_history,
         "validation": {"history": validation.history, "best": validation.best},
-        "student": best,
-        "student_last": last,
-        "diagnostics": teacher_agreement(
-            student, teacher, tokenizer, test, max_length, e.batch_size, e.confident
-        ),
+        **tested,
     }
-    if eval_teacher:
-        result["teacher"] = evaluate(teacher, tokenizer, test, **gen)
-    end = time.perf_counter()
-    result["seconds"].update(test=end - start - train_s, total=end - begin)
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=str))
-    trainer.save_model(str(out_dir / "student"))
-    tokenizer.save_pretrained(str(out_dir / "student"))
+    save_run(result, trainer, tokenizer, Path(args.output_dir))
     return result

@@ -11,26 +11,31 @@ detached weight of a policy of ``eakd.weighting`` (EA by default, H_ub = ln V; p
 call's valid tokens, an extension), CE the hard-label cross-entropy of the student at T = 1,
 and denom = ``num_items_in_batch`` when given (valid tokens over all gradient-accumulation micro-batches)
 else the valid tokens of this call.
+
+``GenerationSettings``: where a training batch's responses come from (the dataset's, the student's own
+generations, or the teacher's: GKD's ``lmbda`` and ``seq_kd``, ``eakd.llm.onpolicy``).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from eakd.checks import check_finite, check_nonnegative, check_positive
+from eakd.losses.fused_rule import check_fused, use_fused
 from eakd.losses.registry import get_loss
 from eakd.losses.token import check_coefficient
 from eakd.weighting import Policy, check_weight_norm, get_policy
 
 WEIGHT_LEVELS = ("token", "sequence")
 LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite``
-# the input checks a loss defers to the device inside ``eakd.checks.deferred_checks()``, in the order of
-# ``TokenLossOutput.invalid``: what each flag means
+# the input checks a loss defers to the device when called with ``defer=True`` (``eakd.checks``), in the
+# order of ``TokenLossOutput.invalid``: what each flag means
 INPUT_CHECKS = {
     "labels": "labels outside [0, V) that are not ignore_index",
     "label_index": "a label_index that is not the positions of the batch's labels",
@@ -95,15 +100,16 @@ class TokenLossSettings:
     kd_weight: float = setting(1.0, "weight of the distillation term")
     ce_weight: float = setting(0.0, "weight of the student's hard-label cross-entropy (never reweighted)")
     ignore_index: int = setting(-100, "the label of tokens without a loss (prompt, padding)")
-    fused: bool = setting(
-        False,
-        "the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; built-in "
-        "divergences and weightings)",
+    fused: bool | Literal["auto"] = setting(
+        "auto",
+        "true: the divergence and the weights' entropies from one compiled pass (eakd.losses.fused; "
+        "built-in divergences and weightings); false: eager; auto: compiled where faster (a built-in "
+        "divergence and weighting, chunks past eakd.losses.fused_rule.AUTO_MIN_NUMEL, torch.compile working)",
     )
 
     def __post_init__(self) -> None:
         types = {"divergence": str, "weight_level": str, "weight_norm": str, "ignore_index": int}
-        for name, kind in {**types, "fused": bool}.items():
+        for name, kind in types.items():
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
@@ -122,14 +128,27 @@ class TokenLossSettings:
             check_coefficient(name, getattr(self, name))
         for name in ("kd_weight", "ce_weight"):
             check_nonnegative(name, getattr(self, name))
-        policy = self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
-        if self.fused and policy is not None and policy.rule is None:
-            raise ValueError(f"fused needs a built-in weighting, not the custom policy {policy.name!r}")
-        if self.fused and not hasattr(fn, "on_log_probs"):
-            raise ValueError(
+        self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
+        check_fused(self.fused)
+        reason = self.unfusable()
+        if self.fused is True and reason is not None:
+            raise ValueError(reason)
+
+    def unfusable(self) -> str | None:
+        """Why these settings have no compiled pass, or None when they have one."""
+        policy = self.policy()
+        if policy is not None and policy.rule is None:
+            return f"fused needs a built-in weighting, not the custom policy {policy.name!r}"
+        if not hasattr(get_loss(self.divergence), "on_log_probs"):
+            return (
                 f"fused needs a divergence with a log-probability form (register_divergence), "
                 f"not {self.divergence!r}"
             )
+        return None
+
+    def compiled(self, numel: int) -> bool:
+        """Whether a chunk of ``numel`` logits takes the compiled pass (``fused_rule.use_fused``)."""
+        return use_fused(self.fused, self.unfusable() is None, numel)
 
     @classmethod
     def of(cls, config: Any) -> TokenLossSettings:
@@ -148,13 +167,68 @@ class TokenLossSettings:
         params = inspect.signature(get_loss(self.divergence)).parameters
         return {name: getattr(self, name) for name in DIVERGENCE_SETTINGS if name in params}
 
-    def divergence_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def divergence_fn(self, defer: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(student logits (..., V), teacher logits (..., V)) -> (...) per-token divergence, settings and
-        temperature bound."""
+        temperature bound; ``defer`` passed on to a divergence that takes it (``eakd.checks``)."""
         fn, kw = get_loss(self.divergence), self.divergence_settings()
-        if "temperature" in inspect.signature(fn).parameters:
+        params = inspect.signature(fn).parameters
+        if "temperature" in params:
             kw["temperature"] = self.temperature
+        if "defer" in params:
+            kw["defer"] = defer
         return lambda zs, zt: fn(zs, zt, **kw)
+
+
+@dataclass
+class GenerationSettings:
+    """Where each training micro-batch's responses come from, in GKD's terms (TRL's ``GKDTrainer``): with
+    probability ``lmbda`` the student generates them from the batch's prompts (on-policy), else the
+    teacher does when ``seq_kd``, else they are the dataset's; the loss then weighs the new response
+    tokens (``eakd.llm.onpolicy``). Checked when built (ValueError): lmbda in [0, 1], max_new_tokens >= 1,
+    gen_temperature >= 0, gen_top_p in (0, 1], gen_top_k >= 0."""
+
+    lmbda: float = setting(
+        0.0,
+        "the fraction of micro-batches whose responses the student generates (on-policy data), drawn per "
+        "micro-batch from the run's seed and step (reproducible, resumable); 0: never",
+        arm=True,
+    )
+    seq_kd: bool = setting(
+        False,
+        "the teacher generates the responses of the batches the student does not (sequence-level KD)",
+        arm=True,
+    )
+    max_new_tokens: int = setting(128, "the most tokens a generated response has (TRL's default)", arm=True)
+    gen_temperature: float = setting(
+        0.9,
+        "the sampling temperature of generated responses (TRL GKD's temperature; 0: greedy); the "
+        "divergence's temperature is `temperature`",
+        arm=True,
+    )
+    gen_top_p: float = setting(1.0, "nucleus sampling of generated responses (1: off)", arm=True)
+    gen_top_k: int = setting(0, "top-k sampling of generated responses (0: off)", arm=True)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got {self.lmbda}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.gen_temperature) and self.gen_temperature >= 0):
+            raise ValueError(f"gen_temperature must be finite, >= 0 (0: greedy), got {self.gen_temperature}")
+        if not 0.0 < self.gen_top_p <= 1.0:
+            raise ValueError(f"gen_top_p must be in (0, 1], got {self.gen_top_p}")
+        if self.gen_top_k < 0:
+            raise ValueError(f"gen_top_k must be >= 0 (0: off), got {self.gen_top_k}")
+
+    @classmethod
+    def of(cls, config: Any) -> GenerationSettings:
+        """The generation settings held by ``config`` (an ``EAKDConfig``, or any object with them)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    def generates(self) -> bool:
+        """Whether any batch's responses are generated (then the teacher must run online: a cache holds
+        it on the dataset's responses only)."""
+        return self.lmbda > 0 or self.seq_kd
 
 
 class TokenLossOutput(NamedTuple):
@@ -163,9 +237,9 @@ class TokenLossOutput(NamedTuple):
     per_token: (N,) detached unweighted divergence per token (0 at ignored tokens). N = B*T rows.
     h_t, h_s: (N,) teacher and student entropies in nats at the policy's tau, the ones the weights were
     computed from (0 at ignored tokens), or None when the policy uses none (unweighted, uniform, custom).
-    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (inside
-    ``eakd.checks.deferred_checks()``; the values computed from a flagged input are not meaningful), or
-    None when every input check ran on the host."""
+    invalid: (len(INPUT_CHECKS),) bool, the input checks deferred to the device (a loss called with
+    ``defer=True``; the values computed from a flagged input are not meaningful), or None when every
+    input check ran on the host."""
 
     loss: torch.Tensor
     kd: torch.Tensor
@@ -192,7 +266,7 @@ class TokenLossOutput(NamedTuple):
 
     def check_finite(self) -> TokenLossOutput:
         """This output, or ValueError naming its first non-finite term (``eakd.checks.check_finite``: a host
-        sync per term, none inside ``deferred_checks()``)."""
+        sync per term; a loss called with ``defer=True`` skips it and reports ``flags()``)."""
         if self.weights is not None:
             check_finite("the loss's weights", self.weights)
         check_finite("the loss's kd term", self.kd)

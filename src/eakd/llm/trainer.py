@@ -6,6 +6,8 @@ processes): the student is wrapped as usual, the teacher is frozen, in eval mode
 or replaced by an offline teacher cache. See docs/llm.md for FSDP1 and DeepSpeed. The run's logs go
 through ``eakd.llm.callbacks.RunLogCallback`` (metrics.csv, the engine's weight diagnostics); a loss term
 that goes NaN or inf stops the run before its next log or checkpoint (``eakd.llm.callbacks.FiniteGuard``).
+With ``lmbda`` > 0 or ``seq_kd`` a micro-batch's responses are generated before the loss (GKD's on-policy and
+mixed data, ``eakd.llm.onpolicy``).
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from eakd.checks import deferred_checks
 from eakd.llm.cache import TeacherCache, TeacherTopK
 from eakd.llm.callbacks import FiniteGuard, RunLogCallback
 from eakd.llm.chunked import chunked_distill_loss
+from eakd.llm.data import IGNORE_INDEX
 from eakd.llm.dense import distill_loss_from_logits
-from eakd.llm.settings import TokenLossOutput, TokenLossSettings
+from eakd.llm.onpolicy import generated_batch, sampling_seed, student_generates
+from eakd.llm.settings import GenerationSettings, TokenLossOutput, TokenLossSettings
 
 RENAMED = {"fused_loss": "chunked"}  # old train keys, refused with their new name
 
 
 @dataclass
-class EAKDConfig(TrainingArguments, TokenLossSettings):
-    """TrainingArguments plus the loss settings (declared once, with their help, in ``TokenLossSettings``)
-    and the runner's own settings below."""
+class EAKDConfig(TrainingArguments, TokenLossSettings, GenerationSettings):
+    """TrainingArguments plus the loss and generation settings (declared once, with their help, in
+    ``TokenLossSettings`` and ``GenerationSettings``) and the runner's own settings below."""
 
     chunked: bool = field(
         default=True,
@@ -51,13 +54,16 @@ class EAKDConfig(TrainingArguments, TokenLossSettings):
 
     def __post_init__(self) -> None:
         TrainingArguments.__post_init__(self)
-        TokenLossSettings.__post_init__(
-            self
-        )  # bad divergence / weighting names fail when the config is built
+        TokenLossSettings.__post_init__(self)  # bad divergence / weighting names fail when built
+        GenerationSettings.__post_init__(self)
 
     def loss_settings(self) -> TokenLossSettings:
         """The per-token loss settings of this config."""
         return TokenLossSettings.of(self)
+
+    def generation(self) -> GenerationSettings:
+        """Where the responses of the training batches come from (GKD's lmbda and seq_kd)."""
+        return GenerationSettings.of(self)
 
 
 def token_payload(out: TokenLossOutput, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -77,7 +83,9 @@ class EAKDTrainer(Trainer):
     data_collator, callbacks, ...) passes through. Batches need input_ids, attention_mask and labels
     (IGNORE_INDEX = -100 on prompt and padding); with ``label_index`` (``eakd.llm.data.collate`` adds it)
     a training step reads nothing back to the host: the input checks are device-side flags that the
-    ``FiniteGuard`` reads at logging and checkpoint steps.
+    ``FiniteGuard`` reads at logging and checkpoint steps. With ``args.lmbda`` > 0 or ``args.seq_kd`` the
+    responses of a micro-batch are generated first (``get_batch_samples``); generation needs the teacher
+    online (not a cache) and a pad token (``processing_class``'s, else the student's config's).
     """
 
     def __init__(
@@ -92,8 +100,25 @@ class EAKDTrainer(Trainer):
             raise TypeError(f"EAKDTrainer needs an EAKDConfig, got {type(args).__name__}")
         if (teacher is None) == (teacher_cache is None):
             raise ValueError("give EAKDTrainer either a teacher model or a teacher_cache (not both)")
+        self.generation = args.generation()
+        if self.generation.generates() and teacher_cache is not None:
+            raise ValueError(
+                "a teacher cache holds the teacher on the dataset's responses only: lmbda > 0 or seq_kd "
+                "(generated responses) need the teacher online"
+            )
         super().__init__(model=model, args=args, **kwargs)
         self.loss_settings = args.loss_settings()
+        pads = [
+            getattr(x, "pad_token_id", None)
+            for x in (self.processing_class, model.generation_config, model.config)
+        ]
+        self.pad_token_id = next((p for p in pads if p is not None), None)
+        if self.generation.generates() and (self.pad_token_id is None or args.ignore_index != IGNORE_INDEX):
+            raise ValueError(
+                "generated responses need a pad token (pass processing_class=tokenizer, or set the student's "
+                f"config.pad_token_id) and ignore_index {IGNORE_INDEX}, got {self.pad_token_id} and "
+                f"{args.ignore_index}"
+            )
         self.teacher = None if teacher is None else teacher.to(self.args.device).eval().requires_grad_(False)
         # on the device once, so that each batch's rows are gathered there (no host read per step)
         self.teacher_cache = None if teacher_cache is None else teacher_cache.to(self.args.device)
@@ -109,6 +134,37 @@ class EAKDTrainer(Trainer):
         super()._set_signature_columns_if_needed()
         if self._signature_columns is not None and "cache_index" not in self._signature_columns:
             self._signature_columns.append("cache_index")
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        """The micro-batches of one optimiser step and their valid-token count (Trainer's), with
+        generation on each micro-batch's responses replaced first (``_responses``) and counted after."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not self.generation.generates():
+            return batches, num_items
+        new = [self._responses(batch, i) for i, batch in enumerate(batches)]
+        if all(a is b for a, b in zip(new, batches, strict=True)):  # the same on every process
+            return batches, num_items
+        return new, self._get_num_items_in_batch(new, device)
+
+    def _responses(self, batch: dict[str, torch.Tensor], micro: int) -> dict[str, torch.Tensor]:
+        """Micro-batch ``micro`` of this step: responses by the student (drawn with probability lmbda),
+        else by the teacher (seq_kd), else as given."""
+        g, step, seed = self.generation, self.state.global_step, self.args.seed
+        if student_generates(seed, step, micro, g.lmbda):
+            model = self.accelerator.unwrap_model(self.model)
+        elif g.seq_kd:
+            model = self.teacher
+        else:
+            return batch
+        return generated_batch(
+            model,
+            batch,
+            g,
+            self.pad_token_id,
+            sampling_seed(seed, step, micro, self.args.process_index),
+            synced_gpus=self.is_fsdp_enabled,
+            use_cache=not self.args.gradient_checkpointing,
+        )
 
     def _cached_teacher(self, inputs: dict[str, torch.Tensor]) -> TeacherTopK:
         if "cache_index" not in inputs:
@@ -142,6 +198,7 @@ class EAKDTrainer(Trainer):
                 args.vocab_size,
                 teacher_topk=topk,
                 label_index=inputs.get("label_index"),
+                defer=True,  # no host sync per step: the guard reads the terms' flags at logging steps
             )
             return out, outputs
         outputs = model(**feed, output_hidden_states=True, logits_to_keep=1)
@@ -167,6 +224,7 @@ class EAKDTrainer(Trainer):
             vocab_size=args.vocab_size,
             chunk_size=args.chunk_size,
             label_index=inputs.get("label_index"),
+            defer=True,
         )
         return out, outputs
 
@@ -180,8 +238,7 @@ class EAKDTrainer(Trainer):
         """The distillation loss of one micro-batch, normalised by ``num_items_in_batch`` when the Trainer
         gives it (valid tokens over all accumulated micro-batches), else by this batch's valid tokens."""
         args: EAKDConfig = self.args  # type: ignore[assignment]
-        with deferred_checks():  # no host sync per step: the FiniteGuard checks the terms on the device
-            out, outputs = self._distill(model, inputs, num_items_in_batch)
+        out, outputs = self._distill(model, inputs, num_items_in_batch)
         scale = 1.0
         if (
             num_items_in_batch is not None

@@ -14,7 +14,7 @@ cache's) is taken as given and not recomputed.
 The kernels are compiled with ``torch.compile`` (inductor, dynamic shapes: a new batch size or class count
 does not recompile) on first use, one compiled callable per setting combination, cached. Math is float32
 for any input dtype; the teacher is detached (gradients reach the student logits only). Value checks on
-the results follow ``eakd.checks`` (eager or deferred), as in the eager losses.
+the results follow ``eakd.checks`` (eager, or no host read with ``defer=True``), as in the eager losses.
 """
 
 from __future__ import annotations
@@ -230,6 +230,7 @@ def fused_logit_terms(
     standardized: bool = False,
     standardize_logits: bool = False,
     h_t: Tensor | None = None,
+    defer: bool = False,
     **loss_settings: Any,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Per-sample KD or DKD loss and the entropies (nats) of student and teacher at ``tau``, fused.
@@ -238,8 +239,8 @@ def fused_logit_terms(
     temperature (None: no entropies). standardized: entropies of LS-standardised logits (``entropy_on``);
     standardize_logits: the loss on LS-standardised logits. h_t: the teacher's entropies when already
     known (...), skipping its pass. loss_settings: ``kd_loss``'s / ``dkd_loss``'s (temperature, alpha,
-    beta). Returns (loss (...) float32, h_s (...) | None, h_t (...) | None), the same values as the eager
-    loss and ``Policy.entropies``.
+    beta). defer: as in ``kd_loss``. Returns (loss (...) float32, h_s (...) | None, h_t (...) | None), the
+    same values as the eager loss and ``Policy.entropies``.
     """
     if method not in FUSED_LOGIT:
         raise ValueError(f"fused losses exist for methods {list(FUSED_LOGIT)}, got {method!r}")
@@ -267,7 +268,7 @@ def fused_logit_terms(
         loss, h_s, h_t2 = kernel(
             _rows(zs), _rows(zt.detach()), target.reshape(-1), s["temperature"], s["alpha"], s["beta"], *flags
         )
-    check_finite(f"{method.upper()} loss from the student and teacher logits", loss)
+    check_finite(f"{method.upper()} loss from the student and teacher logits", loss, defer=defer)
     return _shaped(loss, h_s, h_t2, h_t, lead)
 
 
@@ -290,6 +291,7 @@ def fused_token_terms(
     tau: float | None,
     h_t: Tensor | None = None,
     teacher_log_probs: Tensor | None = None,
+    defer: bool = False,
     **divergence_settings: Any,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Per-token divergence (a registered loss with a log-probability form, ``on_log_probs``: the built-in
@@ -300,8 +302,8 @@ def fused_token_terms(
     the teacher's float32 log-probabilities at ``temperature`` (e.g. a top-k cache's ``log_probs``), and
     then ``h_t`` is needed when tau is set. h_t (...): the teacher's entropies at tau when already known
     (the teacher cache's ``entropy``): its pass is skipped. divergence_settings: the divergence's (beta for
-    jsd, alpha for skl / srkl). Returns (loss (...) float32, h_s | None, h_t | None); tau None: no
-    entropies.
+    jsd, alpha for skl / srkl). defer: as in ``kd_loss``. Returns (loss (...) float32, h_s | None,
+    h_t | None); tau None: no entropies.
     """
     math_fn = getattr(get_loss(divergence), "on_log_probs", None)
     if math_fn is None:
@@ -344,21 +346,23 @@ def fused_token_terms(
         loss, h_s, h_t2 = kernel(
             _rows(zs), zt_rows, log_p, math_fn, temperature, tau, powers, teacher_entropy, settings
         )
-    check_finite(f"{divergence} loss from the student and teacher logits", loss)
+    check_finite(f"{divergence} loss from the student and teacher logits", loss, defer=defer)
     return _shaped(loss, h_s, h_t2, h_t, lead)
 
 
-def check_fusable(method: str, policy: Policy | None, hparams: dict[str, Any]) -> None:
-    """``DistillLoss(fused=True)``'s settings: a fused method, a built-in policy, a float temperature."""
+def unfusable(method: str, policy: Policy | None, hparams: dict[str, Any]) -> str | None:
+    """Why ``DistillLoss``'s settings have no compiled pass (a fused method, a built-in policy, a float
+    temperature are needed), or None when they have one."""
     if method not in FUSED_LOGIT:
-        raise ValueError(f"fused=True supports method {' or '.join(map(repr, FUSED_LOGIT))}, got {method!r}")
+        return f"fused=True supports method {' or '.join(map(repr, FUSED_LOGIT))}, got {method!r}"
     if policy is not None and policy.rule is None:
-        raise ValueError(
+        return (
             f"fused=True needs a built-in weighting (ea, er, base, interact, inverse, uniform, none), "
             f"got the custom policy {policy.name!r}"
         )
     if isinstance(hparams.get("temperature"), Tensor):
-        raise ValueError("fused=True needs a float temperature setting, not a tensor (CTKD: use fused=False)")
+        return "fused=True needs a float temperature setting, not a tensor (CTKD: use fused=False)"
+    return None
 
 
 def fused_weighted(
@@ -370,18 +374,20 @@ def fused_weighted(
     mask: Tensor | None,
     standardize_logits: bool,
     hparams: dict[str, Any],
+    defer: bool,
 ) -> tuple[Weighted | None, Tensor]:
     """``DistillLoss``'s fused path: (the policy's weights and entropies | None, the per-sample loss), the
-    entropies from the loss's pass (``fused_logit_terms``) and the weights by ``Policy.from_entropies``."""
+    entropies from the loss's pass (``fused_logit_terms``) and the weights by ``Policy.from_entropies``;
+    defer: as in ``kd_loss``."""
     uses_entropy = policy is not None and policy.rule is not None and policy.rule.tau is not None
     tau = policy.tau if uses_entropy and policy is not None else None
     standardized = policy is not None and policy.standardized
     loss, h_s, h_t = fused_logit_terms(
         method, zs, zt, target, tau=tau, standardized=standardized, standardize_logits=standardize_logits,
-        **hparams,
+        defer=defer, **hparams,
     )  # fmt: skip
     if policy is None:
         return None, loss
     if h_t is None:  # no entropies (uniform)
-        return policy.compute(zs, zt, mask), loss
-    return Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1], mask), h_s, h_t), loss
+        return policy.compute(zs, zt, mask, defer=defer), loss
+    return Weighted(policy.from_entropies(h_s, h_t, zs.shape[-1], mask, defer=defer), h_s, h_t), loss

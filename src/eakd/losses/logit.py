@@ -38,11 +38,12 @@ def _check_target(target: torch.Tensor, logits: torch.Tensor) -> None:
     check_same_device("logits", logits, "target labels", target)
 
 
-def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float | torch.Tensor:
+def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor, defer: bool) -> float | torch.Tensor:
     """Check a temperature and shape it to divide logits (..., K).
 
     A float, or a tensor of shape () (one learnable temperature) or (...) (one per sample, e.g. CTKD's
-    per-instance temperature), all > 0; a (...) tensor comes back as (..., 1).
+    per-instance temperature), all > 0 (a tensor's values: ``eakd.checks.check_positive_values``, with
+    ``defer``); a (...) tensor comes back as (..., 1).
     """
     if not isinstance(temperature, torch.Tensor):
         check_positive("temperature", temperature)
@@ -52,26 +53,31 @@ def _divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float |
             f"temperature shape {tuple(temperature.shape)} must be () or the logits' leading shape "
             f"{tuple(logits.shape[:-1])}"
         )
-    t = check_positive_values("temperature", temperature.float())
+    t = check_positive_values("temperature", temperature.float(), defer=defer)
     return t.unsqueeze(-1) if t.dim() else t
 
 
 @register_loss("kd")
 def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor = 4.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float | torch.Tensor = 4.0,
+    *,
+    defer: bool = False,
 ) -> torch.Tensor:
     """Hinton KD per sample: T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) summed over classes.
 
     (..., K) logits -> (...) float32 losses. temperature: a float, or a tensor of shape () or (...)
-    (one per sample); gradients flow into a tensor temperature.
+    (one per sample); gradients flow into a tensor temperature. A non-finite result or a tensor
+    temperature <= 0 is a ValueError (a host read); ``defer=True`` (training loops): no host read and no
+    error, the bad rows come out NaN for the caller's device-side check (``eakd.checks``).
     """
     check_logit_pair(student_logits, teacher_logits)
-    t = _divisor(temperature, student_logits)
+    t = _divisor(temperature, student_logits, defer)
     log_ps = F.log_softmax(student_logits.float() / t, dim=-1)
     log_pt = F.log_softmax(teacher_logits.float() / t, dim=-1)
     loss = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
-    check_finite("KD loss from the student and teacher logits", loss)
-    return loss
+    return check_finite("KD loss from the student and teacher logits", loss, defer=defer)
 
 
 def _binary_kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
@@ -87,15 +93,17 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float | torch.Tensor = 4.0,
+    *,
+    defer: bool = False,
 ) -> torch.Tensor:
     """Decoupled KD per sample: alpha * TCKD + beta * NCKD, each scaled by T^2.
 
     TCKD: KL between the binary (target, non-target) distributions of teacher and student.
     NCKD: KL between the distributions over non-target classes only.
-    logits (N, K), target (N,) int64 -> (N,) float32. temperature: as in ``kd_loss``.
+    logits (N, K), target (N,) int64 -> (N,) float32. temperature, defer: as in ``kd_loss``.
     """
     check_logit_pair(student_logits, teacher_logits)
-    t = _divisor(temperature, student_logits)
+    t = _divisor(temperature, student_logits, defer)
     _check_target(target, student_logits)
     zs = student_logits.float() / t
     zt = teacher_logits.float() / t
@@ -115,8 +123,7 @@ def dkd_loss(
     pt_other = other_t.exp()
     nckd = (pt_other * (other_t.masked_fill(gt, 0.0) - other_s.masked_fill(gt, 0.0))).sum(dim=-1)
     loss = (alpha * tckd + beta * nckd) * temperature**2
-    check_finite("DKD loss from the student and teacher logits", loss)
-    return loss
+    return check_finite("DKD loss from the student and teacher logits", loss, defer=defer)
 
 
 def linear_warmup(epoch: float, warmup_epochs: float) -> float:

@@ -34,12 +34,17 @@ def _probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
 
 
 def multi_temperature_kd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatures: Sequence[float]
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperatures: Sequence[float],
+    defer: bool = False,
 ) -> torch.Tensor:
-    """Sum over the temperatures of the per-sample KD loss (each T^2-scaled): (..., K) -> (...)."""
+    """Sum over the temperatures of the per-sample KD loss (each T^2-scaled): (..., K) -> (...); defer: as
+    in ``kd_loss``."""
     if not temperatures:
         raise ValueError("multi_temperature_kd needs at least one temperature")
-    return torch.stack([kd_loss(student_logits, teacher_logits, t) for t in temperatures]).sum(dim=0)
+    kd = [kd_loss(student_logits, teacher_logits, t, defer=defer) for t in temperatures]
+    return torch.stack(kd).sum(dim=0)
 
 
 def class_correlation_loss(
@@ -95,6 +100,7 @@ def mlkd_loss(
     extra_temperatures: Sequence[float] = (2.0, 3.0, 5.0, 6.0),
     confidence_percentile: float | None = None,
     confidence_keep: str = "below",
+    defer: bool = False,
 ) -> dict[str, torch.Tensor]:
     """MLKD on one view: {"kd": (N,), "cc": 0-dim, "bc": 0-dim}, each summed over the temperatures.
 
@@ -102,14 +108,14 @@ def mlkd_loss(
     e.g. 4, or 2 with logit standardisation) plus ``extra_temperatures``: MLKD's set {T, 2, 3, 5, 6}.
     confidence_percentile: None (default, no masking, as the paper) or a percentile of the teacher's
     confidence (``confidence_mask``); samples outside the mask get 0 in "kd" and in their "bc" row.
-    "kd" is reweighted by EA; "cc" and "bc" are not.
+    "kd" is reweighted by EA; "cc" and "bc" are not. defer: as in ``kd_loss``.
 
     Quirks of the MLKD authors' code (not reproduced by default): their masks multiply batch means, so
     they only scale the weak view's kd, cc and bc terms by about 1/2; of the strong view only the kd
     terms are used, and its T = 2 and 6 terms reuse the weak view's logits.
     """
     temps = [temperature, *extra_temperatures]
-    kd = multi_temperature_kd(student_logits, teacher_logits, temps)
+    kd = multi_temperature_kd(student_logits, teacher_logits, temps, defer)
     cc = torch.stack([class_correlation_loss(student_logits, teacher_logits, t) for t in temps]).sum()
     bc = torch.stack([batch_correlation_loss(student_logits, teacher_logits, t) for t in temps]).sum(dim=0)
     if confidence_percentile is not None:

@@ -18,22 +18,25 @@ def weighted_mean(
     weights: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     denominator: float | torch.Tensor | None = None,
+    *,
+    defer: bool = False,
 ) -> torch.Tensor:
     """mean_n(w_n * values_n) over valid positions; returns a 0-dim tensor in values' dtype.
 
     values: per-sample (N,) / per-token (B, T) / per-RoI (R,) losses, a tensor. weights, mask: tensors of
     exactly the shape of ``values`` (an error otherwise: no broadcasting; TypeError for lists); weights
-    finite and >= 0 (``eakd.checks.check_weight_values``: a ValueError, or NaN inside
-    ``deferred_checks()``, so the result is non-finite and a loop's device-side check stops). The weights
-    are not normalised (EA-KD's rule): the result is sum(w * v * mask) / count, count = number of valid
-    positions, or ``denominator`` when given (e.g. the number of valid tokens over all gradient-accumulation
-    micro-batches): a finite number > 0, or a tensor of one element > 0 (checked eagerly: one host read;
-    see ``eakd.checks``). With no valid position (an all-False mask) and no denominator the result is 0.
+    finite and >= 0 (``eakd.checks.check_weight_values``: a ValueError, or with ``defer`` NaN, so the result
+    is non-finite and the caller's device-side check stops). The weights are not normalised (EA-KD's rule):
+    the result is sum(w * v * mask) / count, count = number of valid positions, or ``denominator`` when
+    given (e.g. the number of valid tokens over all gradient-accumulation micro-batches): a finite number
+    > 0, or a tensor of one element > 0 (one host read; with ``defer`` none, and a count <= 0 makes the
+    result NaN for the caller's device-side check: ``eakd.checks``). With no
+    valid position (an all-False mask) and no denominator the result is 0.
     """
     check_tensor("values", values)
     if weights is not None:
         check_same_leading("weights", weights, values)
-        w = check_weight_values("weights", weights.detach())
+        w = check_weight_values("weights", weights.detach(), defer=defer)
         values = values * w.to(values.dtype)
     if mask is not None:
         check_same_leading("mask", mask, values)
@@ -47,7 +50,7 @@ def weighted_mean(
         if denominator.numel() != 1:
             raise ValueError(f"denominator must hold one value, got shape {tuple(denominator.shape)}")
         den = denominator.reshape(()).to(torch.promote_types(total.dtype, torch.float32))
-        return (total / check_positive_values("denominator", den)).to(total.dtype)
+        return (total / check_positive_values("denominator", den, defer=defer)).to(total.dtype)
     if denominator is not None:
         check_positive("denominator", denominator)
         return total / denominator

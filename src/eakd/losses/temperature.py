@@ -147,11 +147,16 @@ class CTKD(nn.Module):
         self.lam = ctkd_lambda(epoch, self.max_lambda, self.lambda_start, self.lambda_end)
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor,
+        defer: bool = False,
     ) -> torch.Tensor:
-        """student_logits, teacher_logits (N, K), target (N,) -> (N,) float32 losses."""
+        """student_logits, teacher_logits (N, K), target (N,) -> (N,) float32 losses; defer: as in
+        ``kd_loss``."""
         t = grad_reverse(self.temperature(student_logits, teacher_logits), self.lam)
         self.last_temperature = t.detach()
         if self.base == "kd":
-            return kd_loss(student_logits, teacher_logits, t)
-        return dkd_loss(student_logits, teacher_logits, target, self.alpha, self.beta, t)
+            return kd_loss(student_logits, teacher_logits, t, defer=defer)
+        return dkd_loss(student_logits, teacher_logits, target, self.alpha, self.beta, t, defer=defer)

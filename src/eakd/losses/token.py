@@ -6,9 +6,12 @@ each (..., V) -> (...)), and registered by ``register_divergence``, which makes 
 never reduced, with p = softmax(teacher_logits / T), q = softmax(student_logits / T) from log_softmax in
 float32 whatever the input dtype, and no T^2 factor (as in TRL's GKD and DistiLLM). The registered loss
 keeps its math as ``loss.on_log_probs`` for callers that already have the log-probabilities (the
-compiled single pass, ``eakd.losses.fused``). A user's own ``@register_loss`` divergence of logits works
-wherever these do (``eakd llm train``'s ``train.divergence``). Positions to ignore (labels ==
-ignore_index) are masked by the caller at the reduction::
+compiled single pass, ``eakd.losses.fused``). A divergence that is an expectation under the teacher,
+D = sum_v p_v g(log_q_v, log_p_v), also keeps g as ``loss.teacher_expectation`` (else None): a sampled
+teacher cache estimates D without bias from tokens drawn from p (``eakd.llm.sparse``). A user's own
+``@register_loss`` divergence of logits works wherever these do (``eakd llm train``'s
+``train.divergence``) but a sampled cache. Positions to ignore (labels == ignore_index) are masked by the
+caller at the reduction::
 
     per_token = get_loss("fkl")(student_logits, teacher_logits)        # (B, T)
     loss = weighted_mean(per_token, weights, mask=token_mask(labels))
@@ -54,29 +57,42 @@ def token_log_probs(
     return log_q, log_p
 
 
-def register_divergence(name: str) -> Callable[[LogProbMath], Callable[..., Tensor]]:
+def register_divergence(
+    name: str, teacher_expectation: LogProbMath | None = None
+) -> Callable[[LogProbMath], Callable[..., Tensor]]:
     """Decorator: ``math(log_q, log_p, **settings)`` -> (...) registered in ``LOSSES`` under ``name`` as the
-    per-token loss of logits ``(student_logits, teacher_logits, temperature=1.0, **settings)``, checked
-    finite, with the math kept as its ``on_log_probs``. Returns the registered loss."""
+    per-token loss of logits ``(student_logits, teacher_logits, temperature=1.0, **settings, defer=False)``,
+    checked finite (``defer``: as in ``kd_loss``), with the math kept as its ``on_log_probs``.
+    teacher_expectation: g(log_q, log_p, **settings), elementwise (...) -> (...), when the divergence is
+    sum_v p_v * g(log_q_v, log_p_v) (kept as the loss's ``teacher_expectation``, else None). Returns the
+    registered loss."""
 
     def add(math_fn: LogProbMath) -> Callable[..., Tensor]:
         settings = list(inspect.signature(math_fn).parameters.values())[2:]
 
         def loss(
-            student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, **kw: float
+            student_logits: Tensor,
+            teacher_logits: Tensor,
+            temperature: float = 1.0,
+            *,
+            defer: bool = False,
+            **kw: float,
         ) -> Tensor:
             values = math_fn(*token_log_probs(student_logits, teacher_logits, temperature), **kw)
-            return check_finite(f"{name} loss from the student and teacher logits", values)
+            return check_finite(f"{name} loss from the student and teacher logits", values, defer=defer)
 
         logits = [
             inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Tensor)
             for n in ("student_logits", "teacher_logits")
         ]
         temp = inspect.Parameter("temperature", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1.0)
-        loss.__signature__ = inspect.Signature([*logits, temp, *settings], return_annotation=Tensor)  # type: ignore[attr-defined]
+        defer = inspect.Parameter("defer", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+        signature = inspect.Signature([*logits, temp, *settings, defer], return_annotation=Tensor)
+        loss.__signature__ = signature  # type: ignore[attr-defined]
         loss.__name__ = loss.__qualname__ = name
         loss.__doc__ = f"Per-token {name} of logits (..., V) -> (...) float32: {math_fn.__doc__}"
         loss.on_log_probs = math_fn  # type: ignore[attr-defined]
+        loss.teacher_expectation = teacher_expectation  # type: ignore[attr-defined]
         return register_loss(name)(loss)
 
     return add
@@ -136,10 +152,23 @@ def _tvd(log_q: Tensor, log_p: Tensor) -> Tensor:
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
 
 
-forward_kl = register_divergence("fkl")(_fkl)
+def _fkl_g(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """forward KL = sum_v p_v (log p_v - log q_v): its g, elementwise."""
+    return log_p - log_q
+
+
+def _skl_g(log_q: Tensor, log_p: Tensor, alpha: float = 0.1) -> Tensor:
+    """skew forward KL = sum_v p_v (log p_v - log m_v), m = alpha p + (1 - alpha) q: its g, elementwise."""
+    check_coefficient("alpha", alpha)
+    return log_p - _log_mixture(log_p, log_q, alpha)
+
+
+# rkl, srkl, jsd (beta > 0) and tvd weigh tokens by the student's probability q_v too: written as an
+# expectation under p their g holds q_v / p_v, unbounded where the teacher is unlikely, so they have none
+forward_kl = register_divergence("fkl", _fkl_g)(_fkl)
 reverse_kl = register_divergence("rkl")(_rkl)
 generalized_jsd = register_divergence("jsd")(_jsd)
-skew_kl = register_divergence("skl")(_skl)
+skew_kl = register_divergence("skl", _skl_g)(_skl)
 skew_reverse_kl = register_divergence("srkl")(_srkl)
 total_variation = register_divergence("tvd")(_tvd)
 DIVERGENCES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")  # the built-in ones, for tests and docs

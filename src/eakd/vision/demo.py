@@ -1,11 +1,12 @@
 """``eakd demo``: EA-KD on Fashion-MNIST on a CPU, through the engine and the packaged configs demo/*.
 
 A teacher (demo/teacher) is trained once and cached under ``eakd.paths.cache_dir()``; then a 16x smaller
-student (demo/kd) is trained alone, with KD and with EA-KD over several seeds (``eakd.study``: seed-major,
-saved after every run), a table of best and last top-1 is printed, and ``eakd report`` writes each run's
-plots. Runs go to ``--out`` (default runs/demo under the current folder). Data: the local copy (``make
-fetch``), else torchvision's download into the eakd cache. The LLM and detection demos are ``eakd llm
-demo`` and ``eakd det demo``.
+student (demo/kd) is trained alone, with KD and with EA-KD over several seeds (``eakd study``'s code path,
+``eakd.config_study``: seed-major, saved after every run), a table of best and last top-1 is printed, and
+``eakd report`` writes each run's plots and the study's report.md and differences.png. Runs go to
+``--out`` (default runs/demo under the current folder). Data: the local copy (``make fetch``), else
+torchvision's download into the eakd cache. The LLM and detection demos are ``eakd llm demo`` and ``eakd
+det demo``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,15 @@ import yaml
 from torch.utils.data import Dataset, Subset
 
 from eakd.args import ArgumentParser, one_line
+from eakd.config_study import config_study
 from eakd.engine.catalog import config_root
 from eakd.engine.config import Config, load_config, to_dict
 from eakd.engine.loop import train
-from eakd.engine.task import build_task
+from eakd.engine.task import Task, build_task
 from eakd.paths import cache_dir
 from eakd.report import report_command
-from eakd.study import run_study, study_table
+from eakd.study import study_table
+from eakd.study_report import write_study_report
 from eakd.vision.arms import REFERENCE, SETTINGS
 from eakd.vision.datasets import build_dataset
 
@@ -92,49 +94,18 @@ def validation_set(cfg: Config, size: int = VALIDATION_SIZE) -> Dataset:
     return subset
 
 
-def train_logged(config: Path, overrides: list[str], log: Path, validation: bool = False) -> dict[str, Any]:
-    """``eakd train config overrides`` with its console output sent to ``log``; returns the run summary.
+def validation_task(cfg: Config) -> Task:
+    """``cfg``'s task evaluated on ``validation_set`` instead of the test split (recipe pilots)."""
+    task = build_task(cfg)
+    task.eval_set = validation_set(cfg)  # type: ignore[attr-defined]
+    return task
 
-    validation: evaluate on ``validation_set`` instead of the test split (recipe pilots)."""
+
+def train_logged(config: Path, overrides: list[str], log: Path) -> dict[str, Any]:
+    """``eakd train config overrides`` with its console output sent to ``log``; returns the run summary."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        cfg = load_config(config, overrides)
-        task = None
-        if validation:
-            task = build_task(cfg)
-            task.eval_set = validation_set(cfg)  # type: ignore[attr-defined]
-        return train(cfg, task)
-
-
-def train_student(
-    setting: str,
-    seed: int,
-    out: Path,
-    common: list[str],
-    teacher: Path,
-    arms: dict[str, list[str]] | None = None,
-    validation: bool = False,
-) -> dict[str, float]:
-    """One student run of a study: arm ``setting`` of ``arms`` (default SETTINGS) at ``seed``; its best /
-    last top-1 (%) on the test split (on ``validation_set`` with ``validation``), time and size."""
-    name = f"{setting}-seed{seed}"
-    overrides = [
-        *common,
-        f"experiment.output_dir={out}",
-        f"experiment.name={name}",
-        f"experiment.seed={seed}",
-        f"model.teacher_checkpoint={teacher}",
-        "train.overwrite=true",  # a demo's runs are rebuilt, not resumed (a study reuses finished ones)
-        *(arms or SETTINGS)[setting],
-    ]
-    summary = train_logged(config_dir() / "kd.yaml", overrides, out / "logs" / f"{name}.log", validation)
-    return {
-        "best_top1": float(summary["best"]["value"]),
-        "last_top1": float(summary["last"]["metrics"]["top1"]),
-        "train_s": float(summary["train_time_s"]),
-        "params": float(summary["trainable_params"]),
-        "steps": float(summary["steps"]),
-    }
+        return train(load_config(config, overrides))
 
 
 def teacher_run(common: list[str]) -> dict[str, Any]:
@@ -179,7 +150,8 @@ def demo_study(
     results: Path | None = None,
     reuse: bool = False,
 ) -> dict[str, Any]:
-    """The teacher, then each student setting x seed through ``eakd.study.run_study``.
+    """The teacher, then each student setting x seed: ``eakd study``'s ``eakd.config_study.config_study``
+    on demo/kd with the settings' override lists (SETTINGS) as arms.
 
     seeds: for every setting, or setting -> its seeds. overrides: for every run, teacher included (e.g.
     ``data.root=DIR``); student_overrides: for the students only (e.g. ``train.epochs=3``). results: also
@@ -190,12 +162,6 @@ def demo_study(
     """
     common = list(overrides or [])
     teacher = teacher_run(common)
-    train_one = partial(
-        train_student,
-        out=out,
-        common=[*common, *(student_overrides or [])],
-        teacher=Path(teacher["checkpoint"]),
-    )
     # no machine paths: a study resumes from its results file on another machine (the teacher is
     # rebuilt there from its settings and checked by its top-1)
     protocol = {"overrides": common, "student_overrides": student_overrides or []}
@@ -210,10 +176,20 @@ def demo_study(
         f"logs in {out / 'logs'}",
         flush=True,
     )
-    definitions = {s: SETTINGS[s] for s in settings}
-    info = {"teacher": teacher}
-    return run_study(
-        train_one, settings, plan, out, protocol, jobs, threads, reuse, results, info, definitions
+    students = [*common, *(student_overrides or []), f"model.teacher_checkpoint={teacher['checkpoint']}"]
+    report = {"metric": "top1", "reference": {a: r for a, r in REFERENCE.items() if a in settings}}
+    return config_study(
+        config_dir() / "kd.yaml",
+        {s: SETTINGS[s] for s in settings},
+        plan,
+        out,
+        students,
+        protocol,
+        jobs,
+        threads,
+        reuse,
+        results,
+        {"teacher": teacher, "report": report},
     )
 
 
@@ -306,6 +282,7 @@ def main(argv: list[str]) -> int:
     )
     dirs = [str(args.out / f"{s}-seed{seed}") for s in args.settings for seed in args.seeds]
     report_command(dirs)
+    write_study_report(args.out)
     table = format_table(result)
     (args.out / "results.md").write_text(table + "\n")
     print(f"\n{table}\n\ntotal {time.perf_counter() - start:.0f} s; runs, plots and report.md in {args.out}")
