@@ -38,7 +38,7 @@ def config(tmp_path, *overrides):
     [
         ("experiment.name=kd_ea", "distill.method=kd", "distill.weighting=ea", "distill.tau=2.0"),
         ("experiment.name=dkd_er", "distill.method=dkd", "distill.weighting=er", "distill.warmup_epochs=1"),
-        ("experiment.name=vanilla", "distill.method=none"),
+        ("experiment.name=vanilla", "distill.method=none", "distill.ce_weight=1"),
         ("experiment.name=bf16", "distill.method=kd", "train.mixed_precision=bf16"),
     ],
 )

@@ -50,8 +50,10 @@ def test_a_distilling_config_without_teacher_weights_is_refused(tmp_path: Path, 
     err = one_error(["train", "tiny.yaml"], capsys)
     assert "model.teacher_checkpoint is not set" in err and "model.teacher_checkpoint=random" in err
     assert not (tmp_path / "runs").exists()  # refused before anything was written
-    for fine in ("distill.method=none", "model.teacher=null", "model.teacher_checkpoint=random"):
-        check_teacher(load_config("tiny.yaml", [fine]))
+    # the student alone needs ce_weight > 0 (main's one ce_weight default is 0)
+    for fine in (["distill.method=none", "distill.ce_weight=1"], ["model.teacher=null"]):
+        check_teacher(load_config("tiny.yaml", fine))
+    check_teacher(load_config("tiny.yaml", ["model.teacher_checkpoint=random"]))
     check_teacher(load_config("tiny.yaml", ["model.teacher_options={pretrained: true}"]))  # library weights
     assert main(["train", "tiny.yaml", "model.teacher_checkpoint=random"]) == 0  # said explicitly: trains
 
