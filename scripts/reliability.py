@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,34 @@ TINY = (
     "experiment: {name: tiny, output_dir: runs}\n"
     "data: {" + SYNTHETIC + "}\n"
     "model: {student: fmnist_tiny, teacher: null}\n"
-    "distill: {method: none, weighting: none}\n"
+    "distill: {method: none, weighting: none, ce_weight: 1}\n"
     "train: {epochs: 1, batch_size: 16, num_workers: 0, ckpt_every: 1, diag_every: 0, eval_every: 1}\n"
 )
 LLM = "model: {teacher: smollm2}\ntrain: {max_steps: 1}\n"
+TOPK = (  # a valid teacher top-k of 2 tokens over a vocabulary of 4 (k = 2), then one value changed
+    "from functools import partial\n"
+    "from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss\n"
+    "loss = partial(chunked_distill_loss, settings=TokenLossSettings(tau=2.0))  # the top-k's tau\n"
+    "lp = torch.tensor([[-0.5, -1.5], [-0.2, -2.0]])\n"
+    "t = TeacherTopK(torch.tensor([[0, 1], [2, 3]]), lp, torch.tensor([0.9, 0.6]), 4, 1.0, 2.0)\n"
+    "h, w, labels = torch.randn(1, 2, 3), torch.randn(4, 3), torch.tensor([[1, 2]])\n"
+)
+LLM_SETTINGS = "from eakd.llm import TokenLossSettings as S\n"
+KD = TINY.replace("teacher: null", "teacher: fmnist_cnn").replace("method: none", "method: kd")
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # downloads refused
+# an API case's code runs inside this: a ValueError or TypeError is its one line on stderr and exit 2
+API = "import sys\nimport torch\nimport eakd\ntry:\n{body}\nexcept (ValueError, TypeError) as err:\n" + (
+    "    print(f'{{type(err).__name__}}: {{err}}', file=sys.stderr)\n    sys.exit(2)\n"
+)
 
 
 @dataclass
 class Case:
     """One bad input: ``argv`` for ``eakd`` run in a folder holding ``files``; ``before``: eakd commands run
-    first (a finished run to protect); ``keep``: files of that run that must survive unchanged."""
+    first (a finished run to protect; ``["-c", CODE]`` runs Python code, to damage it); ``keep``: files of
+    that run that must survive unchanged; ``env``: extra environment variables. ``code``: Python code
+    calling the library instead of ``argv`` (see ``API``). ``expect``: a part of the message the outcome
+    must show (cases that end well, exit 0)."""
 
     area: str
     what: str
@@ -45,6 +64,15 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)
     before: list[list[str]] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    code: str = ""
+    expect: str = ""
+
+
+def api(what: str, code: str, expect: str = "") -> Case:
+    """A bad input given to the Python API: ``code`` must raise a ValueError or TypeError of one line (or,
+    with ``expect``, end well and print that on stderr)."""
+    return Case("python api", what, [], code=code, expect=expect)
 
 
 CASES = [
@@ -81,6 +109,39 @@ CASES = [
         "task from a module not listed under imports",
         ["train", "tiny.yaml", "task=os:system"],
         {"tiny.yaml": TINY},
+    ),
+    Case("config", "empty config file", ["train", "empty.yaml"], {"empty.yaml": ""}),
+    Case("config", "binary junk as the config", ["train", "junk.yaml"], {"junk.yaml": bytes(range(256)) * 4}),
+    Case(
+        "config",
+        "distilling with no teacher_checkpoint (a random teacher)",
+        ["train", "kd.yaml"],
+        {"kd.yaml": KD},
+    ),
+    Case("config", "empty override value", ["train", "tiny.yaml", "distill.tau="], {"tiny.yaml": TINY}),
+    Case("config", "learning rate 1e300", ["train", "tiny.yaml", "optim.lr=1e300"], {"tiny.yaml": TINY}),
+    Case(
+        "pre-flight",
+        "teacher checkpoint not on disk (checked before the data)",
+        ["train", "cifar100/kd/res32x4_res8x4"],
+    ),
+    Case(
+        "pre-flight",
+        "teacher checkpoint truncated",
+        ["train", "kd.yaml", "model.teacher_checkpoint=t.pt"],
+        {"kd.yaml": KD, "t.pt": b"PK\x03\x04" + b"\x00" * 40},
+    ),
+    Case(
+        "pre-flight",
+        "CIFAR-100 download while offline",
+        ["train", "cifar100/kd/res32x4_res8x4", "model.teacher_checkpoint=random"],
+        env=OFFLINE,
+    ),
+    Case(
+        "pre-flight",
+        "output_dir below a file",
+        ["train", "tiny.yaml", "experiment.output_dir=afile/runs"],
+        {"tiny.yaml": TINY, "afile": "x"},
     ),
     Case("configs", "packaged config name misspelt", ["train", "cifar100/dkd/res32x4_res8x"]),
     Case("configs", "show an unknown config", ["configs", "show", "demo/kdd"]),
@@ -150,6 +211,14 @@ CASES = [
     ),
     Case(
         "runs",
+        "resume=auto with the latest checkpoint truncated",
+        ["train", "two.yaml", "train.resume=auto"],
+        {"two.yaml": TINY.replace("epochs: 1", "epochs: 2")},
+        [["train", "two.yaml"], ["-c", "open('runs/tiny/checkpoints/epoch-0002.pt', 'r+b').truncate(1000)"]],
+        expect="train.resume=auto: skipped",
+    ),
+    Case(
+        "runs",
         "experiment.name escaping output_dir",
         ["train", "tiny.yaml", "experiment.name=../escaped"],
         {"tiny.yaml": TINY},
@@ -180,6 +249,12 @@ CASES = [
     ),
     Case("report", "folder with no runs", ["report", "adir"], {"adir/x": ""}),
     Case("report", "folder that does not exist", ["report", "nowhere"]),
+    Case(
+        "report",
+        "malformed metrics.csv",
+        ["report", "run"],
+        {"run/metrics.csv": "epoch,lr,train_loss\n1,0.1,abc\n"},
+    ),
     Case("demo", "Fashion-MNIST not on disk", ["demo", "--", "data.root=nodata"]),
     Case("det", "unknown subcommand", ["det", "nosuch"]),
     Case(
@@ -205,6 +280,70 @@ CASES = [
         {"llm.yaml": LLM, "adir/x": ""},
     ),
     Case("llm", "model that is not available offline", ["llm", "eval", "nosuch-org/nosuch-model"]),
+    Case(
+        "llm",
+        "cache --out naming a user's file (not a cache)",
+        ["llm", "cache", "llm.yaml", "--out", "notes.txt"],
+        {"llm.yaml": LLM, "notes.txt": "my notes\n"},
+        keep=["notes.txt"],
+    ),
+]
+
+
+GOOD = ("clear error", "refused, data kept", "handled, said so")
+
+
+CASES += [
+    api(
+        "TeacherTopK with a negative entropy",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(entropy=-t.entropy))",
+    ),
+    api(
+        "TeacherTopK with an entropy above ln V",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(entropy=t.entropy + 2))",
+    ),
+    api(
+        "TeacherTopK with a positive log-prob",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(logprobs=-lp))",
+    ),
+    api(
+        "TeacherTopK with a repeated id",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(ids=torch.tensor([[0, 0], [2, 3]])))",
+    ),
+    api(
+        "TeacherTopK with an id beyond the vocabulary",
+        TOPK + "loss(h, w, labels, teacher_topk=t._replace(ids=torch.tensor([[0, 9], [2, 3]])))",
+    ),
+    api("TeacherTopK with k > V", TOPK + "loss(h, w[:1], labels * 0, teacher_topk=t._replace(vocab_size=1))"),
+    api(
+        "user policy giving negative weights",
+        "eakd.DistillLoss('kd', lambda s, t, mask=None: t[:, 0] - 9, temperature=4.0)"
+        "(torch.randn(4, 3), torch.randn(4, 3))",
+    ),
+    api("weighted_mean with a negative weight", "eakd.weighted_mean(torch.ones(1), torch.tensor([-1.0]))"),
+    api("weighted_mean with a NaN weight", "eakd.weighted_mean(torch.ones(1), torch.tensor([float('nan')]))"),
+    api("weighted_mean on lists", "eakd.weighted_mean([1.0, 2.0], [1.0, 1.0])"),
+    api("TokenLossSettings(ignore_index='x')", LLM_SETTINGS + "S(ignore_index='x')"),
+    api("TokenLossSettings(fused='yes')", LLM_SETTINGS + "S(fused='yes')"),
+    api(
+        "TokenLossSettings(weighting=callable) with a tau set",
+        LLM_SETTINGS + "S(weighting=lambda s, t, mask=None: t[..., 0] * 0 + 1, tau=3.0)",
+    ),
+    api(
+        "TokenLossSettings(weighting=callable), tau left at its default",
+        LLM_SETTINGS + "p = S(weighting=lambda s, t, mask=None: t[..., 0] * 0 + 1).policy()\n"
+        "print(f'the callable gets the settings {p.settings}', file=sys.stderr)",
+        expect="the callable gets the settings {}",
+    ),
+    api("ea_weights on meta tensors", "z = torch.zeros(2, 3, device='meta')\neakd.ea_weights(z, z)"),
+    api("get_policy(3)", "eakd.get_policy(3)"),
+    api(
+        "targets all ignore_index (CE is 0, as on the LLM path)",
+        "out = eakd.DistillLoss('kd', 'ea', ce_weight=1.0, temperature=4.0)"
+        "(torch.randn(4, 3), torch.randn(4, 3), torch.full((4,), -100))\n"
+        "print(f'loss_ce = {out[\"loss_ce\"].item()} with no valid target', file=sys.stderr)",
+        expect="loss_ce = 0.0 with no valid target",
+    ),
 ]
 
 
@@ -244,21 +383,30 @@ CASES += [
     ),
 ]  # fmt: skip
 
+
 @dataclass
 class Outcome:
     """What a case gave: ``kind`` is "clear error" (exit 2, one stderr line, no traceback), "refused, data
-    kept", "traceback", "unclear error" (several lines), "silent" (exit 0) or "data lost"."""
+    kept", "handled, said so" (exit 0 with the case's ``expect`` on stderr: a fallback that says so),
+    "traceback", "unclear error" (several lines), "silent" (exit 0) or "data lost"."""
 
     kind: str
     message: str
 
 
-def eakd(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m eakd ARGV`` in ``cwd`` (offline, no hub access)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "EAKD_CACHE": str(cwd / "cache")}
+def eakd(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m eakd ARGV`` in ``cwd`` (offline, no hub access); ``["-c", CODE]`` runs Python code."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "EAKD_CACHE": str(cwd / "cache"),
+        **(env or {}),
+    }
     env.pop("EAKD_DEBUG", None)
+    command = argv if argv[:1] == ["-c"] else ["-m", "eakd", *argv]
     return subprocess.run(
-        [sys.executable, "-m", "eakd", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -273,9 +421,11 @@ def run_case(case: Case, folder: Path) -> Outcome:
         if done.returncode != 0:
             return Outcome("setup failed", done.stderr.strip().splitlines()[-1:][0] if done.stderr else "")
     kept = {name: (folder / name).read_bytes() for name in case.keep}
-    done = eakd(case.argv, folder)
+    argv = ["-c", API.format(body=textwrap.indent(case.code, "    "))] if case.code else case.argv
+    done = eakd(argv, folder, case.env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    message = lines[-1] if lines else done.stdout.strip()[-200:]
+    said = [line for line in (done.stderr + done.stdout).splitlines() if case.expect and case.expect in line]
+    message = (said or lines)[-1] if said or lines else done.stdout.strip()[-200:]
     for where in (str(folder.resolve()), str(folder)):  # the temporary folder reads as "."
         message = message.replace(where, ".")
     if any((folder / n).read_bytes() != data if (folder / n).is_file() else True for n, data in kept.items()):
@@ -283,8 +433,8 @@ def run_case(case: Case, folder: Path) -> Outcome:
     if "Traceback" in done.stderr:
         return Outcome("traceback", message)
     if done.returncode == 0:
-        return Outcome("silent", message)
-    if done.returncode != 2 or len(lines) != 1:
+        return Outcome("handled, said so" if said else "silent", message)
+    if done.returncode != 2 or len(lines) != 1 or case.expect:
         return Outcome("unclear error", message)
     return Outcome("refused, data kept" if case.keep else "clear error", message)
 
@@ -304,18 +454,20 @@ def table(cases: list[Case], outcomes: list[Outcome]) -> str:
     every case with the line the user saw."""
     areas = list(dict.fromkeys(c.area for c in cases))
     lines = [
-        "| area | inputs tried | clear errors | silent wrong | data lost | tracebacks / unclear |",
+        "| area | inputs tried | clear errors (or handled, said so) | silent wrong | data lost "
+        "| tracebacks / unclear |",
         "|---|---|---|---|---|---|",
     ]
     for area in [*areas, "all"]:
         kinds = [o.kind for c, o in zip(cases, outcomes, strict=True) if area in ("all", c.area)]
-        good = sum(k in ("clear error", "refused, data kept") for k in kinds)
+        good = sum(k in GOOD for k in kinds)
         bad = sum(k in ("traceback", "unclear error", "setup failed") for k in kinds)
         silent, lost = kinds.count("silent"), kinds.count("data lost")
         lines.append(f"| {area} | {len(kinds)} | {good} | {silent} | {lost} | {bad} |")
     lines += ["", "| area | input | outcome | what the user reads (stderr) |", "|---|---|---|---|"]
     for case, outcome in zip(cases, outcomes, strict=True):
-        command = " ".join(["eakd", *case.argv])
+        code = case.code.replace(TOPK, "(t: a valid TeacherTopK, V=4, k=2)\n")
+        command = "python: " + "; ".join(code.splitlines()) if case.code else " ".join(["eakd", *case.argv])
         shown = outcome.message.replace("|", "\\|")
         lines.append(f"| {case.area} | {case.what}: `{command}` | {outcome.kind} | {shown} |")
     return "\n".join(lines)

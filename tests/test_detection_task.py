@@ -53,6 +53,7 @@ data: {{name: csv, root: {tmp_path}, options: {{train_csv: boxes.csv, eval_csv: 
 model:
   student: mobilenet_v3_small
   teacher: mobilenet_v3_small
+  teacher_checkpoint: random
   student_options: {DETECTOR}
   teacher_options: {DETECTOR}
 distill: {{method: kd, weighting: ea, tau: 4.0, hparams: {{temperature: 1.0, feature_weight: 0.1}}}}

@@ -22,6 +22,7 @@ def config(tmp_path, *overrides):
             SYNTH,
             "model.student=fmnist_tiny",
             "model.teacher=fmnist_cnn",
+            "model.teacher_checkpoint=random",  # plumbing tests: an untrained teacher, said explicitly
             "train.epochs=1",
             "train.batch_size=16",
             "train.num_workers=0",

@@ -145,3 +145,16 @@ def test_exponent_floats_without_a_dot_are_floats():
         "d": "1e5x",
         "e": 0.5,
     }
+
+
+def test_an_empty_override_value_is_refused_not_the_default() -> None:
+    with pytest.raises(ConfigError, match=r"override 'distill.tau=' has no value; write distill.tau=null"):
+        load_config(None, ["distill.tau="])
+    assert load_config(None, ["distill.tau=null"]).distill.tau is None
+
+
+@pytest.mark.parametrize("key", ["optim.lr", "optim.weight_decay", "distill.kd_weight", "distill.tau"])
+def test_numbers_beyond_float32_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"config key '{key}': value error, must be <= 1e\+38"):
+        load_config(None, [f"{key}=1e300"])
+    load_config(None, [f"{key}=1e30"])

@@ -285,7 +285,7 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "empty": (tmp_path / "empty.pt", r"is empty \(0 bytes\)"),
         "random": (tmp_path / "random.pt", "cannot be read"),
         "truncated": (tmp_path / "truncated.pt", "cannot be read"),
-        "code": (tmp_path / "code.pt", "cannot be read"),
+        "code": (tmp_path / "code.pt", "holds Python objects .*, which eakd never unpickles"),
         "not a mapping": (tmp_path / "list.pt", "holds a list"),
     }
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -314,12 +314,33 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
         with pytest.raises((ValueError, FileNotFoundError), match=what) as err:
             train(cfg, toy_task(cfg))
         assert str(path) in str(err.value) and "\n" not in str(err.value), kind
+        assert "weights_only" not in str(err.value), kind  # never torch's advice to unpickle the file
     cfg = toy_config(tmp_path / "runs")
     for kind, (path, what) in {**files, **eval_only}.items():
         with pytest.raises((ValueError, FileNotFoundError), match=what) as err:
             evaluate_run(cfg, path)
         assert str(path) in str(err.value) and "\n" not in str(err.value), kind
     assert "top1" in evaluate_run(cfg, tmp_path / "files" / "state_dict.pt")  # a bare student still loads
+
+
+def test_resume_auto_falls_back_to_the_newest_checkpoint_that_reads(tmp_path, capsys):
+    """A truncated latest checkpoint: resume=auto says so and continues from the one before; the run ends
+    as an uninterrupted one. With no readable checkpoint at all it is an error, never a fresh start."""
+    cfg = toy_config(tmp_path, "train.epochs=3", "train.keep_checkpoints=0")
+    want = train(cfg, toy_task(cfg))["last"]
+    latest = latest_checkpoint(cfg.run_dir)
+    assert latest is not None and latest.name == "epoch-0003.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    capsys.readouterr()
+    again = toy_config(tmp_path, "train.epochs=3", "train.keep_checkpoints=0", "train.resume=auto")
+    assert train(again, toy_task(again))["last"] == want
+    out = capsys.readouterr().out
+    assert f"train.resume=auto: skipped {latest}: checkpoint {latest} cannot be read" in out
+    assert f"resumed from {cfg.run_dir / 'checkpoints' / 'epoch-0002.pt'}" in out
+    for path in list_checkpoints(cfg.run_dir):
+        path.write_bytes(b"junk")
+    with pytest.raises(ValueError, match=f"no checkpoint of {cfg.run_dir} can be read"):
+        train(again, toy_task(again))
 
 
 def _eakd(args: list[str], cwd: Path, die: str = "") -> subprocess.CompletedProcess:

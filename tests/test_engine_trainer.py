@@ -65,6 +65,7 @@ def toy_config(tmp_path: Path, *overrides: str) -> Config:
             "experiment.name=run",
             "experiment.seed=3",
             "model.teacher=mlp",
+            "model.teacher_checkpoint=random",  # the toy task builds its own teacher
             "distill.method=kd",
             "distill.weighting=ea",
             "distill.ce_weight=0.1",

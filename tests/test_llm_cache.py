@@ -3,6 +3,7 @@ values and gradients), the cache file, and EAKDTrainer in offline mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -353,3 +354,49 @@ def test_cache_files_are_checked_for_consistency(tokenizer, teacher, tmp_path: P
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(ValueError, match="top_k and batch_size must be >= 1"):
         build_cache(teacher, rows, tokenizer.pad_token_id, top_k=0)
+
+
+def test_a_cache_is_written_only_over_an_eakd_cache(tmp_path: Path) -> None:
+    """A user's file at the cache path is refused (and kept); an eakd cache of any format may be replaced."""
+    from safetensors.torch import save_file
+
+    from eakd.llm.cache_file import CACHE_FORMAT, replaceable_cache
+
+    assert replaceable_cache(tmp_path / "new.safetensors") is None
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    foreign = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    for path in (notes, foreign):
+        with pytest.raises(FileExistsError, match=f"{path.name} exists and is not an eakd teacher cache"):
+            replaceable_cache(path)
+    old = tmp_path / "old.safetensors"
+    save_file({"ids": torch.zeros(1, 1, dtype=torch.int32)}, str(old), {"format": "eakd-teacher-cache-1"})
+    assert replaceable_cache(old) == "eakd-teacher-cache-1" != CACHE_FORMAT
+    topk = _case()[-1]
+    cache = TeacherCache(
+        topk.ids, topk.logprobs, topk.tail_logmass, topk.entropy, torch.tensor([0, topk.ids.shape[0]]),
+        topk.vocab_size, topk.ids.shape[1], topk.temperature, topk.tau, "t", "f",
+    )  # fmt: skip
+    tail = torch.log1p(-topk.logprobs[:, :3].double().exp().sum(-1)).float()  # the mass beyond the top 3
+    sampled = dataclasses.replace(cache, samples=2, tail_logmass=tail)  # top 3 exact, then 2 "drawn"
+    for kind in (cache, sampled):  # neither kind is written over a user's file
+        with pytest.raises(FileExistsError, match="not overwritten"):
+            kind.save(notes)
+    assert notes.read_text() == "my notes\n"
+    assert TeacherCache.load(cache.save(old)).ids.equal(cache.ids)  # an older eakd cache is replaced
+    assert TeacherCache.load(sampled.save(old)).samples == 2  # so is a cache of the other kind
+
+
+def test_llm_cache_command_keeps_a_users_file(tmp_path: Path, capsys) -> None:
+    """`eakd llm cache CONFIG --out notes.txt` refuses before any model is loaded; the file is unchanged."""
+    from eakd.cli import main as eakd_main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    config = tmp_path / "llm.yaml"
+    config.write_text("model: {teacher: nosuch-org/nosuch-model}\n")
+    assert eakd_main(["llm", "cache", str(config), "--out", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert f"{notes} exists and is not an eakd teacher cache; not overwritten" in err and err.count("\n") == 1
+    assert notes.read_text() == "my notes\n"

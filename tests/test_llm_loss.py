@@ -321,7 +321,7 @@ def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
     with pytest.raises(ValueError, match=f"fkl loss from the student and teacher logits {nonfinite}"):
         loss(unweighted, th=bad_teacher)
     custom = TokenLossSettings(weighting=nan_policy)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="the loss's weights contains"):
+    with pytest.raises(ValueError, match="weights of policy 'nan_policy' must be finite and >= 0"):
         loss(custom)
     assert deferred(custom) == [True, True, False]
     assert deferred(unweighted, bad_student) == [False, True, True]
@@ -340,8 +340,8 @@ def test_nonfinite_inputs_never_give_a_silent_nan_loss(fused: bool) -> None:
         ({"beta": 1.5}, r"beta must be in \[0, 1\]"),
         ({"alpha": -0.1}, r"alpha must be in \[0, 1\)"),
         ({"alpha": 1.0}, r"alpha must be in \[0, 1\): at 1"),
-        ({"kd_weight": -1.0}, "kd_weight must be a finite number >= 0"),
-        ({"ce_weight": float("nan")}, "ce_weight must be a finite number >= 0"),
+        ({"kd_weight": -1.0}, "kd_weight must be finite and >= 0"),
+        ({"ce_weight": float("nan")}, "ce_weight must be finite and >= 0"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"weight_norm": "sum"}, "weight_norm must be one of"),
     ],

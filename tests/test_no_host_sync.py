@@ -221,7 +221,7 @@ def test_llm_compute_loss_without_label_index_reads_back(tmp_path):
         (False, "label", "labels outside"),
         (True, "label", "labels outside"),
         (False, "label_index", "a label_index that is not"),
-        (True, "cache_index", "teacher cache rows that do not match"),
+        (True, "cache_index", "a teacher cache that does not match the batch"),
     ],
 )
 def test_llm_bad_batch_stops_at_the_guard_naming_step_and_input(tmp_path, chunked, cached, spoil, what):

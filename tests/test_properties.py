@@ -5,6 +5,9 @@ inputs whose plain float64 reference is non-finite (a NaN or +inf logit) raise V
 with a message; everything else returns finite values equal to the reference written here. The library
 computes in float32 from the given (possibly bf16) inputs and the references use the same rounded inputs
 in float64, so the tolerances are float32's, except where a result is returned in the input's dtype.
+Weights (a user policy's, ``weighted_mean``'s) must be finite and >= 0, and a cached teacher
+(``TeacherTopK``) a possible one: anything else is refused with the clear error, and every accepted input
+gives a finite, non-negative divergence and non-negative weights.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eakd
+from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss, distill_loss_from_logits
 from eakd.losses import dkd_loss, get_loss, kd_loss
 from eakd.losses.token import DIVERGENCES
 from eakd.weighting import RULES
@@ -262,11 +266,14 @@ VALUE_TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 3e-2}  #
     denominator=st.one_of(st.none(), st.floats(0.5, 100.0), st.sampled_from([*INVALID, -3])),
     as_tensor=st.booleans(),
     seed=st.integers(0, 2**16),
+    poison=st.sampled_from([None, None, None, -0.5, math.nan, math.inf]),
 )
-def test_weighted_mean(shape, dtype, weighted, mask_kind, denominator, as_tensor, seed) -> None:
+def test_weighted_mean(shape, dtype, weighted, mask_kind, denominator, as_tensor, seed, poison) -> None:
     g = torch.Generator().manual_seed(seed)
     values = (torch.rand(shape, generator=g, dtype=torch.float64) * 10).to(dtype)
     weights = torch.rand(shape, generator=g) * 3 if weighted else None
+    if weights is not None and poison is not None:
+        weights.view(-1)[0] = poison  # a negative or non-finite weight: refused, masked or not
     mask = make_mask(mask_kind, shape, seed)
     den = torch.tensor(denominator) if as_tensor and denominator is not None else denominator
 
@@ -277,7 +284,10 @@ def test_weighted_mean(shape, dtype, weighted, mask_kind, denominator, as_tensor
         return total / (max(int(m.sum()), 1) if den is None else float(den))
 
     holds(
-        lambda: eakd.weighted_mean(values, weights, mask, den), reference, bad(denominator), VALUE_TOL[dtype]
+        lambda: eakd.weighted_mean(values, weights, mask, den),
+        reference,
+        bad(denominator) or (weights is not None and poison is not None),
+        VALUE_TOL[dtype],
     )
 
 
@@ -320,3 +330,105 @@ def test_distill_loss(method, weighting, pair, tau, temperature, mask_kind, ce_w
         return torch.stack([kd, ce])
 
     holds(call, reference, invalid, 1e-4)
+
+
+# ---- a cached teacher (TeacherTopK) and user policies: accepted inputs give finite, non-negative values ----
+
+CORRUPTIONS = [
+    "negative entropy", "entropy above ln V", "positive log-prob", "repeated id", "id >= V", "mass > 1"
+]  # fmt: skip
+
+
+@st.composite
+def teacher_topks(draw: st.DrawFn) -> tuple[TeacherTopK, Tensor, Tensor, Tensor, str | None]:
+    """(a teacher top-k of M tokens, student hidden (1, M, H), lm_head (V, H), labels (1, M), its corruption
+    or None). Valid ones are free-form: distinct ids, any top-k mass <= 1 (all of it when k = V), the rest
+    spread evenly or its exact log given, any entropy in [0, ln V]."""
+    v, m, h = draw(st.sampled_from([2, 5, 17, 300])), draw(st.sampled_from([1, 3, 6])), 4
+    k = draw(st.integers(1, min(v, 8)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    ids = torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(m)])
+    share = torch.rand(m, k, generator=g, dtype=torch.float64) + 1e-3
+    mass = torch.ones(m, 1, dtype=torch.float64) if k == v else torch.rand(m, 1, generator=g).double()
+    probs = share / share.sum(-1, keepdim=True) * mass.clamp_min(1e-6)
+    logprobs = probs.log().float()
+    tail = (1 - probs.sum(-1)).clamp_min(0).log().float() if draw(st.booleans()) else None
+    entropy = torch.rand(m, generator=g) * math.log(v)
+    corruption = draw(st.sampled_from([None, None, None, *CORRUPTIONS]))
+    if corruption == "negative entropy":
+        entropy[0] = -draw(st.floats(0.01, 10.0))
+    elif corruption == "entropy above ln V":
+        entropy[0] = math.log(v) + draw(st.floats(0.01, 10.0))
+    elif corruption == "positive log-prob":
+        logprobs[0, 0] = draw(st.floats(0.01, 5.0))
+    elif corruption == "repeated id" and k > 1:
+        ids[0, 1] = ids[0, 0]
+    elif corruption == "id >= V":
+        ids[0, 0] = v + draw(st.integers(0, 5))
+    elif corruption == "mass > 1" and k > 1:
+        logprobs[0] = -0.01
+    else:
+        corruption = None if corruption in ("repeated id", "mass > 1") else corruption
+    topk = TeacherTopK(ids, logprobs, entropy, v, 1.0, 2.0, tail)
+    hidden = torch.randn(1, m, h, generator=g) * draw(st.floats(0.1, 5.0))
+    labels = torch.randint(0, v, (1, m), generator=g)
+    return topk, hidden, torch.randn(v, h, generator=g), labels, corruption
+
+
+@FAST
+@given(
+    case=teacher_topks(),
+    divergence=st.sampled_from(DIVERGENCES),
+    weighting=st.sampled_from([None, "ea", "er", "base"]),
+    dense=st.booleans(),
+)
+def test_teacher_topk(case, divergence: str, weighting: str | None, dense: bool) -> None:
+    """A corrupted top-k is refused with the clear error; any other gives a finite loss, non-negative
+    divergences per token and non-negative weights."""
+    topk, hidden, weight, labels, corruption = case
+    settings_ = TokenLossSettings(divergence=divergence, weighting=weighting, tau=2.0)
+
+    def call():
+        if dense:
+            return distill_loss_from_logits(hidden @ weight.t(), None, labels, settings_, teacher_topk=topk)
+        return chunked_distill_loss(hidden, weight, labels, teacher_topk=topk, settings=settings_)
+
+    if corruption is not None:
+        with pytest.raises(ValueError, match="the teacher top-k holds impossible values"):
+            call()
+        return
+    out = call()
+    assert torch.isfinite(out.loss) and out.kd.item() >= -1e-3, (out.kd, topk)
+    assert (out.per_token >= -1e-3).all()
+    assert out.weights is None or (out.weights >= 0).all()
+
+
+@FAST
+@given(
+    pair=logit_pairs(),
+    poison=st.sampled_from([None, None, -1.0, -1e-6, math.nan, math.inf]),
+    mask_kind=masks,
+    seed=st.integers(0, 2**16),
+)
+def test_user_policies(pair: tuple[Tensor, Tensor], poison: float | None, mask_kind: str, seed: int) -> None:
+    """A user policy's weights: a negative or non-finite one (where the mask keeps it) is refused with the
+    clear error; otherwise the weights the loss used are >= 0 and the loss finite and >= 0."""
+    zs, zt = pair
+    mask = make_mask(mask_kind, zs.shape[:-1], seed)
+    w = torch.rand(zs.shape[:-1], generator=torch.Generator().manual_seed(seed)) * 3
+    if poison is not None:
+        w[0] = poison
+
+    def user_policy(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:
+        return w.clone()
+
+    kept = mask is None or bool(mask[0])
+    finite_inputs = bool(torch.isfinite(zs).all() and torch.isfinite(zt).all())
+    loss = eakd.DistillLoss("kd", user_policy, temperature=2.0)
+    if (poison is not None and kept) or not finite_inputs:
+        with pytest.raises(ValueError, match=r"must be finite and >= 0|non-finite"):
+            loss(zs, zt, mask=mask)
+        return
+    out = loss(zs, zt, mask=mask)
+    assert torch.isfinite(out["loss_kd"]) and out["loss_kd"].item() >= 0
+    assert (loss.last["weights"] >= 0).all()

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import math
-from numbers import Real
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from eakd.checks import check_positive, nonfinite
+from eakd.checks import check_nonnegative, check_positive, nonfinite
 from eakd.losses.fused import fused_weighted, unfusable
 from eakd.losses.fused_rule import Fused, check_fused, use_fused
-from eakd.losses.logit import linear_warmup
+from eakd.losses.logit import cross_entropy, linear_warmup
 from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import get_loss
 from eakd.weighting import Policy, check_weight_norm, get_policy, normalise_weights, standardize
@@ -47,14 +44,6 @@ def _check_settings(method: str, loss: Any, hparams: dict[str, Any]) -> None:
         check_positive(f"loss {method!r} setting 'extra_temperatures'", t)
 
 
-def _check_outer(name: str, value: float) -> None:
-    """Outer weights and warm-up length: finite numbers >= 0."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-
-
 class DistillLoss(nn.Module):
     """Weighted distillation loss for a training loop; returns a dict of named, reduced terms.
 
@@ -63,7 +52,8 @@ class DistillLoss(nn.Module):
     tau / h_ub: settings of the policy (None = the policy's own default: EA tau 3, ER tau 4, h_ub ln K).
     entropy_on: "raw" (default) or "standardized" logits for the entropies. standardize_logits: apply logit
     standardisation (LS) to both logits before a logit loss. kd_weight, ce_weight: outer loss weights
-    (ce_weight > 0 adds the hard-label cross-entropy, never reweighted). warmup_epochs: linear warm-up of
+    (ce_weight > 0 adds the hard-label cross-entropy, never reweighted: ``eakd.losses.cross_entropy``, 0
+    for a batch whose targets are all -100). warmup_epochs: linear warm-up of
     the distillation terms (DKD, ReviewKD). weight_norm: "none" (default, the paper's unnormalised
     weights) or "mean" (the weights divided by their mean over the batch's valid samples, so the loss keeps
     KD's scale and only the emphasis changes; an extension, ``normalise_weights``). Remaining keyword
@@ -120,7 +110,7 @@ class DistillLoss(nn.Module):
             raise ValueError(f"entropy_on must be 'raw' or 'standardized', got {entropy_on!r}")
         outer = {"kd_weight": kd_weight, "ce_weight": ce_weight, "warmup_epochs": warmup_epochs}
         for name, value in outer.items():
-            _check_outer(name, value)
+            check_nonnegative(name, value)
         self.method = method
         loss = get_loss(method)
         _check_settings(method, loss, hparams)
@@ -216,11 +206,11 @@ class DistillLoss(nn.Module):
                 out[f"loss_{name}"] = scale * values
                 continue
             per_sample = values if per_sample is None else per_sample + values
-            out[f"loss_{name}"] = scale * weighted_mean(values, weights, mask)
+            out[f"loss_{name}"] = scale * weighted_mean(values, weights, mask, defer=defer)
         if self.ce_weight > 0:
             if target is None:
                 raise ValueError("ce_weight > 0 needs the target labels")
-            out["loss_ce"] = self.ce_weight * F.cross_entropy(student_logits.float(), target)
+            out["loss_ce"] = self.ce_weight * cross_entropy(student_logits, target)
         self.last = {
             "weights": weights,
             "h_t": None if weighted is None else weighted.h_t,

@@ -18,6 +18,7 @@ With several runs it also prints one markdown table comparing them.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,28 @@ PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png", 
 def _column(rows: list[dict[str, str]], key: str) -> np.ndarray:
     """A CSV column as floats, NaN where empty."""
     return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+
+
+def read_numbers(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a run's CSV log (``read_csv``; [] when missing), every value a number or empty and the
+    ``required`` columns present; anything else is a ValueError naming the file, never a report of NaN."""
+    fix = "it is not a log written by eakd; remove it or give the run's own folder"
+    try:
+        rows = read_csv(path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path} cannot be read as CSV ({err}); {fix}") from None
+    missing = [k for k in required if rows and k not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}; {fix}")
+    for n, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise ValueError(f"{path} line {n} has another number of fields than the header; {fix}")
+        for key, value in row.items():
+            try:
+                float(value or "nan")
+            except ValueError:
+                raise ValueError(f"{path} line {n}: {key}={value!r} is not a number; {fix}") from None
+    return rows
 
 
 def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
@@ -266,8 +289,8 @@ def write_report(run_dir: str | Path) -> Path:
             f"{run_dir} holds no run (no metrics.csv, summary.json or results.json): give the folder of one "
             "run, experiment.output_dir/experiment.name (eakd train) or train.output_dir (eakd llm train)"
         )
-    metrics = read_csv(run_dir / "metrics.csv")
-    diag = read_csv(run_dir / "diagnostics.csv")
+    metrics = read_numbers(run_dir / "metrics.csv", ("epoch", "lr"))
+    diag = read_numbers(run_dir / "diagnostics.csv", ("step",))
     files = sample_files(run_dir)
     made = []
     if metrics:

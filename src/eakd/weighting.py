@@ -7,6 +7,7 @@ teacher_logits (..., K), mask (...) | None)`` it gives detached float32 weights 
 for samples/RoIs, (B, T) for tokens; masked positions get 0. ``policy.compute`` also returns the
 entropies it used, so diagnostics never recompute them, and ``policy.from_entropies`` applies the same
 rule to given entropies (a cached teacher's). ``ea_weights`` & co. are the rules as plain functions.
+A user callable's weights must be finite and >= 0 (``eakd.checks.check_weight_values``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import torch
 
-from eakd.checks import check_finite, check_logit_pair, check_logits, check_positive, check_same_leading
+from eakd.checks import (
+    check_finite,
+    check_logit_pair,
+    check_logits,
+    check_positive,
+    check_same_leading,
+    check_weight_values,
+)
 from eakd.registry import Registry
 
 Tensor = torch.Tensor
@@ -199,7 +207,13 @@ class Policy:
                     f"weight policy {self.name!r} returned shape {tuple(w.shape)}, expected the logits' "
                     f"leading shape {tuple(teacher_logits.shape[:-1])}"
                 )
-            return Weighted(w.detach(), None, None)  # finiteness: checked by the loss on its reduced terms
+            w = w.detach()
+            if mask is not None:  # masked positions get 0, whatever the callable gave there
+                check_same_leading("mask", mask, w)
+                w = torch.where(mask.to(torch.bool), w, torch.zeros((), dtype=w.dtype, device=w.device))
+            return Weighted(
+                check_weight_values(f"weights of policy {self.name!r}", w, defer=defer), None, None
+            )
         if self.rule.tau is None:  # no entropies (uniform)
             ones = torch.ones(teacher_logits.shape[:-1], dtype=torch.float32, device=teacher_logits.device)
             return Weighted(_finish(ones, mask, defer), None, None)
@@ -222,6 +236,12 @@ def register_policy(name: str) -> Callable[[Callable[..., Tensor]], Callable[...
     return POLICIES.register(name)
 
 
+def takes_setting(fn: Callable[..., Tensor], name: str) -> bool:
+    """Whether the user policy ``fn`` takes the setting ``name`` (a parameter so named, or ``**kwargs``)."""
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def get_policy(weighting: str | Callable[..., Tensor] | None, **settings: Any) -> Policy | None:
     """Bind a policy (a name or a callable) to its settings; ``None`` / ``"none"``: unweighted (None).
 
@@ -232,12 +252,15 @@ def get_policy(weighting: str | Callable[..., Tensor] | None, **settings: Any) -
         if settings:
             raise ValueError(f"weighting 'none' takes no settings, got {sorted(settings)}")
         return None
+    if not isinstance(weighting, str) and not callable(weighting):
+        raise TypeError(
+            "weighting must be a policy name, a callable or None, got "
+            f"{type(weighting).__name__} {weighting!r}"
+        )
     obj = weighting if callable(weighting) else POLICIES.get(weighting)
     name = weighting if isinstance(weighting, str) else getattr(weighting, "__name__", "callable")
     if not isinstance(obj, Rule):
-        params = inspect.signature(obj).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        unknown = sorted(k for k in settings if k not in params and not takes_any)
+        unknown = sorted(k for k in settings if not takes_setting(obj, k))
         if unknown:
             raise ValueError(f"weight policy {name!r} takes no setting(s) {unknown}")
         return Policy(name, fn=obj, settings=settings)

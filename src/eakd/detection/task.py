@@ -155,8 +155,8 @@ def build_detection(cfg: Config) -> DetectionTask:
     teacher = None
     if cfg.model.teacher is not None and (loss is not None or feature_weight > 0):
         teacher = build_detector(cfg.model.teacher, num_classes, **cfg.model.teacher_options)
-        if cfg.model.teacher_checkpoint:
-            load_detector_weights(teacher, cfg.model.teacher_checkpoint)
+        if cfg.teacher_file:
+            load_detector_weights(teacher, cfg.teacher_file)
     every, samples = cfg.train.diag_every, min(64, cfg.train.diag_samples)
     roi_log = RoILog(cfg.run_dir, every, samples) if every and samples else None
     return DetectionTask(student, teacher, loss, train_set, eval_set, feature_weight, roi_log)

@@ -67,6 +67,17 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
             old.unlink()
 
 
+def _reason(err: Exception) -> str:
+    """torch.load's error in one short clause, without its advice to load with ``weights_only=False`` (never
+    good advice for a file one did not write: unpickling runs code)."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{what} besides tensors and plain data, which eakd never unpickles"
+    return text.split(". ")[0] or type(err).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (plain tensors and Python data only).
 
@@ -83,9 +94,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch.load raises many types (EOFError, UnpicklingError, RuntimeError...)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"checkpoint {path} cannot be read (truncated, corrupt or not a torch checkpoint): {first}"
+            f"checkpoint {path} cannot be read (truncated, corrupt or not a torch checkpoint): {_reason(err)}"
         ) from err
     if not isinstance(ck, dict):
         raise ValueError(f"checkpoint {path} holds a {type(ck).__name__}, not a mapping of saved state")

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -40,13 +41,23 @@ from eakd.registry import import_plugins
 
 S = typing.TypeVar("S")
 BASE_KEYS = ("base", "_base_")
+RANDOM_TEACHER = "random"  # model.teacher_checkpoint: the config asks for a randomly initialised teacher
 
 section = dataclass(config=ConfigDict(extra="forbid"))
 """Decorator making a config section: a dataclass validated on construction, unknown keys refused."""
 PosInt = Annotated[StrictInt, Field(gt=0)]
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
-PosFloat = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+FLOAT_MAX = 1e38  # numbers of a config end up in float32 tensors (largest 3.4e38): larger ones overflow
+
+
+def _float32(value: float) -> float:
+    if value > FLOAT_MAX:
+        raise ValueError(f"must be <= {FLOAT_MAX:g} (larger numbers overflow float32)")
+    return value
+
+
+PosFloat = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False), AfterValidator(_float32)]
+NonNegFloat = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False), AfterValidator(_float32)]
 
 
 class ConfigError(ValueError):
@@ -98,13 +109,17 @@ class DataConfig:
 class ModelConfig:
     """Student and teacher by registry name; teacher None trains the student alone.
 
-    teacher_checkpoint: weights of the (pretrained) teacher. student_checkpoint: optional initial weights.
+    teacher_checkpoint: the trained teacher's weights file, required when the run distils (unless
+    ``teacher_options.pretrained`` loads the library's weights); ``"random"`` keeps the randomly
+    initialised teacher, for tests and plumbing examples only. teacher_source: where to get that file (a
+    URL or a command), named when it is missing. student_checkpoint: optional initial weights.
     num_classes: None takes it from the data set. student_options / teacher_options: builder kwargs.
     """
 
     student: StrictStr = "fmnist_tiny"
     teacher: StrictStr | None = "fmnist_cnn"
     teacher_checkpoint: StrictStr | None = None
+    teacher_source: StrictStr | None = None
     student_checkpoint: StrictStr | None = None
     num_classes: PosInt | None = None
     student_options: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +238,12 @@ class Config:
         """``experiment.output_dir / experiment.name``."""
         return Path(self.experiment.output_dir) / self.experiment.name
 
+    @property
+    def teacher_file(self) -> str | None:
+        """The teacher's weights file to load: ``model.teacher_checkpoint``, None when unset or "random"."""
+        path = self.model.teacher_checkpoint
+        return None if path in (None, RANDOM_TEACHER) else path
+
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Deep merge: mappings merge key by key, any other value in ``update`` replaces the base's."""
@@ -264,7 +285,15 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is a directory; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = load_yaml(path.read_text(), f"config file {path}") or {}
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text (YAML) file") from None
+    data = load_yaml(text, f"config file {path}")
+    if data is None:
+        raise ConfigError(
+            f"config file {path} is empty; start from a packaged config (`eakd configs copy demo/kd my.yaml`)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     bases: Any = [data.pop(k) for k in BASE_KEYS if k in data]
@@ -281,7 +310,9 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {override!r} is not of the form section.key=value")
     parts = key.strip().split(".")
-    value = load_yaml(text, f"override {override!r}") if text.strip() else None
+    if not text.strip():
+        raise ConfigError(f"override {override!r} has no value; write {key.strip()}=null to unset it")
+    value = load_yaml(text, f"override {override!r}")
     nested: Any = value
     for part in reversed(parts):
         nested = {part: nested}

@@ -38,6 +38,7 @@ from eakd.engine.files import atomic_write_text
 from eakd.engine.guard import FirstBadStep
 from eakd.engine.logs import CsvLog
 from eakd.engine.optim import build_optimizer, build_scheduler
+from eakd.engine.preflight import preflight
 from eakd.engine.rundir import check_run_dir, clear_run_dir
 from eakd.engine.task import Task, build_task
 
@@ -91,7 +92,9 @@ def _prepare_teacher(task: Task, device: torch.device) -> None:
 def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     """Run (or resume) the experiment ``cfg``; returns the summary also written to ``summary.json``.
 
-    task: a ready Task (for Python users and tests); None builds ``cfg.task`` from the config.
+    task: a ready Task (for Python users and tests); None builds ``cfg.task`` from the config, after the
+    pre-flight checks (``eakd.engine.preflight``: run folder writable, teacher weights present and
+    loadable) and before the task's data is read or downloaded.
     Raises ValueError before anything is written when the run folder holds another run, or a resume's
     config differs from the run's (``eakd.engine.rundir``), and ``NonFiniteLossError`` when a loss term
     turns NaN or inf.
@@ -101,10 +104,12 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     world, main = accelerator.num_processes, accelerator.is_main_process
     if t.grad_accum < 1 or t.batch_size < world:
         raise ValueError(f"need train.grad_accum >= 1 and train.batch_size >= {world} (processes)")
-    resume, ck = check_run_dir(cfg)  # every process, before the main process writes anything
+    resume, ck, skipped = check_run_dir(cfg)  # every process, before the main process writes anything
     accelerator.wait_for_everyone()
     seed_everything(cfg.experiment.seed + accelerator.process_index, t.deterministic)
-    task = task if task is not None else build_task(cfg)
+    if task is None:
+        preflight(cfg)
+        task = build_task(cfg)
     run_dir = cfg.run_dir
     if main:
         if t.overwrite:
@@ -128,6 +133,8 @@ def train(cfg: Config, task: Task | None = None) -> dict[str, Any]:
     sums: dict[str, torch.Tensor] = {}
     if resume is not None and ck is not None:
         progress, sums = load_training_state(ck, resume, accelerator, model, optimizer, scheduler)
+        for line in skipped:  # newer checkpoints that cannot be read (a truncated latest one)
+            log(f"train.resume=auto: {line}")
         log(f"resumed from {resume}: epoch {progress.epoch} + {progress.batch} batches, step {progress.step}")
 
     writer = None

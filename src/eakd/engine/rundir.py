@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from eakd.engine.checkpoint import latest_checkpoint, load_training_checkpoint
+from eakd.engine.checkpoint import list_checkpoints, load_training_checkpoint
 from eakd.engine.config import Config, ConfigError, load_config, to_dict
 
 RUN_FILES = (
@@ -35,6 +35,7 @@ RESUMABLE_KEYS = frozenset(
         "experiment.name",
         "data.root",
         "data.download",
+        "model.teacher_source",
         "train.epochs",
         "train.resume",
         "train.overwrite",
@@ -49,8 +50,9 @@ RESUMABLE_KEYS = frozenset(
         "train.num_workers",
     }
 )
-"""Dotted config keys a resumed run may change: where things are, the epoch budget, logging, evaluation
-and checkpoint periods, data workers. Any other difference is a different run and is refused."""
+"""Dotted config keys a resumed run may change: where things are (and where to get them), the epoch budget,
+logging, evaluation and checkpoint periods, data workers. Any other difference is a different run and is
+refused."""
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -84,10 +86,27 @@ def _stored_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path} (the stored run's config) cannot be read: {err}") from err
 
 
-def check_run_dir(cfg: Config) -> tuple[Path | None, dict[str, Any] | None]:
-    """Check that ``cfg`` may run in its folder; returns the checkpoint to resume from and its contents
-    (None, None for a fresh start). Raises ValueError (FileNotFoundError for a missing resume file) with
-    one line naming the folder or file and the ways on. Reads only: safe on every process."""
+def newest_readable_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """(the newest training checkpoint of ``run_dir`` that reads back, its contents, a line for each newer one
+    skipped because it cannot be read: truncated or corrupt). (None, None, []) without checkpoints; when
+    none reads back, the newest one's ValueError."""
+    found = list_checkpoints(run_dir)[::-1]
+    skipped: list[str] = []
+    for path in found:
+        try:
+            return path, load_training_checkpoint(path), skipped
+        except ValueError as err:
+            if path == found[-1]:
+                raise ValueError(f"no checkpoint of {run_dir} can be read; the oldest: {err}") from err
+            skipped.append(f"skipped {path}: {err}")
+    return None, None, []
+
+
+def check_run_dir(cfg: Config) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """Check that ``cfg`` may run in its folder; returns the checkpoint to resume from, its contents (None,
+    None for a fresh start) and a line for each newer checkpoint ``resume=auto`` skipped because it cannot be
+    read (it falls back to the newest that can). Raises ValueError (FileNotFoundError for a missing resume
+    file) with one line naming the folder or file and the ways on. Reads only: safe on every process."""
     t, run_dir = cfg.train, cfg.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} is a file; choose another experiment.name")
@@ -102,15 +121,19 @@ def check_run_dir(cfg: Config) -> tuple[Path | None, dict[str, Any] | None]:
                 f"run folder {run_dir} already holds a run; continue it with train.resume=auto, pick "
                 "another experiment.name, or replace it with train.overwrite=true"
             )
-        return None, None
-    path = latest_checkpoint(run_dir) if t.resume == "auto" else Path(t.resume)
-    if path is None:  # resume=auto before the first checkpoint: a fresh start of the same run
+        return None, None, []
+    skipped: list[str] = []
+    if t.resume == "auto":
+        path, ck, skipped = newest_readable_checkpoint(run_dir)
+    else:
+        path = Path(t.resume)
+        ck = load_training_checkpoint(path)
+    if path is None or ck is None:  # resume=auto before the first checkpoint: a fresh start of the same run
         if (run_dir / "config.yaml").is_file():
             _refuse_differences(_stored_config(run_dir), requested, run_dir / "config.yaml")
-        return None, None
-    ck = load_training_checkpoint(path)
+        return None, None, []
     _refuse_differences(ck["config"], requested, path)
-    return path, ck
+    return path, ck, skipped
 
 
 def _refuse_differences(stored: dict[str, Any], requested: dict[str, Any], source: Path) -> None:

@@ -25,16 +25,16 @@ from typing import Any, NamedTuple
 import torch
 
 from eakd.checks import check_flag, check_positive
+from eakd.llm.cache_checks import LOGPROB_SLACK, impossible_values
+from eakd.llm.cache_file import CACHE_FORMAT, cache_path, replaceable_cache
 from eakd.llm.data import IGNORE_INDEX, collate
 from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.settings import TokenLossSettings
 from eakd.llm.sparse import KINDS, check_settings, draw_uniforms, sparse_rows, topk_log_probs
 from eakd.weighting import entropy
 
-CACHE_FORMAT = "eakd-teacher-cache-3"
 TOP_K = 64  # teacher log-probs kept per token by default
 CACHE_BATCH = 8  # rows per teacher batch when writing a cache
-LOGPROB_SLACK = 1e-4  # float32 rounding above 0 tolerated in stored log-probabilities
 
 
 class TeacherTopK(NamedTuple):
@@ -79,9 +79,10 @@ class TeacherTopK(NamedTuple):
         self, s: TokenLossSettings, rows: int, vocab: int, defer: bool = False
     ) -> tuple[TeacherTopK, torch.Tensor]:
         """(this cache, a 0-dim bool flag): it must match the loss settings (temperature; the policy's tau,
-        built-in policies only), the batch's count of labelled tokens and the vocabulary (ValueError).
-        Its ids must be < vocab and ``mismatch`` False: a ValueError (a host read); with ``defer`` (no host
-        read), the ids are clamped below vocab and the flag is set."""
+        built-in policies only), the batch's count of labelled tokens and the vocabulary, and hold k <= V
+        ids per token (ValueError). Its values must be possible (``impossible_values``; ids also < vocab)
+        and ``mismatch`` False: a ValueError naming what is wrong (host reads); with ``defer`` (no host
+        read), the ids are clamped into [0, vocab) and the flag is set."""
         if (
             self.ids.shape != self.logprobs.shape
             or self.ids.dim() != 2
@@ -105,18 +106,26 @@ class TeacherTopK(NamedTuple):
             raise ValueError(
                 f"the teacher cache's vocabulary ({self.vocab_size}) is smaller than the loss's ({vocab})"
             )
+        if self.ids.shape[1] > self.vocab_size:
+            raise ValueError(
+                f"the teacher top-k holds k={self.ids.shape[1]} ids per token, more than its vocabulary "
+                f"V={self.vocab_size}"
+            )
         check_settings(self.temperature, self.tau, s, self.samples)
         bad = torch.zeros((), dtype=torch.bool, device=self.ids.device)
         if self.mismatch is not None:
             msg = "the teacher cache rows do not hold the batch's labelled tokens (written for other data?)"
             bad = check_flag(msg, self.mismatch, defer=defer)
-        topk = self
-        if self.vocab_size > vocab and rows:  # a loaded cache's ids are < its vocab_size already
-            beyond = (self.ids >= vocab).any()
-            msg = f"teacher cache token ids reach beyond the vocabulary {vocab}"
-            bad = bad | check_flag(msg, beyond, defer=defer)
-            topk = self._replace(ids=self.ids.clamp_max(vocab - 1))
-        return topk, bad
+        if not rows:
+            return self, bad
+        found = impossible_values(
+            self.ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size, self.samples
+        )
+        if self.vocab_size > vocab:  # a teacher vocabulary padded beyond the loss's
+            found[f"ids beyond the loss's vocabulary {vocab}"] = (self.ids >= vocab).any()
+        for what, flag in found.items():
+            bad = bad | check_flag(f"the teacher top-k holds impossible values: {what}", flag, defer=defer)
+        return self._replace(ids=self.ids.clamp(0, vocab - 1)), bad
 
 
 def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
@@ -125,17 +134,6 @@ def fingerprint(rows: Sequence[dict[str, list[int]]]) -> str:
     for r in rows:
         h.update(json.dumps([r["input_ids"], r["labels"]]).encode())
     return h.hexdigest()
-
-
-def cache_path(path: str | Path) -> Path:
-    """``path`` as the file to write a cache to; a directory there is a ValueError (a cache is one file)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"the teacher cache path {path} is a directory; give a file path, e.g. "
-            f"{path / 'teacher_cache.safetensors'}"
-        )
-    return path
 
 
 @dataclass(frozen=True)
@@ -160,9 +158,10 @@ class TeacherCache:
     def __post_init__(self) -> None:
         """ids (M, k) integer in [0, V) with k = top_k in [1, V]; samples in [0, k] (then tail_logmass
         finite: the draws share that mass); logprobs (M, k) finite and <= 0; tail_logmass (M,) <= 0
-        (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0; offsets (R + 1,) integer
-        from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over the values when the cache
-        is built or loaded, never per training step."""
+        (-inf allowed: no mass outside the top-k); entropy (M,) finite and >= 0; nothing
+        ``impossible_values`` flags (repeated exact ids, masses above 1, entropies above ln V); offsets
+        (R + 1,) integer from 0, non-decreasing, ending at M; temperature, tau > 0. One pass over the values
+        when the cache is built or loaded, never per training step."""
         ids, m = self.ids, self.ids.shape[0] if self.ids.dim() else 0
         if self.top_k < 1 or self.top_k > self.vocab_size:
             raise ValueError(f"top_k {self.top_k} is not in [1, vocab_size {self.vocab_size}]")
@@ -195,6 +194,12 @@ class TeacherCache:
         for name, ok in checks.items():
             if not bool(ok.all()):
                 raise ValueError(f"{name} holds {int((~ok).sum())} NaN, infinite or out-of-range value(s)")
+        found = impossible_values(
+            ids, self.logprobs, self.entropy, self.tail_logmass, self.vocab_size, self.samples
+        )
+        for what, flag in found.items():
+            if bool(flag):
+                raise ValueError(f"the cache holds impossible values: {what}")
         check_positive("temperature", self.temperature)
         check_positive("tau", self.tau)
 
@@ -251,10 +256,12 @@ class TeacherCache:
         return [{**r, "cache_index": i} for i, r in enumerate(rows)]
 
     def save(self, path: str | Path) -> Path:
-        """Write the cache as one safetensors file (atomically); returns the path."""
+        """Write the cache as one safetensors file (atomically); returns the path. It replaces only an eakd
+        teacher cache (``replaceable_cache``: FileExistsError for any other file there)."""
         from safetensors.torch import save_file  # the llm extra; importing eakd.llm needs only torch
 
         path = cache_path(path)
+        replaceable_cache(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CACHE_FORMAT,

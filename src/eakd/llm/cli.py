@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -97,9 +98,14 @@ def cache_cmd(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=CACHE_BATCH)
     p.add_argument("--out", default="runs/llm/teacher_cache.safetensors")
     a = p.parse_args(argv)
+    from eakd.llm.cache_file import CACHE_FORMAT, replaceable_cache
     from eakd.llm.progress import Bar
     from eakd.llm.run_cache import write_cache
 
+    found = replaceable_cache(a.out)  # refuses a file that is not an eakd teacher cache
+    if found is not None:
+        older = "" if found == CACHE_FORMAT else f" of the older format {found!r}"
+        print(f"eakd llm cache: replacing the eakd teacher cache{older} at {a.out}", file=sys.stderr)
     start = time.perf_counter()
     cfg = read_run_config(a.config, [*a.overrides, *cache_overrides(a)])
     bar = Bar({}, "teacher cache batches")

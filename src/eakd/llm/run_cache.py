@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from eakd.engine.config import ConfigError
-from eakd.llm.cache import CACHE_BATCH, TeacherCache, build_cache, cache_path, fingerprint
+from eakd.llm.cache import CACHE_BATCH, TeacherCache, build_cache, fingerprint
+from eakd.llm.cache_file import CACHE_FORMAT, cache_path, replaceable_cache
 from eakd.llm.models import load_teacher, load_tokenizer
 from eakd.llm.progress import QUIET, ProgressHook
 from eakd.llm.run import LLMRunConfig, split_rows, training_args
@@ -44,8 +45,11 @@ def write_cache(
     """Run the config's teacher once over its training rows and save the cache of its cache section to
     ``path``, at the train section's temperature and policy's tau (so runs of that config can read it), its
     batches reported to ``progress`` (``eakd.llm.progress``). A directory at ``path``, an inconsistent cache
-    section or a sampled cache the config's divergence cannot use is an error before the teacher is loaded."""
+    section or a sampled cache the config's divergence cannot use is an error, and a file there that is not
+    an eakd teacher cache (of either kind) a FileExistsError (``replaceable_cache``), before the teacher is
+    loaded."""
     path = cache_path(path)
+    replaceable_cache(path)
     samples = cache_samples(cfg)
     args = training_args(cfg)
     if samples:
@@ -74,12 +78,10 @@ def reuse_or_write_cache(
     cfg: LLMRunConfig, path: str | Path, batch_size: int = CACHE_BATCH, progress: ProgressHook = QUIET
 ) -> tuple[TeacherCache, bool]:
     """(the cache at ``path`` if it was written for this config's rows, teacher, temperature, tau and cache
-    section, else a fresh one written there; whether it was reused)."""
+    section, else a fresh one written there; whether it was reused). Only an eakd teacher cache is replaced:
+    any other file at ``path`` is a FileExistsError (``replaceable_cache``)."""
     args = training_args(cfg)
-    try:
-        old = TeacherCache.load(path) if Path(path).exists() else None
-    except ValueError:  # a cache of an older format is written again
-        old = None
+    old = TeacherCache.load(path) if replaceable_cache(path) == CACHE_FORMAT else None
     if old is not None:
         rows = split_rows(cfg, load_tokenizer(cfg.model.teacher))[0]
         kept = (old.teacher, old.top_k, old.samples, old.seed, old.temperature, old.tau, old.rows_fingerprint)

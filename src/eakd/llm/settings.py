@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from eakd.checks import check_finite, check_positive
+from eakd.checks import check_finite, check_nonnegative, check_positive
 from eakd.losses.fused_rule import check_fused, use_fused
 from eakd.losses.registry import get_loss
 from eakd.losses.token import check_coefficient
@@ -39,7 +39,10 @@ LOSS_TERMS = ("weights", "kd", "ce")  # the order of ``TokenLossOutput.nonfinite
 INPUT_CHECKS = {
     "labels": "labels outside [0, V) that are not ignore_index",
     "label_index": "a label_index that is not the positions of the batch's labels",
-    "teacher_cache": "teacher cache rows that do not match the batch (token count, or ids beyond V)",
+    "teacher_cache": (
+        "a teacher cache that does not match the batch (token count) or holds impossible values (ids outside "
+        "[0, V) or repeated, log-probs above 0 or summing above 1, entropies outside [0, ln V])"
+    ),
 }
 TOKEN_INPUTS = ("student_logits", "teacher_logits")
 DIVERGENCE_SETTINGS = ("beta", "alpha")  # the settings a divergence takes by name (jsd; skl, srkl)
@@ -105,6 +108,11 @@ class TokenLossSettings:
     )
 
     def __post_init__(self) -> None:
+        types = {"divergence": str, "weight_level": str, "weight_norm": str, "ignore_index": int}
+        for name, kind in types.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TypeError(f"{name} must be {kind.__name__}, got {type(value).__name__} {value!r}")
         fn = token_divergence(self.divergence)
         if self.temperature != 1.0 and "temperature" not in inspect.signature(fn).parameters:
             raise ValueError(f"divergence {self.divergence!r} takes no temperature; leave temperature at 1")
@@ -119,9 +127,7 @@ class TokenLossSettings:
         for name in DIVERGENCE_SETTINGS:
             check_coefficient(name, getattr(self, name))
         for name in ("kd_weight", "ce_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            check_nonnegative(name, getattr(self, name))
         self.policy()  # unknown policy names and bad tau / h_ub fail here, not mid-training
         check_fused(self.fused)
         reason = self.unfusable()

@@ -12,7 +12,21 @@ from eakd.checks import (
     check_positive_values,
     check_same_device,
 )
+from eakd.losses.reduce import weighted_mean
 from eakd.losses.registry import register_loss
+
+IGNORE_INDEX = -100  # a target that carries no hard-label loss (torch's and Hugging Face's convention)
+
+
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """The hard-label cross-entropy in float32: logits (N, K), target (N,) class indices -> 0-dim, the mean
+    over the targets that are not ``ignore_index``. A batch whose targets are all ``ignore_index`` gives 0
+    (``weighted_mean``'s rule for no valid position; torch's mean would be 0/0 = NaN), as the token loss's
+    CE term does (``eakd.llm``)."""
+    per_sample = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    return weighted_mean(per_sample, mask=target != ignore_index)
 
 
 def _check_target(target: torch.Tensor, logits: torch.Tensor) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from eakd.checks import check_positive, check_positive_values, check_same_leading
+from eakd.checks import (
+    check_positive,
+    check_positive_values,
+    check_same_leading,
+    check_tensor,
+    check_weight_values,
+)
 
 
 def weighted_mean(
@@ -17,17 +23,21 @@ def weighted_mean(
 ) -> torch.Tensor:
     """mean_n(w_n * values_n) over valid positions; returns a 0-dim tensor in values' dtype.
 
-    values: per-sample (N,) / per-token (B, T) / per-RoI (R,) losses. weights, mask: exactly the shape
-    of ``values`` (an error otherwise: no broadcasting). The weights are not normalised (EA-KD's rule):
+    values: per-sample (N,) / per-token (B, T) / per-RoI (R,) losses, a tensor. weights, mask: tensors of
+    exactly the shape of ``values`` (an error otherwise: no broadcasting; TypeError for lists); weights
+    finite and >= 0 (``eakd.checks.check_weight_values``: a ValueError, or with ``defer`` NaN, so the result
+    is non-finite and the caller's device-side check stops). The weights are not normalised (EA-KD's rule):
     the result is sum(w * v * mask) / count, count = number of valid positions, or ``denominator`` when
     given (e.g. the number of valid tokens over all gradient-accumulation micro-batches): a finite number
     > 0, or a tensor of one element > 0 (one host read; with ``defer`` none, and a count <= 0 makes the
     result NaN for the caller's device-side check: ``eakd.checks``). With no
     valid position (an all-False mask) and no denominator the result is 0.
     """
+    check_tensor("values", values)
     if weights is not None:
         check_same_leading("weights", weights, values)
-        values = values * weights.detach().to(values.dtype)
+        w = check_weight_values("weights", weights.detach(), defer=defer)
+        values = values * w.to(values.dtype)
     if mask is not None:
         check_same_leading("mask", mask, values)
         m = mask.to(torch.bool)

@@ -21,7 +21,7 @@ Missing data raises FileNotFoundError naming where it looked and how to get it.
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 import torchvision
@@ -29,11 +29,13 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import default_loader, find_classes
 
+from eakd.args import one_line
 from eakd.paths import cache_dir
 from eakd.registry import Registry
 from eakd.vision.transforms import Recipe, Transform, TwoViews, build_transform
 
 Builder = Callable[..., tuple[Dataset, Recipe]]
+D = TypeVar("D")
 DATASETS: Registry[Builder] = Registry("data set")
 
 FASHION_MNIST = Recipe(mean=(0.2860,), std=(0.3530,), size=28, pad=2)
@@ -78,6 +80,19 @@ class TensorImageDataset(Dataset[tuple[Any, int]]):
         return list(zip(images, self.targets[indices].tolist(), strict=True))
 
 
+def downloaded(what: str, url: str, folder: Path, read: Callable[[], D]) -> D:
+    """``read()``: a torchvision reader that downloads what is missing from ``url`` into ``folder``. A failed
+    download (offline, a refused connection, a broken archive) is a FileNotFoundError saying what was
+    tried, from where, and where to put the files by hand."""
+    try:
+        return read()
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError; a bad archive a RuntimeError
+        raise FileNotFoundError(
+            f"{what}: downloading {url} into {folder} failed ({one_line(err)}); fetch it where you can and "
+            f"unpack it into {folder} (or set data.root to a folder holding it)"
+        ) from None
+
+
 def data_root(root: str | Path | None) -> Path:
     """``root``, or by default ``$EAKD_CACHE/data`` (not created here)."""
     return Path(root) if root is not None else cache_dir("data", create=False)
@@ -99,7 +114,13 @@ def fashion_mnist(root: str | Path | None, train: bool, download: bool) -> tuple
             f"{data_root(root) / 'FashionMNIST' / 'raw'}. Run `make fetch` (copies this machine's offline "
             "copy to $EAKD_CACHE/data) or set data.download=true (torchvision's download)."
         )
-    source = torchvision.datasets.FashionMNIST(str(data_root(root)), train=train, download=download)
+    mirror = torchvision.datasets.FashionMNIST.mirrors[0]
+    source = downloaded(
+        "Fashion-MNIST",
+        f"{mirror} ({', '.join(f + '.gz' for f in FASHION_MNIST_FILES)})",
+        data_root(root) / "FashionMNIST" / "raw",
+        lambda: torchvision.datasets.FashionMNIST(str(data_root(root)), train=train, download=download),
+    )
     return TensorImageDataset(source.data.unsqueeze(1), source.targets, list(source.classes)), FASHION_MNIST
 
 
@@ -126,7 +147,12 @@ def cifar100(root: str | Path | None, train: bool, download: bool) -> tuple[Tens
             "(torchvision's download), or unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz "
             f"in {parent}."
         )
-    source = CIFAR100Files(str(parent), train=train, download=download)
+    source = downloaded(
+        "CIFAR-100",
+        CIFAR100Files.url,
+        parent,
+        lambda: CIFAR100Files(str(parent), train=train, download=download),
+    )
     images = torch.from_numpy(source.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
     return TensorImageDataset(images, torch.tensor(source.targets), list(source.classes)), CIFAR100
 

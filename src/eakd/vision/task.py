@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from eakd.distill import DistillLoss
 from eakd.engine.task import register_task
+from eakd.losses import cross_entropy
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -65,7 +66,7 @@ class DistillModule(nn.Module):
             first = logits if first is None else first
             if self.loss is None:
                 if i == 0:
-                    terms["loss_ce"] = self.ce_weight * F.cross_entropy(logits.float(), target)
+                    terms["loss_ce"] = self.ce_weight * cross_entropy(logits, target)
                 continue
             if t_logits[i] is None:
                 raise ValueError("a distillation loss needs the teacher's logits")
@@ -182,7 +183,7 @@ def build_classification(cfg: Config) -> ClassificationTask:
     teacher = None
     if cfg.model.teacher is not None and cfg.distill.method != "none":
         teacher = create_model(cfg.model.teacher, **common, **cfg.model.teacher_options)
-        if cfg.model.teacher_checkpoint:
-            load_checkpoint(teacher, cfg.model.teacher_checkpoint)
+        if cfg.teacher_file:  # None: no file ("random"; unset is refused by the engine's pre-flight)
+            load_checkpoint(teacher, cfg.teacher_file)
     loss = DistillLoss.from_config(cfg.distill, sync_checks=False)  # the engine reads the loss terms
     return ClassificationTask(student, teacher, loss, train_set, eval_set, ce_weight=cfg.distill.ce_weight)
