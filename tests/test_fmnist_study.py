@@ -55,7 +55,7 @@ def test_the_plan_has_every_arm_of_issue_18_with_its_seeds_and_reference():
 
 def test_the_first_studys_arms_keep_their_definitions():
     """Its runs are reused only where the override list is the one they ran with (MLKD's changed)."""
-    first = json.loads((ROOT / "tests" / "data" / "fmnist_study_2026-12-03.json").read_text())  # the first study
+    first = json.loads((ROOT / "tests" / "data" / "fmnist_study_2026-12-03.json").read_text())  # first study
     same = [a for a in first["definitions"] if first["definitions"][a] == arms.SETTINGS.get(a)]
     assert set(same) == {"no-kd", "kd", "ea-kd", "er-kd", "inverse-kd", "dkd", "ea-dkd"}
 

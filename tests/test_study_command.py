@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = """\
 experiment: {name: tiny, output_dir: runs}
 data: {name: synthetic, options: {num_samples: 64, num_classes: 4, channels: 1, size: 8}}
-model: {student: fmnist_tiny, teacher: fmnist_cnn}
+model: {student: fmnist_tiny, teacher: fmnist_cnn, teacher_checkpoint: random}
 distill: {method: kd, weighting: ea, hparams: {temperature: 4.0}}
 train: {epochs: 1, batch_size: 32, num_workers: 0, ckpt_every: 0, diag_every: 0, cpu: true}
 """
