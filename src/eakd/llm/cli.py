@@ -19,9 +19,12 @@ from eakd.llm.cache import CACHE_BATCH
 if TYPE_CHECKING:
     from eakd.llm.run import LLMRunConfig
 
-USAGE = """usage: eakd llm {train,cache,eval,demo} ...
+USAGE = """usage: eakd llm {train,study,cache,eval,demo} ...
 
   train CONFIG [section.key=value ...] [--eval-teacher]   distil and evaluate (eakd configs llm/)
+  study CONFIG [section.key=value ...] [--arm NAME[=key=value,...]] ... [--seeds 0-4] [--reference ARM]
+        [--metric NAME] [--effect E] [--out DIR] [--resume]
+                                                         eakd study for LLM run configs: arms x paired seeds
   cache CONFIG [section.key=value ...] [--sparse topk|sampled] [--top-k K] [--exact E] [--out FILE]
                                                          run the teacher once: top-k log-probs + entropy
                                                          per token; train with model.teacher_cache=FILE
@@ -320,7 +323,16 @@ def demo(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"train": train, "cache": cache_cmd, "eval": evaluate_cmd, "demo": demo}
+def study(argv: list[str]) -> int:
+    """``eakd llm study CONFIG``: ``eakd study`` (``eakd.study_cli``) for LLM run configs
+    (``eakd.llm.config_study``)."""
+    from eakd.llm.config_study import LLM
+    from eakd.study_cli import main as study_main
+
+    return study_main(argv, LLM)
+
+
+SUBCOMMANDS = {"train": train, "study": study, "cache": cache_cmd, "eval": evaluate_cmd, "demo": demo}
 
 
 def main(argv: list[str]) -> int:
