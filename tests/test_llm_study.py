@@ -131,3 +131,48 @@ def fake_train_one(config, overrides, seed, folder, **kwargs) -> dict[str, float
     (folder / "results.json").write_text("{}")
     value = 10.0 + seed + len(folder.name) / 10
     return {"best_rougeL": value, "last_rougeL": value, "train_s": 1.0}
+
+
+def test_prepare_writes_one_cache_per_tau_for_the_arms_reading_the_dataset(tiny):
+    """A study's teacher caches: one file per entropy temperature among the arms, shared by the arms of
+    that tau; an on-policy arm (its responses generated) reads none and runs the teacher online."""
+    from eakd.llm.study import method_arms
+
+    arms = method_arms(["kd", "ea-kd", "ea-kd-tau1", "gkd"])
+    top8 = ["cache.top_k=8"]  # of the tiny vocabulary
+    extra, seconds = config_study.prepare("run.yaml", arms, top8, tiny / "s", teacher_cache=True)
+    tau2, tau1 = tiny / "s" / "teacher_cache_tau2.safetensors", tiny / "s" / "teacher_cache_tau1.safetensors"
+    assert extra == {
+        "kd": [f"model.teacher_cache={tau2}"],
+        "ea-kd": [f"model.teacher_cache={tau2}"],
+        "ea-kd-tau1": [f"model.teacher_cache={tau1}"],
+    }
+    assert tau1.is_file() and tau2.is_file() and set(seconds) == {"teacher_cache", "warm_start"}
+    assert config_study.prepare("run.yaml", arms, top8, tiny / "s", teacher_cache=False)[0] == {}
+
+
+def test_the_demo_on_a_tiny_teacher_saves_its_before_after_table(tiny, capsys):
+    """`eakd llm demo --config`: both arms through the study function, from the teacher cache; the saved
+    result holds the students' fit before and after and the example responses, and renders as the
+    README's table with the one-seed caveat."""
+    from eakd.llm.demo import demo_table
+
+    argv = ["llm", "demo", "--config", "run.yaml", "--steps", "2", "--top-k", "8", "--out", "demo"]
+    argv += ["--results", "demo.json"]
+    assert main(argv) == 0
+    result = json.loads((tiny / "demo.json").read_text())
+    assert result["arms"] == ["kd", "ea-kd"] and result["seeds"] == [0]
+    assert result["definitions"]["ea-kd"] == ["train.divergence=fkl", "train.weighting=ea", "train.tau=2.0"]
+    assert (tiny / "demo" / "teacher_cache_tau2.safetensors").is_file()
+    run = json.loads((tiny / "demo" / "kd-seed0" / "results.json").read_text())
+    assert run["config"]["model"]["teacher_cache"].endswith("teacher_cache_tau2.safetensors")
+    assert run["config"]["train"]["max_steps"] == 2 and run["config"]["model"]["warm_start"] is None
+    ex = result["demo"]["examples"]
+    assert list(ex["responses"]) == ["teacher", "untrained student", "kd", "ea-kd"]
+    assert len(ex["prompts"]) == 1 and all(len(r) == 1 for r in ex["responses"].values())  # 1 test pair
+    text = demo_table(result)
+    assert text in capsys.readouterr().out
+    kd = result["runs"]["kd"]["0"]
+    assert f"| kd, after 2 steps | {kd['val_kl']:.2f} | {kd['val_top1']:.3f} |" in text
+    assert f"| student before distillation (2 teacher layers) | {kd['val_kl_start']:.2f} |" in text
+    assert "What one seed cannot show" in text and "ea-kd - kd" in text

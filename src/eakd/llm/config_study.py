@@ -36,8 +36,8 @@ def run_metrics(res: dict[str, Any]) -> dict[str, float]:
     at the best (``kl_confident``, ``kl_rest``, ``top1_confident``, ``top1_rest``). On validation: the best
     greedy ROUGE-L and its step, and the per-token KL(teacher || student) in nats, top-1 agreement and
     perplexity before distillation (``val_*_start``) and of the selected student (``val_kl``, ``val_top1``,
-    ``val_perplexity``). Seconds: training (``train_s``, of which validation ``val_s``), test evaluation
-    (``test_s``), the whole run (``run_s``)."""
+    ``val_perplexity``; over ``val_tokens`` tokens). Seconds: training (``train_s``, of which validation
+    ``val_s``), the evaluation after it (``test_s``), the whole run (``run_s``)."""
     best, last, diag = res["student"], res["student_last"], res["diagnostics"]
     start, end = res["validation_start"], res["validation_end"]
     return {
@@ -50,7 +50,7 @@ def run_metrics(res: dict[str, Any]) -> dict[str, float]:
         "val_rougeL": res["validation"]["best"]["rougeL"],
         "best_step": res["validation"]["best"]["step"],
         **{f"val_{k}_start": start[k] for k in ("kl", "top1", "perplexity")},
-        **{f"val_{k}": end[k] for k in ("kl", "top1", "perplexity")},
+        **{f"val_{k}": end[k] for k in ("kl", "top1", "perplexity", "tokens")},
         **{f"{k}_{part}": diag[part][k] for k in ("kl", "top1") for part in ("confident", "rest")},
         "train_s": res["seconds"]["train"],
         "val_s": res["seconds"]["validation"],

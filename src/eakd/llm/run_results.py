@@ -26,11 +26,11 @@ def validation_fit(
 ) -> dict[str, float]:  # fmt: skip
     """How close ``student`` is to the teacher on the validation responses, teacher-forced: {"kl": the mean
     per-token KL(teacher || student) in nats, "top1": the top-1 agreement, "perplexity": the student's on
-    the reference response tokens}."""
+    the reference response tokens, "tokens": how many}."""
     d, e = cfg.data, cfg.eval
     fit = teacher_agreement(student, teacher, tokenizer, val, d.max_length, e.batch_size, progress=progress)
     ppl = perplexity(student, tokenizer, val, d.max_length, e.batch_size, progress)
-    return {"kl": fit["all"]["kl"], "top1": fit["all"]["top1"], "perplexity": ppl}
+    return {**{k: fit["all"][k] for k in ("kl", "top1", "tokens")}, "perplexity": ppl}
 
 
 def evaluate_on_test(
