@@ -48,7 +48,8 @@ def check_against_eager(method: str, tau: float, dtype: torch.dtype = torch.floa
 
 
 @pytest.mark.parametrize("method", ["kd", "dkd"])
-@pytest.mark.parametrize("tau", [3.0, 4.0])  # tau != T (own pass) and tau == T (the loss's exps reused)
+# tau / T = 5/8: a second exp on the loss's shift; 3/4: one exp for both (shared_powers); tau == T
+@pytest.mark.parametrize("tau", [2.5, 3.0, 4.0])
 def test_logit_terms_match_eager(method: str, tau: float) -> None:
     check_against_eager(method, tau)
 
@@ -116,11 +117,13 @@ def test_dkd_entropies_come_from_the_loss_pass(tau: float, monkeypatch: pytest.M
         fused._dkd_kernel(zs, zt, y, 4.0, 1.0, 8.0, tau, None, False, True, True)
 
 
-def token_case(divergence: str, settings: dict[str, float], dtype: torch.dtype = torch.float32) -> None:
+def token_case(
+    divergence: str, settings: dict[str, float], dtype: torch.dtype = torch.float32, tau: float = 2.0
+) -> None:
     zs, zt, _ = logits(dtype=dtype)
-    loss, h_s, h_t = fused_token_terms(divergence, zs, zt, temperature=1.0, tau=2.0, **settings)
+    loss, h_s, h_t = fused_token_terms(divergence, zs, zt, temperature=1.0, tau=tau, **settings)
     eager = get_loss(divergence)(zs, zt, temperature=1.0, **settings)
-    policy = get_policy("ea", tau=2.0)
+    policy = get_policy("ea", tau=tau)
     assert policy is not None
     ref_s, ref_t = policy.entropies(zs, zt)
     tol = FP32 if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-3}
@@ -131,8 +134,9 @@ def token_case(divergence: str, settings: dict[str, float], dtype: torch.dtype =
 
 
 @pytest.mark.parametrize(("divergence", "settings"), [("fkl", {}), ("rkl", {})])
-def test_token_terms_match_eager(divergence: str, settings: dict[str, float]) -> None:
-    token_case(divergence, settings)
+@pytest.mark.parametrize("tau", [2.0, 2.5])  # tau / T = 2: one exp for both; 5/2: a second exp
+def test_token_terms_match_eager(divergence: str, settings: dict[str, float], tau: float) -> None:
+    token_case(divergence, settings, tau=tau)
 
 
 @pytest.mark.slow

@@ -74,23 +74,20 @@ def _compiled(kernel: Callable[..., Any], key: tuple[Any, ...]) -> Callable[...,
     return fn
 
 
-def _shift_exp(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For float32 z (N, K): d = z - max (max detached), e = exp(d), s = sum(e) (N,); lse = max + log s."""
-    d = z - z.detach().amax(dim=-1, keepdim=True)
-    e = d.exp()
-    return d, e, e.sum(dim=-1)
-
-
 def _entropy_from(d: Tensor, e: Tensor, s: Tensor) -> Tensor:
-    """Detached entropy in nats of softmax(z) from ``_shift_exp``'s (d, e, s): log s - sum(e * d) / s."""
+    """Detached entropy in nats of softmax(z) from shifted logits d = z - max (N, K), e = exp(d) and
+    s = sum(e) (N,): log s - sum(e * d) / s."""
     d, e, s = d.detach(), e.detach(), s.detach()
     return s.log() - (e * d).sum(dim=-1) / s
 
 
 def _entropy_at(z: Tensor, tau: float, standardized: bool) -> Tensor:
-    """Detached entropy in nats of softmax(z / tau) (N,) for float32 z (N, K), of standardize(z) if asked."""
+    """Detached entropy in nats of softmax(z / tau) (N,) for float32 z (N, K), of standardize(z) if asked:
+    a pass of its own (``_parts`` at T = tau)."""
     z = z.detach()
-    return _entropy_from(*_shift_exp((standardize(z) if standardized else z) / tau))
+    h = _parts(standardize(z) if standardized else z, tau, tau, (1, 1))[3]
+    assert h is not None  # a tau is given
+    return h
 
 
 def _power(u: Tensor, n: int) -> Tensor:
@@ -117,8 +114,8 @@ def _exps(d: Tensor, temperature: float, tau: float | None, powers: Powers) -> t
 def _parts(
     x: Tensor, temperature: float, tau: float | None, powers: Powers
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``_shift_exp``'s (d, e, s) of float32 x (N, K) / T and, with a tau, the detached entropy of
-    softmax(x / tau) from the same shift: d T / tau (``_exps``)."""
+    """d = x / T - max (max detached), e = exp(d), s = sum(e) (N,) of float32 x (N, K) and, with a tau,
+    the detached entropy of softmax(x / tau) from the same shift: d T / tau (``_exps``)."""
     z = x / temperature
     d = z - z.detach().amax(dim=-1, keepdim=True)
     e, e_tau = _exps(d, temperature, tau, powers)
