@@ -74,8 +74,10 @@ def default_arms(cfg: Config) -> dict[str, list[str]]:
 
 
 def arm_configs(config: str | Path, arms: dict[str, list[str]], common: list[str]) -> dict[str, Config]:
-    """Each arm's config, loaded and its loss built (so a bad key, value or loss setting fails before any
-    run, with the loader's message and its did-you-mean, prefixed by the arm). ValueError for an arm that
+    """Each arm's config, loaded and, for the classification task, its loss built (so a bad key, value or
+    loss setting fails before any run, with the loader's message and its did-you-mean, prefixed by the arm;
+    other tasks build their loss from the section their own way, e.g. detection takes its FPN term's
+    ``feature_weight`` out of ``hparams``, and check it when a run starts). ValueError for an arm that
     sets an ``experiment.`` key (the study sets the seed, name and folder) or gives the same config as
     another arm."""
     configs: dict[str, Config] = {}
@@ -87,7 +89,8 @@ def arm_configs(config: str | Path, arms: dict[str, list[str]], common: list[str
             )
         try:
             configs[name] = load_config(config, [*common, *overrides])
-            DistillLoss.from_config(configs[name].distill, sync_checks=False)  # its loss settings, too
+            if configs[name].task == "classification":
+                DistillLoss.from_config(configs[name].distill, sync_checks=False)  # its loss settings, too
         except (ValueError, TypeError) as err:
             raise ValueError(f"arm {name!r}: {one_line(err)}") from None
         same = [a for a, c in configs.items() if a != name and to_dict(c) == to_dict(configs[name])]
