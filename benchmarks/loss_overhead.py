@@ -12,7 +12,7 @@ fused unweighted, default EA / eager EA (must not exceed 1 beyond noise), and th
 (student and teacher softmax at T) and 2 more for EA at tau != T (student and teacher at tau); the fused
 kernels get EA at 2 when tau / T is a small fraction (one exp serves both temperatures,
 ``shared_powers``), KD, DKD and FKL alike. Absolute times on a shared machine mean little; the ratios
-come from one process, the contenders interleaved in a rotating order. ``--clock cpu`` times the
+come from one process, the contenders interleaved in a shuffled order. ``--clock cpu`` times the
 process's CPU time instead of the wall clock: with ``--threads 1`` it does not count the time other jobs
 hold the cores.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -139,15 +140,18 @@ def bench(
     steps: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None], clock: Callable[[], float]
 ) -> dict[str, list[float]]:
     """Seconds per call of each step by ``clock``, one per repeat, interleaving the contenders each repeat
-    in a rotating order (after 3 warm-ups, which also compile the fused kernels)."""
+    in a shuffled order (seeded; after 3 warm-ups, which also compile the fused kernels). Not a rotating
+    order: there each contender keeps its predecessor, whose cache and allocator state skews sub-ms calls
+    (the default, eager at small shapes, measured slower than the same eager code when it followed the
+    compiled pass)."""
     for fn in steps.values():
         for _ in range(3):
             fn()
     sync()
-    names = list(steps)
+    names, order = list(steps), random.Random(0)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(repeats):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             t0 = clock()
             steps[name]()
             sync()
