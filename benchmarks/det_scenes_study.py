@@ -5,9 +5,10 @@ FitNet-style FPN feature term unweighted and with EA's weights; 5 paired seeds.
 
 Trains the MobileNetV2 teacher once on all 2,000 training scenes (det/scenes_teacher, its best epoch chosen
 on the val split, then evaluated once on test), then the student (det/scenes_student: 500 labelled scenes)
-per arm and seed with the same budget, each evaluated once on the test split after its last epoch. Runs go
-seed-major; results/det_scenes.json is saved after every run, and finished runs of the same protocol are
-reused, so a stopped study resumes (``--reuse``; the teacher in OUT/teacher is reused once it finished).
+per arm and seed with the same budget, each evaluated once on the test split after its last epoch, through
+``eakd study``'s code path (``eakd.config_study``; each run's ``last_AP``, ``last_AP50``, ... in the file).
+Runs go seed-major; results/det_scenes.json is saved after every run, and finished runs of the same protocol
+are reused, so a stopped study resumes (``--reuse``; the teacher in OUT/teacher is reused once it finished).
 docs/studies.md's table: ``python scripts/tables.py``.
 """
 

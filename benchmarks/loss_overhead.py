@@ -3,20 +3,23 @@
 Rows: KD and DKD at (64, 100) and (512, 1000) (T 4), and token-level forward KL at (4096, 32000) (T 1),
 each at the paper's entropy temperature (tau 3 for KD/DKD, tau 2 for the LLM study's FKL) and at
 tau == T. Contenders, interleaved repeat by repeat: the unweighted loss and EA-weighted loss, each eager
-(``eakd.DistillLoss`` / the token loss + ``Policy.compute``) and fused (``eakd.losses.fused``, compiled).
-Columns: median ms of each (the JSON also has the min and max), the ratios EA / unweighted (eager),
-fused EA / eager unweighted, fused EA / fused unweighted, and the exp passes over the (N, K) logits each
-variant makes, forward + backward (see ``exp_passes``). The naive floor is 2 forward (student and teacher
-softmax at T) and 2 more for EA at tau != T (student and teacher at tau); the fused KD / FKL kernels get
-EA at 2 when tau / T is a small fraction (one exp serves both temperatures, ``shared_powers``). Absolute
-times on a shared machine mean little; the ratios come from one process, the contenders interleaved in a
-rotating order. ``--clock cpu`` times the process's CPU time instead of the wall clock: with
-``--threads 1`` it does not count the time other jobs hold the cores.
+(``eakd.DistillLoss`` / the token loss + ``Policy.compute``) and fused (``eakd.losses.fused``, compiled),
+and the EA-weighted loss as a user gets it by default (``fused="auto"``: ``DistillLoss``'s default, and
+for the token loss the path ``TokenLossSettings``'s default takes). Columns: median ms of each (the JSON
+also has the min and max), the ratios EA / unweighted (eager), fused EA / eager unweighted, fused EA /
+fused unweighted, default EA / eager EA (must not exceed 1 beyond noise), and the exp passes over the
+(N, K) logits each variant makes, forward + backward (see ``exp_passes``). The naive floor is 2 forward
+(student and teacher softmax at T) and 2 more for EA at tau != T (student and teacher at tau); the fused
+kernels get EA at 2 when tau / T is a small fraction (one exp serves both temperatures,
+``shared_powers``), KD, DKD and FKL alike. Absolute times on a shared machine mean little; the ratios
+come from one process, the contenders interleaved in a shuffled order. ``--clock cpu`` times the
+process's CPU time instead of the wall clock: with ``--threads 1`` it does not count the time other jobs
+hold the cores.
 
-``--crossover`` instead times the EA-weighted loss eager and fused on a ladder of shapes (KD, DKD, token
-forward KL) and prints, per shape, fused / eager and the path ``fused="auto"`` (the default) takes there
-(``eakd.losses.fused_rule.use_fused``, from ``AUTO_MIN_NUMEL``), so the default's time over eager's, which
-must not exceed 1 beyond noise.
+``--crossover`` instead times the EA-weighted loss eager, fused and by default (``fused="auto"``) on a
+ladder of shapes (KD, DKD, token forward KL) and prints, per shape, fused / eager, the path the default
+takes there (``eakd.losses.fused_rule.use_fused``, from ``AUTO_MIN_NUMEL``) and the default's time over
+eager's, which must not exceed 1 beyond noise.
 
     python benchmarks/loss_overhead.py [--repeats 30] [--threads 2] [--device cpu|cuda] [--clock wall|cpu]
         [--dtype float32|bfloat16] [--small] [--crossover] [--results results/loss_overhead.json]
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -38,6 +42,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from eakd import DistillLoss
+from eakd.llm.settings import TokenLossSettings
 from eakd.losses.fused import fused_token_terms, shared_powers
 from eakd.losses.fused_rule import AUTO_MIN_NUMEL, use_fused
 from eakd.losses.reduce import weighted_mean
@@ -48,7 +53,7 @@ from eakd.weighting import get_policy
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _render_loss_overhead import render
 
-VARIANTS = ("eager_none", "eager_ea", "fused_none", "fused_ea")
+VARIANTS = ("eager_none", "eager_ea", "fused_none", "fused_ea", "auto_ea")  # auto: the default path
 
 
 EXP_OPS = {"exp", "_log_softmax", "_softmax", "logsumexp", "_log_softmax_backward_data", "logaddexp"}
@@ -69,7 +74,8 @@ class _ExpCounter(TorchDispatchMode):
 
 
 def exp_passes(variant: str, shared: bool, step: Callable[[], None], numel: int) -> int:
-    """Exp passes over the (N, K) logits of one forward+backward. Eager: counted (``_ExpCounter``). Fused:
+    """Exp passes over the (N, K) logits of one forward+backward (of the four forced variants). Eager:
+    counted (``_ExpCounter``). Fused:
     the compiled kernel's, read off its inductor code: one exp per softmax in one forward kernel, 2 at T
     and 2 more at tau for EA unless ``shared`` (tau == T, or tau / T a small fraction: ``shared_powers``);
     the backward reads the forward's saved exps (two (N, K) buffers) and computes no exp."""
@@ -82,11 +88,12 @@ def exp_passes(variant: str, shared: bool, step: Callable[[], None], numel: int)
 
 def make_steps(
     method: str, zs: torch.Tensor, zt: torch.Tensor, target: torch.Tensor, temperature: float, tau: float
-) -> dict[str, Callable[[], None]]:
-    """One forward+backward closure per variant."""
+) -> tuple[dict[str, Callable[[], None]], str]:
+    """One forward+backward closure per variant, and the path ("fused" / "eager") the default takes."""
     if method == "fkl":
         policy = get_policy("ea", tau=tau)
         assert policy is not None
+        default = TokenLossSettings(temperature=temperature, tau=tau).compiled(zs.numel())
 
         def token(variant: str) -> Callable[[], None]:
             def step() -> None:
@@ -104,38 +111,47 @@ def make_steps(
 
             return step
 
-        return {v: token(v) for v in VARIANTS}
+        steps = {v: token(v) for v in VARIANTS[:-1]}
+        return {**steps, "auto_ea": token("fused_ea" if default else "eager_ea")}, path(default)
 
-    def logit(variant: str) -> Callable[[], None]:
+    def logit(variant: str) -> tuple[Callable[[], None], DistillLoss]:
         weighting = "none" if variant.endswith("none") else "ea"
         kw: dict[str, Any] = {} if weighting == "none" else {"tau": tau}
-        loss = DistillLoss(
-            method, weighting, ce_weight=0.0, sync_checks=False, fused=variant.startswith("fused"),
-            temperature=temperature, **kw,
-        )  # fmt: skip
+        if not variant.startswith("auto"):  # auto: DistillLoss's default
+            kw["fused"] = variant.startswith("fused")
+        loss = DistillLoss(method, weighting, ce_weight=0.0, sync_checks=False, temperature=temperature, **kw)
 
         def step() -> None:
             zs.grad = None
             sum(loss(zs, zt, target).values()).backward()
 
-        return step
+        return step, loss
 
-    return {v: logit(v) for v in VARIANTS}
+    built = {v: logit(v) for v in VARIANTS}
+    auto = built["auto_ea"][1]
+    return {v: fn for v, (fn, _) in built.items()}, path(use_fused(auto.fused, auto.fusable, zs.numel()))
+
+
+def path(fused: bool) -> str:
+    return "fused" if fused else "eager"
 
 
 def bench(
     steps: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None], clock: Callable[[], float]
 ) -> dict[str, list[float]]:
     """Seconds per call of each step by ``clock``, one per repeat, interleaving the contenders each repeat
-    in a rotating order (after 3 warm-ups, which also compile the fused kernels)."""
+    in a shuffled order (seeded; after 3 warm-ups, which also compile the fused kernels). Not a rotating
+    order: there each contender keeps its predecessor, whose cache and allocator state skews sub-ms calls
+    (the default, eager at small shapes, measured slower than the same eager code when it followed the
+    compiled pass)."""
     for fn in steps.values():
         for _ in range(3):
             fn()
     sync()
-    names = list(steps)
+    names, order = list(steps), random.Random(0)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(repeats):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             t0 = clock()
             steps[name]()
             sync()
@@ -160,8 +176,8 @@ LADDER = ((64, 100), (128, 200), (256, 250), (256, 500), (512, 500), (512, 1000)
 
 
 def crossover(repeats: int, sync: Callable[[], None], clock: Callable[[], float]) -> list[dict[str, Any]]:
-    """Median ms of the EA-weighted loss eager and fused on ``LADDER`` for KD, DKD (T 4, tau 3) and token
-    forward KL (T 1, tau 2), and the path ``fused="auto"`` takes; each row printed as it is measured."""
+    """Median ms of the EA-weighted loss eager, fused and by default on ``LADDER`` for KD, DKD (T 4, tau 3)
+    and token forward KL (T 1, tau 2), and the path ``fused="auto"`` takes; each row printed as measured."""
     g = torch.Generator().manual_seed(0)
     rows = []
     print(f"fused='auto' takes the compiled pass from N*K >= {AUTO_MIN_NUMEL}")
@@ -169,14 +185,12 @@ def crossover(repeats: int, sync: Callable[[], None], clock: Callable[[], float]
         for n, k in LADDER:
             zs = torch.randn(n, k, generator=g).requires_grad_()
             zt, target = torch.randn(n, k, generator=g) * 2, torch.randint(0, k, (n,), generator=g)
-            steps = make_steps(method, zs, zt, target, temperature, tau)
-            times = bench({v: steps[v] for v in ("eager_ea", "fused_ea")}, repeats, sync, clock)
+            steps, auto = make_steps(method, zs, zt, target, temperature, tau)
+            times = bench({v: steps[v] for v in ("eager_ea", "fused_ea", "auto_ea")}, repeats, sync, clock)
             t = {v: statistics.median(ts) * 1e3 for v, ts in times.items()}
-            auto = use_fused("auto", True, n * k)
-            default = t["fused_ea" if auto else "eager_ea"]
-            row = {"method": method, "n": n, "k": k, "ms": t, "auto": "fused" if auto else "eager",
+            row = {"method": method, "n": n, "k": k, "ms": t, "auto": auto,
                    "fused_over_eager": t["fused_ea"] / t["eager_ea"],
-                   "default_over_eager": default / t["eager_ea"]}  # fmt: skip
+                   "default_over_eager": t["auto_ea"] / t["eager_ea"]}  # fmt: skip
             print(f"{method:4} {n:4} x {k:5}: fused / eager {row['fused_over_eager']:.2f}, auto takes "
                   f"{row['auto']:5}: default / eager {row['default_over_eager']:.2f}")  # fmt: skip
             rows.append(row)
@@ -219,18 +233,20 @@ def main() -> None:
             zt = (torch.randn(n, k, generator=g) * 2).to(device, dtype)
             target = torch.randint(0, k, (n,), generator=g).to(device)
             reps = max(5, args.repeats // 5) if n * k > 10**7 and device.type == "cpu" else args.repeats
-            steps = make_steps(method, zs, zt, target, temperature, tau)
+            steps, auto = make_steps(method, zs, zt, target, temperature, tau)
             times = bench(steps, reps, sync, clock)
             t = {name: statistics.median(ts) for name, ts in times.items()}
-            shared = shared_powers(temperature, tau) is not None and (method != "dkd" or tau == temperature)
+            shared = shared_powers(temperature, tau) is not None
             row = {
                 "method": method, "n": n, "k": k, "temperature": temperature, "tau": tau, "repeats": reps,
                 "ms": {v: t[v] * 1e3 for v in VARIANTS},
                 "ms_min_max": {v: [min(times[v]) * 1e3, max(times[v]) * 1e3] for v in VARIANTS},
-                "exp_passes": {v: exp_passes(v, shared, steps[v], n * k) for v in VARIANTS},
+                "exp_passes": {v: exp_passes(v, shared, steps[v], n * k) for v in VARIANTS[:-1]},
+                "auto": auto,
                 "ea_over_none_eager": t["eager_ea"] / t["eager_none"],
                 "fused_ea_over_eager_none": t["fused_ea"] / t["eager_none"],
                 "fused_ea_over_fused_none": t["fused_ea"] / t["fused_none"],
+                "default_ea_over_eager_ea": t["auto_ea"] / t["eager_ea"],
             }  # fmt: skip
             rows.append(row)
             print(render({"rows": [row]}).splitlines()[-1], flush=True)

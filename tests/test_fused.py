@@ -14,9 +14,10 @@ import torch
 from eakd import DistillLoss
 from eakd.losses import dkd_loss, get_loss, kd_loss
 from eakd.losses.fused import fused_logit_terms, fused_token_terms
-from eakd.weighting import get_policy
+from eakd.weighting import entropy, get_policy
 
 FP32 = {"rtol": 1e-5, "atol": 2e-5}
+EXTREME = {"rtol": 5e-5, "atol": 1e-4}  # logits near 3000 (``extreme_logits``)
 
 
 def logits(n: int = 6, k: int = 10, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[Any, ...]:
@@ -47,7 +48,8 @@ def check_against_eager(method: str, tau: float, dtype: torch.dtype = torch.floa
 
 
 @pytest.mark.parametrize("method", ["kd", "dkd"])
-@pytest.mark.parametrize("tau", [3.0, 4.0])  # tau != T (own pass) and tau == T (the loss's exps reused)
+# tau / T = 5/8: a second exp on the loss's shift; 3/4: one exp for both (shared_powers); tau == T
+@pytest.mark.parametrize("tau", [2.5, 3.0, 4.0])
 def test_logit_terms_match_eager(method: str, tau: float) -> None:
     check_against_eager(method, tau)
 
@@ -60,11 +62,68 @@ def test_bf16_inputs() -> None:
     token_case("rkl", {}, torch.bfloat16)
 
 
-def token_case(divergence: str, settings: dict[str, float], dtype: torch.dtype = torch.float32) -> None:
+def extreme_logits(dtype: torch.dtype) -> tuple[Any, ...]:
+    """Rows that break a careless shift: ordinary; magnitudes near 1e3; the target 2000 above every other
+    class (the non-target softmax underflows if shifted by the row max); the target 2000 below; a flat
+    student row; offsets of +-3000."""
+    zs, zt, y = logits()
+    zs, zt = zs.detach().clone(), zt.clone()
+    zs[1], zt[1] = zs[1] * 300, zt[1] * 300
+    zs[2, y[2]], zt[2, y[2]] = zs[2].max() + 2000, zt[2].max() + 1500
+    zs[3, y[3]], zt[3, y[3]] = zs[3].min() - 2000, zt[3].min() - 1000
+    zs[4] = 5.0
+    zs[5], zt[5] = zs[5] + 3000, zt[5] - 3000
+    return zs.to(dtype).requires_grad_(), zt.to(dtype), y
+
+
+# tau / T = 5/8: no shared exp; 3/4 and 2/1: one exp for both (shared_powers); 1: tau == T
+@pytest.mark.parametrize("tau", [2.5, 3.0, 4.0, 8.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dkd_at_any_tau_matches_reference_on_extreme_logits(tau: float, dtype: torch.dtype) -> None:
+    """Fused DKD and its entropies at tau, one pass, against ``dkd_loss`` and ``entropy``: values and the
+    student's gradients (bf16 inputs: the same float32 math). Tolerance: float32 logits near 3000 divided
+    by tau carry rounding errors near 1e-4, in the reference as in the fused pass."""
+    zs, zt, y = extreme_logits(dtype)
+    loss, h_s, h_t = fused_logit_terms("dkd", zs, zt, y, tau=tau, temperature=4.0)
+    ref = dkd_loss(zs, zt, y, temperature=4.0)
+    torch.testing.assert_close(loss, ref, **EXTREME)
+    torch.testing.assert_close(h_s, entropy(zs, tau), **EXTREME)
+    torch.testing.assert_close(h_t, entropy(zt, tau), **EXTREME)
+    want = grad(ref, zs)
+    assert torch.isfinite(want).all()
+    torch.testing.assert_close(grad(loss, zs), want, **EXTREME)
+
+
+@pytest.mark.parametrize("tau", [2.5, 3.0])
+def test_dkd_entropies_come_from_the_loss_pass(tau: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DKD at tau != T makes no entropy pass of its own (``_entropy_at``) on the loss's logits: the
+    kernel, run uncompiled, gives the reference with that pass removed; it is there only for entropies of
+    differently standardised logits."""
+    from eakd.losses import fused
+
+    def no_own_pass(*args: Any) -> None:
+        raise AssertionError("an entropy pass of its own")
+
+    monkeypatch.setattr(fused, "_entropy_at", no_own_pass)
+    zs, zt, y = extreme_logits(torch.float32)
+    powers = fused.shared_powers(4.0, tau)
+    loss, h_s, h_t = fused._dkd_kernel(zs, zt, y, 4.0, 1.0, 8.0, tau, powers, False, False, True)
+    ref = dkd_loss(zs, zt, y, temperature=4.0)
+    torch.testing.assert_close(loss, ref, **EXTREME)
+    torch.testing.assert_close(grad(loss, zs), grad(ref, zs), **EXTREME)  # eager autograd: no 0 * inf
+    torch.testing.assert_close(h_s, entropy(zs, tau), **EXTREME)
+    torch.testing.assert_close(h_t, entropy(zt, tau), **EXTREME)
+    with pytest.raises(AssertionError, match="of its own"):
+        fused._dkd_kernel(zs, zt, y, 4.0, 1.0, 8.0, tau, None, False, True, True)
+
+
+def token_case(
+    divergence: str, settings: dict[str, float], dtype: torch.dtype = torch.float32, tau: float = 2.0
+) -> None:
     zs, zt, _ = logits(dtype=dtype)
-    loss, h_s, h_t = fused_token_terms(divergence, zs, zt, temperature=1.0, tau=2.0, **settings)
+    loss, h_s, h_t = fused_token_terms(divergence, zs, zt, temperature=1.0, tau=tau, **settings)
     eager = get_loss(divergence)(zs, zt, temperature=1.0, **settings)
-    policy = get_policy("ea", tau=2.0)
+    policy = get_policy("ea", tau=tau)
     assert policy is not None
     ref_s, ref_t = policy.entropies(zs, zt)
     tol = FP32 if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 1e-3}
@@ -75,8 +134,9 @@ def token_case(divergence: str, settings: dict[str, float], dtype: torch.dtype =
 
 
 @pytest.mark.parametrize(("divergence", "settings"), [("fkl", {}), ("rkl", {})])
-def test_token_terms_match_eager(divergence: str, settings: dict[str, float]) -> None:
-    token_case(divergence, settings)
+@pytest.mark.parametrize("tau", [2.0, 2.5])  # tau / T = 2: one exp for both; 5/2: a second exp
+def test_token_terms_match_eager(divergence: str, settings: dict[str, float], tau: float) -> None:
+    token_case(divergence, settings, tau=tau)
 
 
 @pytest.mark.slow

