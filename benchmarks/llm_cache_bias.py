@@ -2,8 +2,8 @@
 labelled token, 8 bytes each) against the online teacher, on the same batches.
 
 Protocol (fixed before it ran): SmolLM2-135M-Instruct (the offline GGUF) teaches the 2-layer student of
-the LLM tests and demo (teacher layers 0 and 29, its embeddings and lm_head; no warm start) on the demo's
-chatterbot rows (``eakd llm demo``'s data section), batch 4, forward KL at T = 1 with EA weights (tau 2),
+the LLM tests (teacher layers 0 and 29, its embeddings and lm_head; no warm start) on the chatterbot rows
+of the demo of that time (``SPLIT``), batch 4, forward KL at T = 1 with EA weights (tau 2),
 AdamW lr 5e-4, ``--steps`` steps cycling over ``--batches`` training batches. A cache's rows are drawn once
 per batch (seed 0) and reused at every visit, as a cache file is.
 
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from eakd.llm import TeacherTopK, TokenLossSettings, chunked_distill_loss
-from eakd.llm.cli import DEMO, read_run_config
+from eakd.llm.cli import read_run_config
 from eakd.llm.data import IGNORE_INDEX, collate, encode_pairs
 from eakd.llm.models import load_teacher, make_student
 from eakd.llm.run import split_rows
@@ -52,6 +52,10 @@ CACHES = {
 }
 TRAINED = ("online", "top-64", "sampled-64", "sampled-64/32")
 ECE_BINS = 15
+
+# the data of results/llm_cache_bias.json: the split of `eakd llm demo` when it ran (48 validation and 64 test
+# pairs, the first 256 training rows)
+SPLIT = ["data.max_train=256", "data.val_size=48", "data.test_size=64"]
 
 
 def teacher_rows(teacher: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +147,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    cfg = read_run_config(None, [f"{k}={v}" for k, v in DEMO["overrides"].items()])
+    cfg = read_run_config(None, SPLIT)
     teacher, tokenizer = load_teacher(cfg.model.teacher)
     rows, val, _ = split_rows(cfg, tokenizer)
     pad = tokenizer.pad_token_id

@@ -1,26 +1,32 @@
 """The LLM instruction-following study with its full protocol (docs/llm.md, "Protocol"), to run on a machine
 with time for it (hours of CPU per run; minutes on a GPU):
 
-    python benchmarks/llm_study.py                      # resumable: finished runs are kept (--reuse)
+    python benchmarks/llm_study.py                      # resumable: finished runs are kept
+    python benchmarks/llm_study.py --methods kd ea-kd --seeds 0-4    # the first comparison only
 
 1. The teacher: SmolLM2-135M-Instruct fine-tuned with cross-entropy on the de-duplicated train split
    (all 30 layers, 3 epochs, lr 1e-4, the best validation ROUGE-L step), written once to
-   runs/llm-study/teacher-sft/student and reused.
-2. The study (``eakd llm demo`` with these defaults): the protocol's seven arms (``ARMS``, of
-   ``eakd.llm.study.METHODS``; its on-policy arms gkd and ea-gkd are not in this protocol)
-   x 5 seeds, one teacher cache per tau, the shared 180-step warm start of a 6-layer student, 3 epochs,
-   validation every 20 steps; saved after every run to runs/llm-study/study.json and
-   results/llm_study.json. Every option of the demo is accepted after these and overrides them, e.g.
-   ``--methods kd ea-kd --seeds 0 1 2`` (the first comparison) or ``--out DIR``.
+   runs/llm-study/teacher-sft/student and reused; its test ROUGE-L and perplexity once, beside it.
+2. The study: ``eakd llm study``'s function (``eakd.llm.config_study.llm_study``) on llm/base with the
+   protocol's seven arms (``ARMS``, of ``eakd.llm.study.METHODS``; its on-policy arms gkd and ea-gkd are
+   not in this protocol) x 5 seeds, one teacher cache per tau, the shared 180-step warm start of a 6-layer
+   student in runs/llm-study/warm-start, 3 epochs, validation every 20 steps; saved after every run to
+   runs/llm-study/study.json and results/llm_study.json, and resumed from them.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 from pathlib import Path
+from typing import Any
 
-from eakd.llm.cli import demo, read_run_config
+from eakd.config_study import parse_seeds
+from eakd.llm.cli import read_run_config
+from eakd.llm.config_study import llm_study
+from eakd.llm.study import METHODS, REFERENCE, method_arms, table
 
+ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("runs/llm-study")
 ARMS = ["kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm"]  # the fixed protocol's
 TEACHER = OUT / "teacher-sft"
@@ -34,12 +40,9 @@ TEACHER_SFT = [
     "train.learning_rate=1e-4",
     f"train.output_dir={TEACHER}",
 ]
-DEFAULTS = [
-    "--config", "llm/base", "--steps", "-1", "--warm-start-steps", "180", "--eval-every", "20",
-    "--seeds", "0", "1", "2", "3", "4", "--methods", *ARMS, "--out", str(OUT), "--teacher-cache",
-    "--eval-teacher", "--results", "results/llm_study.json", "--reuse",
-    f"model.teacher={TEACHER / 'student'}",
-]  # fmt: skip
+# every run: llm/base (6-layer student, 180-step warm start, validation every 20 steps, 3 epochs) with the
+# tuned teacher and the study's own warm start
+COMMON = [f"model.teacher={TEACHER / 'student'}", f"model.warm_start={OUT / 'warm-start'}"]
 
 
 def tune_teacher() -> None:
@@ -53,6 +56,38 @@ def tune_teacher() -> None:
     print(f"teacher tuned: validation ROUGE-L {best['rougeL']:.2f} at step {best['step']}", flush=True)
 
 
-if __name__ == "__main__":
+def teacher_summary() -> dict[str, Any]:
+    """The tuned teacher on the test split (ROUGE-L sampled and greedy, perplexity), evaluated once by the
+    study's settings and saved beside it."""
+    path = TEACHER / "test.json"
+    if not path.is_file():
+        from eakd.llm.evaluate import evaluate
+        from eakd.llm.models import load_teacher
+        from eakd.llm.run import split_rows
+
+        cfg = read_run_config("llm/base", COMMON)
+        teacher, tokenizer = load_teacher(cfg.model.teacher)
+        e, test = cfg.eval, split_rows(cfg, tokenizer)[2]
+        res = evaluate(teacher, tokenizer, test, e.max_new_tokens, cfg.data.max_length, e.batch_size,
+                       e.sampling_seeds, e.temperature)  # fmt: skip
+        path.write_text(json.dumps({k: res[k] for k in ("rougeL", "rougeL_greedy", "perplexity")}))
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=ARMS, choices=list(METHODS), help="the arms (default all)")
+    p.add_argument("--seeds", default="0-4", help="training seeds: 0-4 or 0,1,2 (default 0-4)")
+    a = p.parse_args()
     tune_teacher()
-    sys.exit(demo([*DEFAULTS, *sys.argv[1:]]))
+    report = {"metric": "best_rougeL", "reference": {m: r for m, r in REFERENCE.items() if m in a.methods}}
+    result = llm_study(
+        "llm/base", method_arms(a.methods), parse_seeds(a.seeds), OUT, COMMON, reuse=True,
+        results=ROOT / "results" / "llm_study.json", info={"teacher": teacher_summary(), "report": report},
+        teacher_cache=True,
+    )  # fmt: skip
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,9 +21,10 @@ from typing import Any
 from eakd.detection.demo import format_table as detection_table
 from eakd.engine.catalog import list_configs
 from eakd.engine.config import Config, load_config
+from eakd.llm.demo import demo_table as llm_demo_table
+from eakd.llm.demo import demo_time as llm_demo_time
 from eakd.llm.lm_study import pilot_table as llm_lm_pilot_table
 from eakd.llm.lm_study import table as llm_lm_table
-from eakd.llm.study import demo_time as llm_demo_time
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
 from eakd.study_report import report_tables
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
@@ -51,6 +52,11 @@ def provenance_line(result: dict[str, Any]) -> str:
         f"_Measured {p.get('date', '?')} on {m.get('cpus', '?')} CPU cores ({m.get('device', '?')}), torch "
         f"{m.get('torch', '?')}, code {code_label(p)}; {seeds}{result.get('wall_s', 0) / 60:.0f} min._"
     )
+
+
+def llm_demo(result: dict[str, Any]) -> str:
+    """`make demo-llm`'s before/after table and example responses, then how long it took."""
+    return f"{llm_demo_table(result)}\n\n{llm_demo_time(result)}"
 
 
 def study(render: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
@@ -193,7 +199,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "loss_overhead": loss_overhead_table,
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,
-    "demo_llm": llm_demo_time,
+    "demo_llm": llm_demo,
     "llm_cache_bias": llm_cache_bias_table,
     "cifar100_recipes": recipes_table,
     "llm_onpolicy_cost": onpolicy_cost_table,

@@ -274,7 +274,7 @@ def test_cache_and_demo_commands_on_a_local_teacher(tokenizer, teacher, tmp_path
     demo += ["--out", str(tmp_path / "demo")]
     assert main(demo) == 0
     printed = capsys.readouterr().out
-    assert printed.count("(written):") == 2 and "| ea-kd-tau1 | 1 |" in printed  # one cache per tau
+    assert printed.count("(written):") == 2 and "| ea-kd-tau1, after 2 steps |" in printed  # a cache per tau
     assert (tmp_path / "demo" / "teacher_cache_tau1.safetensors").exists()
     assert main([*demo[:-7], "kd", "--teacher-cache", "--top-k", "4", "--out", str(tmp_path / "demo")]) == 0
     assert "(reused)" in capsys.readouterr().out

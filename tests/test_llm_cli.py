@@ -10,9 +10,9 @@ pytest.importorskip("transformers")
 
 from eakd.cli import main as eakd_main
 from eakd.engine.config import ConfigError, load_config
-from eakd.llm.cli import budget_note, main
+from eakd.llm.cli import main
 from eakd.llm.run import LLMRunConfig, training_args
-from eakd.llm.study import METHODS, REFERENCE, method_config, table
+from eakd.llm.study import METHODS, REFERENCE, method_arms, table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "eakd" / "configs" / "llm"
 
@@ -83,22 +83,23 @@ def test_study_methods_and_table() -> None:
         "kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm", "gkd", "ea-gkd"
     ]  # fmt: skip
     assert REFERENCE["ea-gkd"] == "gkd" and METHODS["ea-gkd"]["lmbda"] == 0.5
-    # on-policy arms run the teacher online in a study that trains the others from its cache
-    assert method_config(LLMRunConfig(), "ea-gkd", 0, "out", teacher_cache=True).model.teacher_cache is None
-    assert method_config(LLMRunConfig(), "ea-kd", 0, "out", teacher_cache=True).model.teacher_cache
     assert METHODS["ea-kd-norm"]["weight_norm"] == "mean" and METHODS["ea-kd-ce"]["ce_weight"] == 0.5
-    kd = {"0": {"rougeL": 10.0, "perplexity": 5.0, "train_s": 3.0}, "1": {"rougeL": 12.0, "perplexity": 7.0}}
-    result = {"arms": ["kd", "ea-kd"], "seeds": [0], "runs": {"kd": {"0": kd["0"]}, "ea-kd": {"0": kd["1"]}}}
+    # a method is its settings as train-section overrides, read back to the same values
+    for name, arm in method_arms(list(METHODS)).items():
+        assert {k: v for k, v in load_run_config(None, arm).train.items()} == METHODS[name]
+    with pytest.raises(ValueError, match="unknown method"):
+        method_arms(["kd", "ea-kdd"])
+    kd = {"0": {"best_rougeL": 10.0, "best_perplexity": 5.0, "train_s": 3.0}, "1": {"best_rougeL": 12.0}}
+    ea = {"0": {"best_rougeL": 11.0, "best_perplexity": 4.0}, "1": {"best_rougeL": 14.0}}
+    result = {"arms": ["kd", "ea-kd"], "seeds": [0], "runs": {"kd": {"0": kd["0"]}, "ea-kd": {"0": ea["0"]}}}
     assert "| kd | 1 | 10.00 ± 0.00 | 5.00 ± 0.00 | 3.00 ± 0.00 |" in table(result)
     assert "95 % CI" not in table(result)  # one seed: no interval
-    result["runs"] = {"kd": kd, "ea-kd": {"0": {"rougeL": 11.0}, "1": {"rougeL": 14.0}}}
+    result["runs"] = {"kd": kd, "ea-kd": ea}
     # paired differences 1 and 2: mean 1.5, half-width t(0.975, 1) * 0.7071 / sqrt(2) = 12.706 * 0.5
     assert (
         "ea-kd - kd (95 % CI, 2 paired seeds): test ROUGE-L sampled (best val) +1.50 [-4.85, +7.85]"
         in table(result)
     )
-    note = budget_note(60, 40, 1)
-    assert "no interval" in note and "cannot show whether EA-KD helps" in note
 
 
 def test_train_with_warm_start_validation_and_diagnostics(tmp_path: Path) -> None:
@@ -234,7 +235,8 @@ def test_demo_without_model_or_data_ends_in_one_line_naming_both(
 
 def test_demo_progress_plan_counts_every_phase() -> None:
     """The planned work per kind: the caches' batches, the warm start's and every run's steps, and per run
-    its validations and two test evaluations."""
+    its fits on validation before and after, its validations and its test evaluations (two, at the best
+    and the last step, unless it validates once)."""
     from eakd.llm.study import CACHE_BATCH, planned_work
 
     cfg = load_run_config(None, ["train.max_steps=10", "eval.every=5", "model.warm_start_steps=4",
@@ -245,11 +247,14 @@ def test_demo_progress_plan_counts_every_phase() -> None:
     assert plan == {
         "cache": 3,
         "train": 4 + 2 * 10,
-        "agreement": 2 * 3,
+        "agreement": 2 * (2 * 1 + 2),  # validation before and after, test diagnostics
         "generate": 2 * generate,
-        "forward": 8,
+        "forward": 2 * (2 * 1 + 2 * 2),  # validation perplexity before and after, test perplexity twice
     }
     assert planned_work(cfg, rows=20, val=16, test=32, caches=0, runs=2)["cache"] == 0
+    once = load_run_config(None, ["train.max_steps=10", "eval.every=0", "eval.sampling_seeds=2"])
+    plan = planned_work(once, rows=20, val=16, test=32, caches=0, runs=1)
+    assert plan["generate"] == 1 + 3 * 2 and plan["forward"] == 2 + 2  # validated once: one test evaluation
 
 
 def test_progress_bar_eta_from_measured_rates(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -176,3 +176,13 @@ def test_a_fmnist_results_file_of_todays_layout_resumes_with_its_runs_kept(tmp_p
     assert after["seeds"] == list(range(20)) and [s for _, s in calls] == sorted(s for _, s in calls)
     report = write_study_report(tmp_path / "runs").read_text()  # each arm against its reference
     assert "| ea-dkd - dkd | 20 |" in report and "| no-kd - kd | 10 |" in report
+
+
+def test_verdicts_read_lower_as_better_for_perplexity_kl_and_loss():
+    from eakd.study import higher_is_better, verdict
+
+    assert higher_is_better("last_top1") and higher_is_better("best_AP") and higher_is_better("skl_top1")
+    assert not any(map(higher_is_better, ["best_perplexity", "val_kl", "kl_rest", "train_loss", "test_ppl"]))
+    assert verdict(-2.0, 1.0) == "worse" and verdict(-2.0, 1.0, higher=False) == "better"
+    assert verdict(2.0, 1.0, higher=False) == "worse"
+    assert verdict(0.5, 1.0, higher=False) == "no difference shown"

@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eakd.vision.demo:main",
         "Fashion-MNIST: no KD / KD / EA-KD table and plots (also: llm demo, det demo)",
     ),
-    "llm": ("eakd.llm.cli:main", "LLM distillation: train CONFIG, eval MODEL, demo (needs the llm extra)"),
+    "llm": (
+        "eakd.llm.cli:main",
+        "LLM distillation: train CONFIG, study CONFIG, eval MODEL, demo (needs the llm extra)",
+    ),
     "train": ("eakd.cli:train_command", "train or resume: eakd train CONFIG [key=value ...]"),
     "configs": (
         "eakd.cli:configs_command",

@@ -248,18 +248,31 @@ def study_table(
             if parts:
                 mean, half, _ = next(iter(gains.values()))
                 text = f"{arm} - {ref} (95 % CI, {pairs} paired seeds): " + "; ".join(parts)
-                lines.append(f"{text} -> {verdict(mean, half)} ({next(iter(gains))})")
+                shown = verdict(mean, half, higher_is_better(keys[0]))
+                lines.append(f"{text} -> {shown} ({next(iter(gains))})")
     return "\n".join(lines)
 
 
-def verdict(mean: float, half: float) -> str:
-    """What a paired difference shows: "better" / "worse" when its 95 % interval excludes 0, else "no
-    difference shown" (also for a single pair, whose interval is undefined)."""
+# a metric named with one of these words (between underscores: "last_perplexity", "val_kl") is better lower
+LOWER_IS_BETTER = frozenset({"perplexity", "ppl", "kl", "loss"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better: yes but for a name holding a word of
+    ``LOWER_IS_BETTER``."""
+    return not LOWER_IS_BETTER & set(metric.lower().split("_"))
+
+
+def verdict(mean: float, half: float, higher: bool = True) -> str:
+    """What a paired difference shows: "better" / "worse" when its 95 % interval excludes 0 (on the side
+    where the metric is better: above 0 when ``higher`` is better, else below), else "no difference shown"
+    (also for a single pair, whose interval is undefined)."""
     if math.isnan(half):
         return "no difference shown (one seed)"
-    if mean - half > 0:
+    sign = 1.0 if higher else -1.0
+    if sign * mean - half > 0:
         return "better"
-    if mean + half < 0:
+    if sign * mean + half < 0:
         return "worse"
     return "no difference shown"
 

@@ -20,18 +20,16 @@ from typing import Any
 import torch
 
 from eakd.args import ArgumentParser
-from eakd.config_study import arm_configs, config_study, default_arms, parse_arm, parse_seeds
-from eakd.engine.config import load_config, to_dict
+from eakd.config_study import ENGINE, StudyKind, arm_configs, parse_arm, parse_seeds
 from eakd.study import changed_arms
 from eakd.study_report import write_study_report
 
 
-def study_protocol(config: str, overrides: list[str]) -> dict[str, Any]:
-    """What makes two command studies the same study: the resolved config with ``overrides``, without its
-    experiment section (the study sets name, folder and seed)."""
-    settings = to_dict(load_config(config, overrides))
-    del settings["experiment"]
-    return {"config": settings}
+def study_protocol(config: str, overrides: list[str], kind: StudyKind = ENGINE) -> dict[str, Any]:
+    """What makes two command studies the same study: the resolved config with ``overrides`` as
+    ``kind.settings`` gives it (for engine configs without its experiment section: the study sets name,
+    folder and seed)."""
+    return {"config": kind.settings(kind.load(config, overrides))}
 
 
 def _differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -72,10 +70,11 @@ def check_folder(out: Path, protocol: dict[str, Any], arms: dict[str, list[str]]
         )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], kind: StudyKind = ENGINE) -> int:
     """``eakd study CONFIG [key=value ...] [--arm NAME[=key=value,...]] ... [--seeds 0-4] [--reference ARM]
-    [--metric NAME] [--effect E] [--out DIR] [--jobs N] [--threads N] [--resume]``."""
-    parser = ArgumentParser(prog="eakd study", description=__doc__.split("\n\n")[0])
+    [--metric NAME] [--effect E] [--out DIR] [--jobs N] [--threads N] [--resume]``; the same for another
+    ``kind`` of config (``eakd llm study``: ``eakd.llm.config_study.LLM``)."""
+    parser = ArgumentParser(prog=kind.prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML config file, or a packaged config's name (eakd configs)")
     parser.add_argument("overrides", nargs="*", help="overrides for every arm, e.g. train.epochs=5")
     parser.add_argument(
@@ -88,7 +87,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", default="0-4", help="paired seeds: 0-9, 0,3,7 or 0-4,9 (default 0-4)")
     parser.add_argument("--reference", help="the arm the others are compared with (default: the first)")
     parser.add_argument(
-        "--metric", help="an evaluation metric (default: the task's main one, e.g. top1 or AP)"
+        "--metric", help="an evaluation metric (default: the task's main one, e.g. top1, AP or rougeL)"
     )
     parser.add_argument(
         "--effect", type=float, help="a difference worth finding (metric units): report the seeds it needs"
@@ -110,20 +109,20 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"arm {name!r} is given twice; name each arm once")
         arms[name] = overrides
     if not arms:
-        arms = default_arms(load_config(args.config, args.overrides))
+        arms = kind.default_arms(kind.load(args.config, args.overrides))
     reference = args.reference or next(iter(arms))
     if reference not in arms:
         raise ValueError(f"--reference {reference!r} is not an arm; the arms: {', '.join(arms)}")
     if len(arms) < 2:
         raise ValueError("a study compares arms: give at least two --arm")
-    arm_configs(args.config, arms, args.overrides)
-    protocol = study_protocol(args.config, args.overrides)
+    arm_configs(args.config, arms, args.overrides, kind)
+    protocol = study_protocol(args.config, args.overrides, kind)
     out = args.out or Path("runs") / f"study-{Path(args.config).stem}"
     check_folder(out, protocol, arms, args.resume)
     torch.set_num_threads(args.threads)
     report = {"metric": args.metric, "reference": reference, "effect": args.effect}
     print(f"study of {args.config}: arms {', '.join(arms)}; seeds {seeds}; folder {out}", flush=True)
-    config_study(
+    kind.study(
         args.config,
         arms,
         seeds,

@@ -18,7 +18,7 @@ from typing import Any
 
 from eakd.plots import pyplot, save
 from eakd.stats import seeds_needed
-from eakd.study import code_label, paired_gain, study_table, values, verdict
+from eakd.study import code_label, higher_is_better, paired_gain, study_table, values, verdict
 
 
 def is_study_dir(path: Path) -> bool:
@@ -70,7 +70,8 @@ def differences_table(
     for arm, ref in references(result, reference).items():
         mean, half, n = paired_gain(result, arm, ref, key)
         ci = f"[{mean - half:+.2f}, {mean + half:+.2f}]" if n > 1 else "-"
-        row = f"| {arm} - {ref} | {n} | {mean:+.2f} | {ci} | {verdict(mean, half) if n else 'pending'} |"
+        shown = verdict(mean, half, higher_is_better(key)) if n else "pending"
+        row = f"| {arm} - {ref} | {n} | {mean:+.2f} | {ci} | {shown} |"
         if n == 0:
             row = f"| {arm} - {ref} | 0 | - | - | pending |"
         if effect is not None:
@@ -129,7 +130,7 @@ def report_tables(result: dict[str, Any]) -> str:
     return (
         f"{study_table(result, cols)}\n\n{differences_table(result, key, label, reference, effect)}\n\n"
         "verdict: better / worse when the 95 % interval of the paired differences excludes 0, else no "
-        "difference shown (higher is better)"
+        f"difference shown ({'higher' if higher_is_better(key) else 'lower'} is better)"
         + (
             f"; seeds to find ±{effect:g}: for a two-sided paired t-test at 5 % to find a true difference "
             "that size with 80 % power, at the measured sd of the differences"

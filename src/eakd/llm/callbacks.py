@@ -205,8 +205,8 @@ class BestValidation(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         step = state.global_step
-        if step % self.every and step < state.max_steps:
-            return
+        if (not self.every or step % self.every) and step < state.max_steps:
+            return  # every 0: the last step only
         model = kwargs["model"]
         start = time.perf_counter()
         outputs = generate(model, self.tokenizer, [p["prompt"] for p in self.pairs], **self.gen)

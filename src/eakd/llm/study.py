@@ -1,24 +1,22 @@
 """The LLM instruction-following study behind ``eakd llm demo`` and benchmarks/llm_study.py (protocol in
-docs/llm.md): KD and EA-KD arms on one teacher, one shared warm-started student, the same data order and
-learning rate per seed, compared with KD paired by seed through the shared study runner (``eakd.study``:
-seed-major, saved after every run, paired 95 % intervals)."""
+docs/llm.md): its named arms (``METHODS``, train-section settings; ``method_arms`` gives them as the
+override lists a study takes), each arm's reference, the metrics its table shows, and the progress plan of
+a study. The runs go through ``eakd llm study``'s function, ``eakd.llm.config_study.llm_study`` (seed-major,
+saved after every run, paired 95 % intervals)."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 from eakd.llm.cache import CACHE_BATCH
-from eakd.llm.models import load_teacher, load_tokenizer
-from eakd.llm.progress import QUIET, ProgressHook
-from eakd.llm.run import LLMRunConfig, run, split_rows, training_args, warm_start_student
-from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
+from eakd.llm.cli import read_run_config
+from eakd.llm.models import load_tokenizer
+from eakd.llm.run import LLMRunConfig, split_rows, training_args
+from eakd.llm.run_cache import cache_tau
 from eakd.llm.settings import GenerationSettings, TokenLossSettings
-from eakd.study import code_label, run_study, study_table
+from eakd.study import study_table
 
 # GKD's on-policy data at the study's evaluation budget: responses of at most 48 tokens, sampled at 1
 GKD: dict[str, Any] = {"lmbda": 0.5, "gen_temperature": 1.0, "max_new_tokens": 48}
@@ -58,57 +56,27 @@ METRICS = {
 COMPARE = ["rougeL", "rougeL_greedy", "rougeL_last"]
 
 
-def cache_file(out_dir: str | Path, tau: float) -> str:
-    """The study's teacher cache for entropy temperature ``tau`` (one per tau among the arms)."""
-    return str(Path(out_dir) / f"teacher_cache_tau{tau:g}.safetensors")
+METRICS = {
+    "best_rougeL": "test ROUGE-L sampled (best val)",
+    "best_rougeL_greedy": "greedy (best val)",
+    "last_rougeL": "sampled (last)",
+    "best_perplexity": "perplexity",
+    "top1_confident": "top-1 agr. p_max>0.9",
+    "top1_rest": "top-1 agr. rest",
+    "val_kl_start": "KL at start",
+    "train_s": "train s/run",
+    "run_s": "all s/run",
+}
+COMPARE = ["best_rougeL", "best_rougeL_greedy", "last_rougeL"]
 
 
-def method_config(
-    base: LLMRunConfig, method: str, seed: int, out_dir: str | Path, teacher_cache: bool = False
-) -> LLMRunConfig:
-    """``base`` with ``method``'s train settings, the training seed (data order) and the output folder
-    ``out_dir/<method>/seed<k>``; the split stays that of data seed 0; with ``model.warm_start_steps`` >
-    0 every arm starts from the study's own warm start ``out_dir/warm-start`` (written by the first run);
-    with ``teacher_cache``, the arm reads the cache of its tau (``cache_file``), unless it generates
-    responses (on-policy arms: the teacher online)."""
-    cfg = copy.deepcopy(base)
-    cfg.data.seed = 0
-    if cfg.model.warm_start_steps:
-        cfg.model.warm_start = str(Path(out_dir) / "warm-start")
-    cfg.train = {
-        **cfg.train,
-        **METHODS[method],
-        "seed": seed,
-        "output_dir": str(Path(out_dir) / method / f"seed{seed}"),
-    }
-    if teacher_cache and not training_args(cfg).generation().generates():
-        cfg.model.teacher_cache = cache_file(out_dir, cache_tau(training_args(cfg)))
-    return cfg
-
-
-def run_metrics(res: dict[str, Any]) -> dict[str, float]:
-    """A run's study metrics (``METRICS``) from its results.json content."""
-    best, last, diag = res["student"], res["student_last"], res["diagnostics"]
-    return {
-        "rougeL": best["rougeL"],
-        "rougeL_greedy": best["rougeL_greedy"],
-        "rougeL_last": last["rougeL"],
-        "rougeL_greedy_last": last["rougeL_greedy"],
-        "perplexity": best["perplexity"],
-        "val_rougeL": res["validation"]["best"]["rougeL"],
-        "best_step": res["validation"]["best"]["step"],
-        "kl_at_start": res["kl_at_start"],
-        "kl_confident": diag["confident"]["kl"],
-        "kl_rest": diag["rest"]["kl"],
-        "top1_confident": diag["confident"]["top1"],
-        "top1_rest": diag["rest"]["top1"],
-        "train_s": res["train_seconds"],
-        **{
-            f"{k}_s": res["seconds"][part]
-            for k, part in (("run", "total"), ("val", "validation"), ("test", "test"))
-            if "seconds" in res
-        },
-    }
+def method_arms(methods: list[str]) -> dict[str, list[str]]:
+    """The arms of a study of the named ``methods``: each one's ``METHODS`` settings as train-section
+    overrides (``train.key=value``); ValueError naming an unknown method."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    return {m: [f"train.{k}={v}" for k, v in METHODS[m].items()] for m in methods}
 
 
 def planned_work(
@@ -116,7 +84,9 @@ def planned_work(
 ) -> dict[str, int]:
     """The study's planned batches or steps of each progress kind (``eakd.llm.progress.KINDS``) for
     ``base`` on ``rows`` training rows and ``val`` / ``test`` pairs, with ``caches`` teacher caches to write
-    and ``runs`` runs. A run counts two test evaluations (at the best and the last step)."""
+    and ``runs`` runs. A run fits the student on validation twice (before and after training), validates
+    at every ``eval.every`` steps and the last, and evaluates on test at the best and the last step (once
+    when it validates only once: the best is the last)."""
     e, args = base.eval, training_args(base)
     batches = lambda n, size: -(-n // size)  # noqa: E731
     steps = args.max_steps  # else epochs of optimiser steps
@@ -124,99 +94,29 @@ def planned_work(
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         steps = math.ceil(args.num_train_epochs * batches(rows, per_step))
     checks = len({s for s in range(1, steps + 1) if e.every and s % e.every == 0} | {steps})
-    gen = checks * batches(val, e.batch_size) + 2 * (e.sampling_seeds + 1) * batches(test, e.batch_size)
+    tests = 1 if checks == 1 else 2
+    val_b, test_b = batches(val, e.batch_size), batches(test, e.batch_size)
     return {
         "cache": caches * batches(rows, CACHE_BATCH),
         "train": base.model.warm_start_steps + runs * steps,
-        "agreement": runs * (batches(val, e.batch_size) + batches(test, e.batch_size)),
-        "generate": runs * gen,
-        "forward": runs * 2 * batches(test, e.batch_size),
+        "agreement": runs * (2 * val_b + test_b),
+        "generate": runs * (checks * val_b + tests * (e.sampling_seeds + 1) * test_b),
+        "forward": runs * (2 * val_b + tests * test_b),
     }
 
 
-def cache_configs(
-    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, teacher_cache: bool
-) -> dict[str, LLMRunConfig]:
-    """The config that writes each method's teacher cache (one file per tau); {} without a teacher cache.
-    On-policy arms read none (``method_config``)."""
-    if not teacher_cache:
-        return {}
-    configs = {m: method_config(base, m, seeds[0], out_dir, True) for m in methods}
-    return {m: c for m, c in configs.items() if c.model.teacher_cache is not None}
-
-
 def study_plan(
-    base: LLMRunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, teacher_cache: bool
+    config: str | Path | None, arms: dict[str, list[str]], common: list[str], runs: int, teacher_cache: bool
 ) -> dict[str, int]:
-    """``planned_work`` of ``llm_study`` with these arguments (reads the data and the tokenizer only)."""
-    first = method_config(base, methods[0], seeds[0], out_dir, teacher_cache)
+    """``planned_work`` of ``runs`` runs of ``llm_study`` with these arguments (reads the data and the
+    tokenizer only): with ``teacher_cache``, one cache per entropy temperature among the arms that read
+    the dataset's responses."""
+    configs = [read_run_config(config, [*common, *overrides]) for overrides in arms.values()]
+    first = configs[0]
     rows, val, test = split_rows(first, load_tokenizer(first.model.teacher))
-    caches = cache_configs(base, methods, seeds, out_dir, teacher_cache)
-    n_caches = len({str(c.model.teacher_cache) for c in caches.values()})
-    return planned_work(base, len(rows), len(val), len(test), n_caches, len(methods) * len(seeds))
-
-
-def llm_study(
-    base: LLMRunConfig,
-    methods: list[str],
-    seeds: list[int],
-    out_dir: str | Path,
-    eval_teacher: bool = False,
-    teacher_cache: bool = False,
-    results: Path | None = None,
-    reuse: bool = False,
-    progress: ProgressHook = QUIET,
-) -> dict[str, Any]:
-    """Every method x seed (``eakd.study.run_study``, seed-major; ``results``: also saved there; ``reuse``:
-    keep the finished runs of the same protocol). teacher_cache: run the teacher once per tau into
-    ``cache_file`` (reused when it matches) and train every arm from it. The shared warm start
-    (``model.warm_start_steps``) is written before the first run. With ``eval_teacher`` the teacher's own
-    test ROUGE-L and perplexity come from the first run, under "teacher". progress: the hook the whole study
-    reports to (``eakd.llm.progress``; e.g. a ``Bar`` over ``study_plan``). The result's "seconds" holds
-    the wall time of the teacher cache(s), the warm start and the runs."""
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
-    first = method_config(base, methods[0], seeds[0], out_dir, teacher_cache)
-    teacher_model, tokenizer = load_teacher(first.model.teacher)
-    caches = cache_configs(base, methods, seeds, out_dir, teacher_cache)
-    seconds: dict[str, float] = {}
-    teacher: dict[str, Any] = {}
-
-    def train_one(method: str, seed: int) -> dict[str, float]:
-        cfg = method_config(base, method, seed, out_dir, teacher_cache)
-        res = run(cfg, eval_teacher and not teacher, progress)
-        teacher.update(res.get("teacher", {}))
-        return run_metrics(res)
-
-    start = time.perf_counter()
-    written: set[str] = set()
-    for cfg in caches.values():
-        path = str(cfg.model.teacher_cache)
-        if path not in written:
-            written.add(path)
-            progress.phase("teacher cache")
-            cache, reused = reuse_or_write_cache(cfg, path, CACHE_BATCH, progress)
-            mass, how = float(cache.coverage().mean()), "reused" if reused else "written"
-            exact = cache.top_k - cache.samples
-            print(
-                f"teacher cache {path} ({how}): {cache.ids.shape[0]} tokens, {cache.top_k} per token "
-                f"({cache.samples} drawn), top-{exact} mass {mass:.3f}"
-            )
-    seconds["teacher_cache"] = time.perf_counter() - start
-    start = time.perf_counter()
-    if first.model.warm_start is not None:
-        warm_start_student(first, teacher_model, tokenizer, progress)  # written once here, read by every run
-    seconds["warm_start"] = time.perf_counter() - start
-    del teacher_model
-    protocol = {"base": dataclasses.asdict(base), "methods": methods, "teacher_cache": teacher_cache}
-    start = time.perf_counter()
-    result = run_study(train_one, methods, seeds, Path(out_dir), protocol, reuse=reuse, results=results)
-    seconds["runs"] = time.perf_counter() - start
-    result["seconds"] = seconds
-    if teacher:
-        result["teacher"] = {k: teacher[k] for k in ("rougeL", "rougeL_greedy", "perplexity")}
-    return result
+    cached = [training_args(c) for c in configs if c.model.teacher_cache is None]
+    taus = {cache_tau(a) for a in cached if not a.generation().generates()} if teacher_cache else set()
+    return planned_work(first, len(rows), len(val), len(test), len(taus), runs)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -233,18 +133,3 @@ def table(result: dict[str, Any]) -> str:
     reference = REFERENCE if seeds >= 2 else None
     compare = [k for k in COMPARE if k in metrics]
     return "\n".join([*lines, study_table(result, metrics, reference, compare=compare)])
-
-
-def demo_time(result: dict[str, Any]) -> str:
-    """One line: how long the saved demo (``eakd llm demo --results``) took, its phases, the machine and
-    its load average (other jobs may share it)."""
-    d, sec, prov = result["demo"], result.get("seconds", {}), result["demo"]["provenance"]
-    steps = result["protocol"]["base"]["train"].get("max_steps", "?")
-    start, end = d["loadavg_start"][0], d["loadavg_end"][0]  # the 1-minute load averages
-    return (
-        f"_Measured: the demo ({', '.join(result['arms'])}; {steps} steps, {len(result['seeds'])} seed) took "
-        f"{d['wall_s'] / 60:.1f} min (teacher cache {sec.get('teacher_cache', 0):.0f} s, warm start "
-        f"{sec.get('warm_start', 0):.0f} s, runs {sec.get('runs', 0):.0f} s) on {prov['machine']['cpus']} "
-        f"CPU cores, load average {start:.1f} at start and {end:.1f} at the end; {prov['date']}, code "
-        f"{code_label(prov)}._"
-    )
