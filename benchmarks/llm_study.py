@@ -1,17 +1,18 @@
-"""The LLM instruction-following study with its full protocol (docs/llm.md, "Protocol"), to run on a machine
-with time for it (hours of CPU per run; minutes on a GPU):
+"""The LLM instruction-following study (docs/llm.md, "Protocol" and its amendment 1), to run on a machine
+with time for it (minutes of CPU per run; seconds on a GPU):
 
     python benchmarks/llm_study.py                      # resumable: finished runs are kept
-    python benchmarks/llm_study.py --methods kd ea-kd --seeds 0-4    # the first comparison only
+    python benchmarks/llm_study.py --stage 1            # the first comparison only (kd, ea-kd)
 
 1. The teacher: SmolLM2-135M-Instruct fine-tuned with cross-entropy on the de-duplicated train split
    (all 30 layers, 3 epochs, lr 1e-4, the best validation ROUGE-L step), written once to
    runs/llm-study/teacher-sft/student and reused; its test ROUGE-L and perplexity once, beside it.
-2. The study: ``eakd llm study``'s function (``eakd.llm.config_study.llm_study``) on llm/base with the
-   protocol's seven arms (``ARMS``, of ``eakd.llm.study.METHODS``; its on-policy arms gkd and ea-gkd are
-   not in this protocol) x 5 seeds, one teacher cache per tau, the shared 180-step warm start of a 6-layer
-   student in runs/llm-study/warm-start, 3 epochs, validation every 20 steps; saved after every run to
-   runs/llm-study/study.json and results/llm_study.json, and resumed from them.
+2. The study: ``eakd llm study``'s function (``eakd.llm.config_study.llm_study``) on llm/base in two
+   stages (``STAGES``): kd and ea-kd on seeds 0-4, then kd-ce and ea-kd-ce on the same seeds; one
+   teacher cache per tau, the shared 180-step warm start of a 6-layer student in runs/llm-study/warm-start,
+   3 epochs, greedy validation at steps 60, 120 and 180, the test split decoded once per run at the selected
+   step (``AMENDMENT``); saved after every run to runs/llm-study/study.json and results/llm_study.json,
+   and resumed from them.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from typing import Any
 from eakd.config_study import parse_seeds
 from eakd.llm.cli import read_run_config
 from eakd.llm.config_study import llm_study
-from eakd.llm.study import METHODS, REFERENCE, method_arms, table
+from eakd.llm.study import REFERENCE, method_arms, table
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("runs/llm-study")
-ARMS = ["kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm"]  # the fixed protocol's
+# amendment 1 (docs/llm.md, fixed before the first run): two stages, validation every 60 steps, test once
+STAGES = [["kd", "ea-kd"], ["kd-ce", "ea-kd-ce"]]
+AMENDMENT = ["eval.every=60", "eval.test_last=false"]
 TEACHER = OUT / "teacher-sft"
 TEACHER_SFT = [
     "model.student_layers=30",  # all the teacher's layers: the teacher itself, trained
@@ -42,7 +45,7 @@ TEACHER_SFT = [
 ]
 # every run: llm/base (6-layer student, 180-step warm start, validation every 20 steps, 3 epochs) with the
 # tuned teacher and the study's own warm start
-COMMON = [f"model.teacher={TEACHER / 'student'}", f"model.warm_start={OUT / 'warm-start'}"]
+COMMON = [f"model.teacher={TEACHER / 'student'}", f"model.warm_start={OUT / 'warm-start'}", *AMENDMENT]
 
 
 def tune_teacher() -> None:
@@ -76,16 +79,18 @@ def teacher_summary() -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=ARMS, choices=list(METHODS), help="the arms (default all)")
+    p.add_argument("--stage", type=int, choices=[1, 2], default=2, help="run up to this stage (default 2)")
     p.add_argument("--seeds", default="0-4", help="training seeds: 0-4 or 0,1,2 (default 0-4)")
     a = p.parse_args()
     tune_teacher()
-    report = {"metric": "best_rougeL", "reference": {m: r for m, r in REFERENCE.items() if m in a.methods}}
-    result = llm_study(
-        "llm/base", method_arms(a.methods), parse_seeds(a.seeds), OUT, COMMON, reuse=True,
-        results=ROOT / "results" / "llm_study.json", info={"teacher": teacher_summary(), "report": report},
-        teacher_cache=True,
-    )  # fmt: skip
+    for stage in range(1, a.stage + 1):  # each stage adds its arms; the finished runs are kept
+        methods = [m for arms in STAGES[:stage] for m in arms]
+        report = {"metric": "best_rougeL", "reference": {m: r for m, r in REFERENCE.items() if m in methods}}
+        info = {"teacher": teacher_summary(), "report": report}
+        result = llm_study(
+            "llm/base", method_arms(methods), parse_seeds(a.seeds), OUT, COMMON, reuse=True,
+            results=ROOT / "results" / "llm_study.json", info=info, teacher_cache=True,
+        )  # fmt: skip
     print(table(result))
 
 

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from eakd.cli import main as eakd_main
 from eakd.engine.config import ConfigError, load_config
-from eakd.llm.cli import main
+from eakd.llm.cli import main, read_run_config
 from eakd.llm.run import LLMRunConfig, training_args
 from eakd.llm.study import METHODS, REFERENCE, method_arms, table
 
@@ -278,3 +278,54 @@ def test_progress_bar_eta_from_measured_rates(monkeypatch, capsys: pytest.Captur
     assert "above the bar" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown progress kind"):
         progress.Bar({"steps": 1})
+
+
+@pytest.mark.parametrize("test_last", [True, False])
+def test_test_split_decoded_at_the_selected_step_and_the_last_only_with_test_last(
+    test_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval.test_last false (the instruction study's amendment 1): the test split is decoded once, with the
+    selected (best validation) weights, and results hold no "student_last"; true: the last weights first,
+    then the selected ones."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from eakd.llm import run_results
+
+    student = torch.nn.Linear(2, 2)
+    last_state = {k: v.clone() for k, v in student.state_dict().items()}
+    best_state = {k: v + 1.0 for k, v in last_state.items()}
+    decoded: list[float] = []  # the weight sum of the student each time the test split is decoded
+
+    def evaluate(model, tokenizer, pairs, **kw):
+        decoded.append(float(sum(p.detach().sum() for p in model.parameters())))
+        return {"rougeL": decoded[-1]}
+
+    monkeypatch.setattr(run_results, "evaluate", evaluate)
+    monkeypatch.setattr(run_results, "teacher_agreement", lambda *a, **k: {})
+    monkeypatch.setattr(run_results, "validation_fit", lambda *a, **k: {})
+    cfg = read_run_config("llm/base", [f"eval.test_last={str(test_last).lower()}"])
+    validation = SimpleNamespace(best={"step": 2}, best_state=best_state)
+    out = run_results.evaluate_on_test(cfg, student, None, None, [], [], validation, 3, False, None)
+    sums = [float(sum(v.sum() for v in s.values())) for s in (last_state, best_state)]
+    assert decoded == (sums if test_last else sums[1:])
+    assert out["student"]["rougeL"] == sums[1]
+    assert ("student_last" in out) == test_last
+
+
+def test_instruction_study_runs_amendment_1() -> None:
+    """benchmarks/llm_study.py: the two stages of docs/llm.md's amendment 1 (kd / ea-kd, then kd-ce /
+    ea-kd-ce, each weighted arm against its unweighted twin), validation every 60 steps of llm/base's 180,
+    the test split decoded once."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("llm_study", root / "benchmarks" / "llm_study.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.STAGES == [["kd", "ea-kd"], ["kd-ce", "ea-kd-ce"]]
+    assert {arm: REFERENCE[arm] for arm in ("ea-kd", "ea-kd-ce")} == {"ea-kd": "kd", "ea-kd-ce": "kd-ce"}
+    cfg = read_run_config("llm/base", bench.AMENDMENT)
+    assert (cfg.eval.every, cfg.eval.test_last) == (60, False)

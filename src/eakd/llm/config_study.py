@@ -32,21 +32,19 @@ FIXED = ("train.output_dir", "train.seed")
 def run_metrics(res: dict[str, Any]) -> dict[str, float]:
     """A run's flat study metrics from its results.json content (``eakd.llm.run.run``). On the test split:
     ROUGE-L sampled (the primary) and greedy and the perplexity of the references, at the best validation
-    step (``best_``, the selected student) and at the last (``last_``); the teacher-agreement diagnostics
-    at the best (``kl_confident``, ``kl_rest``, ``top1_confident``, ``top1_rest``). On validation: the best
+    step (``best_``, the selected student) and at the last (``last_``, with ``eval.test_last``); the
+    teacher-agreement diagnostics at the best (``kl_confident``, ``kl_rest``, ``top1_confident``,
+    ``top1_rest``). On validation: the best
     greedy ROUGE-L and its step, and the per-token KL(teacher || student) in nats, top-1 agreement and
     perplexity before distillation (``val_*_start``) and of the selected student (``val_kl``, ``val_top1``,
     ``val_perplexity``; over ``val_tokens`` tokens). Seconds: training (``train_s``, of which validation
     ``val_s``), the evaluation after it (``test_s``), the whole run (``run_s``)."""
-    best, last, diag = res["student"], res["student_last"], res["diagnostics"]
+    best, diag = res["student"], res["diagnostics"]
     start, end = res["validation_start"], res["validation_end"]
+    last = res.get("student_last")  # none with eval.test_last false
     return {
-        "best_rougeL": best["rougeL"],
-        "last_rougeL": last["rougeL"],
-        "best_rougeL_greedy": best["rougeL_greedy"],
-        "last_rougeL_greedy": last["rougeL_greedy"],
-        "best_perplexity": best["perplexity"],
-        "last_perplexity": last["perplexity"],
+        **{f"best_{k}": best[k] for k in ("rougeL", "rougeL_greedy", "perplexity")},
+        **({} if last is None else {f"last_{k}": last[k] for k in ("rougeL", "rougeL_greedy", "perplexity")}),
         "val_rougeL": res["validation"]["best"]["rougeL"],
         "best_step": res["validation"]["best"]["step"],
         **{f"val_{k}_start": start[k] for k in ("kl", "top1", "perplexity")},

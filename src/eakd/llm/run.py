@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import AfterValidator, StrictStr, TypeAdapter, ValidationError
+from pydantic import AfterValidator, StrictBool, StrictStr, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
@@ -112,8 +112,9 @@ class DataSection:
 class EvalSection:
     """The evaluation. every: greedy validation ROUGE-L every that many optimiser steps, and at the last
     (0: the last only); the best validation step is the selected student. Test: ROUGE-L sampled at
-    ``temperature`` over sampling_seeds seeds (primary) and greedy; confident: the teacher's p_max above
-    which a token counts as confident in the diagnostics."""
+    ``temperature`` over sampling_seeds seeds (primary) and greedy, at the selected step and, with
+    test_last, at the last step too (false: the test split is decoded once); confident: the teacher's
+    p_max above which a token counts as confident in the diagnostics."""
 
     every: NonNegInt = 100
     sampling_seeds: PosInt = 5
@@ -121,6 +122,7 @@ class EvalSection:
     max_new_tokens: PosInt = 48
     batch_size: PosInt = 16
     confident: PosFloat = 0.9
+    test_last: StrictBool = True
 
 
 @section

@@ -39,20 +39,21 @@ def evaluate_on_test(
     progress: ProgressHook,
 ) -> dict[str, Any]:  # fmt: skip
     """The results after training: on the test split "student" at the best validation step (its weights
-    are loaded into ``student``), "student_last" at ``last_step``, "diagnostics" (teacher agreement at the
-    best), and with ``eval_teacher`` the teacher's own, "teacher"; "validation_end": ``validation_fit`` of
-    the student at the best step."""
+    are loaded into ``student``), "student_last" at ``last_step`` (only with ``eval.test_last``),
+    "diagnostics" (teacher agreement at the best), and with ``eval_teacher`` the teacher's own,
+    "teacher"; "validation_end": ``validation_fit`` of the student at the best step."""
     e = cfg.eval
     gen = {"max_new_tokens": e.max_new_tokens, "max_length": cfg.data.max_length,
            "batch_size": e.batch_size, "sampling_seeds": e.sampling_seeds, "temperature": e.temperature,
            "progress": progress}  # fmt: skip
-    best = last = evaluate(student, tokenizer, test, **gen)
-    if validation.best["step"] != last_step:
+    moved = validation.best["step"] != last_step
+    last = evaluate(student, tokenizer, test, **gen) if e.test_last or not moved else None
+    if moved:
         student.load_state_dict(validation.best_state)
-        best = evaluate(student, tokenizer, test, **gen)
+    best = evaluate(student, tokenizer, test, **gen) if moved else last
     out = {
         "student": best,
-        "student_last": last,
+        **({"student_last": last} if e.test_last else {}),
         "diagnostics": teacher_agreement(
             student, teacher, tokenizer, test, cfg.data.max_length, e.batch_size, e.confident, progress
         ),
