@@ -39,7 +39,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
 from eakd.llm.cache import TOP_K, TeacherCache
-from eakd.llm.callbacks import SELECTION, BestValidation, StepProgress
+from eakd.llm.callbacks import BestValidation, StepProgress
+from eakd.llm.checkpoints import resume_checkpoint
 from eakd.llm.data import Pair, collate, encode_pairs, load_pairs, split_pairs
 from eakd.llm.models import from_pretrained, load_teacher, make_student, num_params
 from eakd.llm.progress import QUIET, ProgressHook
@@ -203,34 +204,6 @@ def split_rows(
     pairs = load_pairs(d.source, d.prompt_column, d.context_column, d.response_column, d.split)
     train_pairs, val, test = split_pairs(pairs, d.val_size, d.test_size, d.seed)
     return encode_pairs(tokenizer, train_pairs[: d.max_train], d.max_length), val, test
-
-
-def resume_checkpoint(args: EAKDConfig) -> str | None:
-    """The checkpoint ``train.resume_from_checkpoint`` names: None (unset, or ``auto`` without a complete
-    checkpoint yet), the latest complete ``checkpoint-N`` of ``args.output_dir`` (``auto``: its
-    trainer_state.json reads back and the best-validation selection, written last, is there), or the given
-    folder (FileNotFoundError if missing)."""
-    want = args.resume_from_checkpoint
-    if want is None:
-        return None
-    if want != "auto":
-        if not (Path(want) / "trainer_state.json").is_file():
-            raise FileNotFoundError(
-                f"train.resume_from_checkpoint {want} is not a checkpoint folder (no trainer_state.json); "
-                "give a checkpoint-N folder of a run, or auto"
-            )
-        return want
-    done = []
-    for folder in Path(args.output_dir).glob("checkpoint-*"):
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue  # killed while it was being written
-        if not (folder / SELECTION).is_file():
-            continue  # killed before the selection was saved with it
-        if folder.name.removeprefix("checkpoint-").isdigit():
-            done.append((int(folder.name.removeprefix("checkpoint-")), str(folder)))
-    return max(done)[1] if done else None
 
 
 def checked_cache(cfg: LLMRunConfig, args: EAKDConfig) -> TeacherCache | None:
