@@ -55,3 +55,22 @@ def test_a_named_checkpoint_must_be_a_checkpoint_folder(tmp_path: Path) -> None:
         resume_checkpoint(args)
     args.resume_from_checkpoint = str(_checkpoint(tmp_path, 5))
     assert resume_checkpoint(args) == args.resume_from_checkpoint
+
+
+def test_llm_train_refuses_an_output_folder_it_cannot_make_before_loading_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pre-flight of `eakd llm train`: train.output_dir under a file is one line, exit 2, before any model
+    is loaded."""
+    from eakd.cli import main
+    from eakd.llm import run
+
+    def no_teacher(*a: object, **k: object) -> None:
+        raise AssertionError("the teacher was loaded before the output folder was checked")
+
+    monkeypatch.setattr(run, "load_teacher", no_teacher)
+    (tmp_path / "afile").write_text("x")
+    argv = ["llm", "train", "llm/base", f"train.output_dir={tmp_path / 'afile' / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "afile is a file; set train.output_dir" in err and err.count("\n") == 1

@@ -11,7 +11,7 @@ import torch
 
 from eakd.cli import main
 from eakd.engine.config import ConfigError, load_config
-from eakd.engine.preflight import check_output_dir, check_teacher
+from eakd.engine.preflight import check_teacher, check_writable, preflight
 from eakd.vision.datasets import downloaded
 
 TINY = (
@@ -75,15 +75,14 @@ def test_the_teacher_is_checked_before_the_data(tmp_path: Path, monkeypatch, cap
 
 def test_the_run_folder_must_be_writable(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
-    cfg = load_config(None, [f"experiment.output_dir={tmp_path / 'afile' / 'runs'}"])
     with pytest.raises(NotADirectoryError, match=r"afile is a file; set experiment\.output_dir"):
-        check_output_dir(cfg)
+        preflight(load_config(None, [f"experiment.output_dir={tmp_path / 'afile' / 'runs'}"]))
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.access(locked, os.W_OK):  # root writes anywhere: nothing to refuse
         pytest.skip("running as a user who may write any folder")
-    with pytest.raises(PermissionError, match=f"no write permission on {locked}"):
-        check_output_dir(load_config(None, [f"experiment.output_dir={locked / 'runs'}"]))
+    with pytest.raises(PermissionError, match=f"no write permission on {locked}; set train.output_dir"):
+        check_writable(locked / "runs", "train.output_dir")
 
 
 def test_a_failed_download_says_what_from_where_and_where_to_put_it(tmp_path: Path) -> None:

@@ -12,17 +12,18 @@ from eakd.engine.checkpoint import load_checkpoint
 from eakd.engine.config import RANDOM_TEACHER, Config, ConfigError
 
 
-def check_output_dir(cfg: Config) -> None:
-    """The run folder exists as a folder or can be made: its nearest existing parent is a writable folder
-    (PermissionError / NotADirectoryError naming it and the key to change)."""
-    run_dir = cfg.run_dir
-    existing = next(p for p in (run_dir, *run_dir.parents, Path(".")) if p.exists())
-    fix = "set experiment.output_dir to a folder you can write"
+def check_writable(folder: Path, key: str) -> None:
+    """``folder`` exists as a folder or can be made: its nearest existing parent is a writable folder
+    (PermissionError / NotADirectoryError naming it and ``key``, the setting to change). Both runners
+    call it before anything slow (the engine with experiment.output_dir, the LLM runner with
+    train.output_dir)."""
+    existing = next(p for p in (folder, *folder.parents, Path(".")) if p.exists())
+    fix = f"set {key} to a folder you can write"
     if not existing.is_dir():
-        raise NotADirectoryError(f"run folder {run_dir} cannot be made: {existing} is a file; {fix}")
+        raise NotADirectoryError(f"run folder {folder} cannot be made: {existing} is a file; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
-            f"run folder {run_dir} cannot be written: no write permission on {existing}; {fix}"
+            f"run folder {folder} cannot be written: no write permission on {existing}; {fix}"
         )
 
 
@@ -55,5 +56,5 @@ def check_teacher(cfg: Config) -> None:
 
 def preflight(cfg: Config) -> None:
     """Every check above, in order: the run folder, then the teacher (before the data is looked at)."""
-    check_output_dir(cfg)
+    check_writable(cfg.run_dir, "experiment.output_dir")
     check_teacher(cfg)

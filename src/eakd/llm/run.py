@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 from transformers import AutoModelForCausalLM, PreTrainedModel, PrinterCallback
 
 from eakd.engine.config import ConfigError, NonNegInt, PosFloat, PosInt, section
+from eakd.engine.preflight import check_writable
 from eakd.llm.cache import TOP_K, TeacherCache
 from eakd.llm.callbacks import BestValidation, StepProgress
 from eakd.llm.checkpoints import resume_checkpoint
@@ -323,6 +324,7 @@ def run(cfg: LLMRunConfig, eval_teacher: bool = False, progress: ProgressHook = 
     begin = time.perf_counter()
     args = training_args(cfg)
     name = "/".join(Path(args.output_dir).parts[-2:])
+    check_writable(Path(args.output_dir), "train.output_dir")  # before the models load
     resume = resume_checkpoint(args)
     cache = checked_cache(cfg, args)  # a mismatch fails before the models load
     teacher, tokenizer = load_teacher(cfg.model.teacher)
