@@ -80,7 +80,7 @@ def test_cli_user_errors_print_one_line_and_exit_2(
 
 def test_study_methods_and_table() -> None:
     assert list(METHODS) == [
-        "kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "ea-kd-norm", "gkd", "ea-gkd"
+        "kd", "ea-kd", "ea-kd-tau1", "kd-ce", "ea-kd-ce", "inverse-kd", "er-kd", "ea-kd-norm", "gkd", "ea-gkd"
     ]  # fmt: skip
     assert REFERENCE["ea-gkd"] == "gkd" and METHODS["ea-gkd"]["lmbda"] == 0.5
     assert METHODS["ea-kd-norm"]["weight_norm"] == "mean" and METHODS["ea-kd-ce"]["ce_weight"] == 0.5
