@@ -111,13 +111,15 @@ def prepare(
     from eakd.llm.run_cache import cache_tau, reuse_or_write_cache
 
     extra: dict[str, list[str]] = {}
+    written: set[Path] = set()  # each tau's cache once, shared by the arms of that tau
     begin = time.perf_counter()
     for arm, overrides in arms.items():
         cfg = read_run_config(config, [*common, *overrides])
         args = training_args(cfg)
         if teacher_cache and cfg.model.teacher_cache is None and not args.generation().generates():
             path = cache_file(out, cache_tau(args))
-            if not any(f"model.teacher_cache={path}" in e for e in extra.values()):
+            if path not in written:
+                written.add(path)
                 progress.phase("teacher cache")
                 cache, reused = reuse_or_write_cache(cfg, path, CACHE_BATCH, progress)
                 how, exact = "reused" if reused else "written", cache.top_k - cache.samples
