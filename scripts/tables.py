@@ -25,6 +25,7 @@ from eakd.llm.demo import demo_table as llm_demo_table
 from eakd.llm.demo import demo_time as llm_demo_time
 from eakd.llm.lm_study import pilot_table as llm_lm_pilot_table
 from eakd.llm.lm_study import table as llm_lm_table
+from eakd.llm.study import table as llm_study_table
 from eakd.study import claims_table, code_label, paired_gain, study_table, verdict
 from eakd.study_report import report_tables
 from eakd.vision.arms import PAPER_CLAIMS, PRIMARY_PAIRS
@@ -205,6 +206,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "llm_onpolicy_cost": onpolicy_cost_table,
     "llm_lm_pilot": study(llm_lm_pilot_table),
     "llm_lm_study": study(llm_lm_table),
+    "llm_study": study(llm_study_table),
     "study_readme": study(report_tables),
 }
 

@@ -186,3 +186,17 @@ def test_verdicts_read_lower_as_better_for_perplexity_kl_and_loss():
     assert verdict(-2.0, 1.0) == "worse" and verdict(-2.0, 1.0, higher=False) == "better"
     assert verdict(2.0, 1.0, higher=False) == "worse"
     assert verdict(0.5, 1.0, higher=False) == "no difference shown"
+
+
+def test_a_comparison_of_one_paired_seed_has_no_interval_and_two_have_one():
+    from eakd.study import study_table
+
+    runs = {"kd": {"0": {"acc": 70.0}, "1": {"acc": 71.0}}, "ea-kd": {"0": {"acc": 72.0}}}
+    one = study_table({"arms": ["kd", "ea-kd"], "runs": runs}, {"acc": "top-1"}, "kd")
+    assert "ea-kd - kd (95 % CI, 1 paired seeds): top-1 +2.00 (no interval)" in one and "nan" not in one
+    runs["ea-kd"]["1"] = {"acc": 72.0}
+    diffs = [2.0, 1.0]
+    mean, half = paired_interval([72.0, 72.0], [70.0, 71.0])
+    two = study_table({"arms": ["kd", "ea-kd"], "runs": runs}, {"acc": "top-1"}, "kd")
+    assert mean == statistics.fmean(diffs)
+    assert f"top-1 +{mean:.2f} [{mean - half:+.2f}, {mean + half:+.2f}] -> no difference shown" in two

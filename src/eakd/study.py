@@ -211,6 +211,11 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.2f} ± {spread:.2f}"
 
 
+def _interval(mean: float, half: float) -> str:
+    """``[low, high]`` of a 95 % interval; "(no interval)" for one pair, whose half-width is nan."""
+    return "(no interval)" if math.isnan(half) else f"[{mean - half:+.2f}, {mean + half:+.2f}]"
+
+
 def study_table(
     result: dict[str, Any],
     metrics: dict[str, str],
@@ -243,7 +248,7 @@ def study_table(
                 continue
             keys = compare if compare is not None else list(metrics)
             gains = {metrics[k]: paired_gain(result, arm, ref, k) for k in keys}
-            parts = [f"{lb} {m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]" for lb, (m, h, n) in gains.items() if n]
+            parts = [f"{lb} {m:+.2f} {_interval(m, h)}" for lb, (m, h, n) in gains.items() if n]
             pairs = max(n for _, _, n in gains.values())
             if parts:
                 mean, half, _ = next(iter(gains.values()))
