@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks' render modules (
 from _render_cache_bias import render as llm_cache_bias_table  # noqa: E402
 from _render_loss_overhead import render as loss_overhead_table  # noqa: E402
 from _render_perf import engine_overhead_table, step_attribution_table  # noqa: E402
+from det_roi_weights import table as roi_weights_table  # noqa: E402
 from det_scenes_pilots import pilot_table  # noqa: E402
 from llm_onpolicy_cost import table as onpolicy_cost_table  # noqa: E402
 
@@ -63,6 +64,13 @@ def llm_demo(result: dict[str, Any]) -> str:
 def study(render: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
     """A study's table as its demo prints it, followed by its provenance."""
     return lambda result: f"{render(result)}\n\n{provenance_line(result)}"
+
+
+def det_roi_weights(result: dict[str, Any]) -> str:
+    """The detection study's per-RoI weight summary, then which code summarised which runs."""
+    p, runs = result["provenance"], code_label({"code": result["runs_code"]})
+    made = f"_Summarised {p['date']} by code {code_label(p)} from the study's runs (code {runs})._"
+    return f"{roi_weights_table(result)}\n\n{made}"
 
 
 def fmnist_claims(result: dict[str, Any]) -> str:
@@ -197,6 +205,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "det_study": study(detection_table),
     "det_scenes": study(detection_table),
     "det_pilots": pilot_table,
+    "det_roi_weights": det_roi_weights,
     "loss_overhead": loss_overhead_table,
     "step_attribution": step_attribution_table,
     "engine_overhead": engine_overhead_table,

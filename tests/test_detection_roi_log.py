@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,78 @@ def test_report_plots_weight_against_iou_and_confidence(tmp_path: Path) -> None:
     assert plot_roi_weights(read_csv(tmp_path / FILE), tmp_path / "roi.png")
     assert (tmp_path / "roi.png").stat().st_size > 0
     assert not plot_roi_weights([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def _plain_ranks(x: list[float]) -> list[float]:
+    """Average 1-based ranks by counting: rank = (# smaller) + (# equal + 1) / 2."""
+    return [sum(v < a for v in x) + (sum(v == a for v in x) + 1) / 2 for a in x]
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+
+
+def test_roi_summary_matches_plain_counting() -> None:
+    import random
+
+    from eakd.detection.roi_summary import AMBIGUOUS, ranks, spearman, summarise
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(200):
+        iou = rng.choice([0.0, 0.1, 0.35, 0.45, 0.55, 0.65, 0.8, 1.0]) if i % 3 else rng.random()
+        rows.append({"weight": str(round(rng.uniform(0.2, 2.0), 2)), "iou": str(iou),
+                     "teacher_maxprob": str(rng.random()), "label": str(int(iou >= 0.5) * 3)})  # fmt: skip
+    w = [float(r["weight"]) for r in rows]
+    rel = [v / (sum(w) / len(w)) for v in w]
+    iou = [float(r["iou"]) for r in rows]
+    assert ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert ranks(np.array(w)).tolist() == _plain_ranks(w)  # ties: weights rounded to 2 decimals
+    s = summarise(rows)
+    assert s["n"] == 200
+    assert s["spearman_iou"] == pytest.approx(_pearson(_plain_ranks(rel), _plain_ranks(iou)))
+    conf = [float(r["teacher_maxprob"]) for r in rows]
+    assert s["spearman_confidence"] == pytest.approx(_pearson(_plain_ranks(rel), _plain_ranks(conf)))
+    near = [r for r, v in zip(rel, iou, strict=True) if 0.3 <= v < 0.5]
+    assert s["iou"]["0.3-0.5"]["weight"] == pytest.approx(sum(near) / len(near))
+    assert s["iou"]["0.3-0.5"]["share"] == pytest.approx(len(near) / 200)
+    clear = [r for r, v in zip(rel, iou, strict=True) if v >= 0.7]  # the last band holds IoU 1.0
+    assert s["iou"]["0.7-1"]["weight"] == pytest.approx(sum(clear) / len(clear))
+    assert sum(b["share"] for b in s["iou"].values()) == pytest.approx(1.0)
+    assert sum(b["share"] for b in s["confidence"].values()) == pytest.approx(1.0)
+    background = [r for r, v in zip(rel, iou, strict=True) if v < 0.5]
+    assert s["background_weight"] == pytest.approx(sum(background) / len(background))
+    ordered = sorted(rel)  # the 0.9 quantile by linear interpolation: position 0.9 * 199 = 179.1
+    cut = ordered[179] + 0.1 * (ordered[180] - ordered[179])
+    top = [v for r, v in zip(rel, iou, strict=True) if r >= cut]
+    assert s["top_ambiguous"] == pytest.approx(sum(AMBIGUOUS[0] <= v < AMBIGUOUS[1] for v in top) / len(top))
+    assert s["all_ambiguous"] == pytest.approx(sum(AMBIGUOUS[0] <= v < AMBIGUOUS[1] for v in iou) / 200)
+    assert math.isnan(spearman(np.ones(5), np.arange(5.0)))
+    with pytest.raises(ValueError, match="no RoI rows"):
+        summarise([])
+
+
+def test_the_study_summary_pools_finished_seeds_and_splits_off_the_last_epoch(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "det_roi_weights.py"
+    spec = importlib.util.spec_from_file_location("det_roi_weights", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    for seed, finished in ((0, True), (1, True), (2, False)):  # seed 2 was stopped: left out
+        run = tmp_path / f"ea-kd-seed{seed}"
+        log = RoILog(run, every=1, samples=4)
+        for step in range(1, 9):  # 2 epochs of 4 steps
+            log(step / 4, _last(8))
+        if finished:
+            (run / "summary.json").write_text("{}")
+    s = bench.arm_summary(tmp_path, "ea-kd")
+    assert s["seeds"] == ["0", "1"] and s["all"]["n"] == 2 * 8 * 4
+    assert s["last_epoch"]["n"] == 2 * 4 * 4  # steps at epochs 1.25 .. 2.0
+    assert list(s["per_seed"]) == ["0", "1"] and s["per_seed"]["0"]["n"] == 32
+    assert bench.arm_summary(tmp_path, "ea-feat") is None
+    text = bench.table({"arms": {"ea-kd": s}})
+    assert "| ea-kd (all steps, seeds 0,1) | 64 |" in text
+    assert "| ea-kd (last epoch, seeds 0,1) | 32 |" in text
