@@ -9,7 +9,9 @@ with time for it (minutes of CPU per run; seconds on a GPU):
    runs/llm-study/teacher-sft/student and reused; its test ROUGE-L and perplexity once, beside it.
 2. The study: ``eakd llm study``'s function (``eakd.llm.config_study.llm_study``) on llm/base in two
    stages (``STAGES``): kd and ea-kd on seeds 0-4, then kd-ce and ea-kd-ce on the same seeds; one
-   teacher cache per tau, the shared 180-step warm start of a 6-layer student in runs/llm-study/warm-start,
+   teacher cache per tau, the shared warm start of a 6-layer student (``warm_start``: 180 cross-entropy
+   steps, or 360, 540, 720 from the same init while the validation KL at start exceeds 2 nats, the
+   protocol's check, in runs/llm-study/warm-start-STEPS),
    3 epochs, greedy validation at steps 60, 120 and 180, the test split decoded once per run at the selected
    step (``AMENDMENT``); saved after every run to runs/llm-study/study.json and results/llm_study.json,
    and resumed from them.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,52 @@ TEACHER_SFT = [
     "train.learning_rate=1e-4",
     f"train.output_dir={TEACHER}",
 ]
-# every run: llm/base (6-layer student, 180-step warm start, validation every 20 steps, 3 epochs) with the
-# tuned teacher and the study's own warm start
-COMMON = [f"model.teacher={TEACHER / 'student'}", f"model.warm_start={OUT / 'warm-start'}", *AMENDMENT]
+# every run: llm/base (6-layer student, validation every 20 steps, 3 epochs) with the tuned teacher and the
+# study's own warm start (``warm_start``: the shortest of 180, 360, ... steps within MAX_KL_AT_START)
+COMMON = [f"model.teacher={TEACHER / 'student'}", *AMENDMENT]
+WARM_START_STEPS = 180  # the protocol's warm start, lengthened by as much again while it starts too far away
+MAX_KL_AT_START = 2.0  # nats per token, KL(teacher || student) on validation before distillation
+MAX_WARM_STARTS = 4  # 180 .. 720 steps; beyond that the protocol's student is the wrong choice: stop
+
+
+def warm_start_overrides(steps: int) -> list[str]:
+    """The warm start of ``steps`` cross-entropy steps, in its own folder."""
+    return [f"model.warm_start={OUT / f'warm-start-{steps}'}", f"model.warm_start_steps={steps}"]
+
+
+def kl_at_start(steps: int) -> float:
+    """The validation KL(teacher || student) of the warm start of ``steps`` steps (written first when
+    missing), measured once and saved beside it (kl_at_start.json)."""
+    folder = OUT / f"warm-start-{steps}"
+    saved = folder / "kl_at_start.json"
+    if not saved.is_file():
+        from eakd.llm.models import load_teacher
+        from eakd.llm.progress import QUIET
+        from eakd.llm.run import split_rows, warm_start_student
+        from eakd.llm.run_results import validation_fit
+
+        cfg = read_run_config("llm/base", [*COMMON, *warm_start_overrides(steps)])
+        teacher, tokenizer = load_teacher(cfg.model.teacher)
+        student = warm_start_student(cfg, teacher, tokenizer, QUIET)
+        fit = validation_fit(cfg, student, teacher, tokenizer, split_rows(cfg, tokenizer)[1], QUIET)
+        saved.write_text(json.dumps(fit))
+    return float(json.loads(saved.read_text())["kl"])
+
+
+def warm_start(measure: Callable[[int], float] = kl_at_start) -> dict[str, Any]:
+    """The protocol's check before any arm runs: the shortest warm start (180 steps, then 180 more at a
+    time) whose validation KL at start is at most ``MAX_KL_AT_START``; {"steps", "kl", "tried"}.
+    SystemExit when none of ``MAX_WARM_STARTS`` is."""
+    tried = {}
+    for steps in range(WARM_START_STEPS, WARM_START_STEPS * MAX_WARM_STARTS + 1, WARM_START_STEPS):
+        tried[steps] = measure(steps)
+        print(f"warm start of {steps} steps: validation KL at start {tried[steps]:.2f} nats", flush=True)
+        if tried[steps] <= MAX_KL_AT_START:
+            return {"steps": steps, "kl": tried[steps], "tried": tried}
+    raise SystemExit(
+        f"error: no warm start of up to {steps} steps brings the validation KL at start within "
+        f"{MAX_KL_AT_START} nats ({tried}); the protocol's student needs rethinking before any arm runs"
+    )
 
 
 def tune_teacher() -> None:
@@ -68,7 +114,7 @@ def teacher_summary() -> dict[str, Any]:
         from eakd.llm.models import load_teacher
         from eakd.llm.run import split_rows
 
-        cfg = read_run_config("llm/base", COMMON)
+        cfg = read_run_config("llm/base", COMMON)  # the test split and generation settings only
         teacher, tokenizer = load_teacher(cfg.model.teacher)
         e, test = cfg.eval, split_rows(cfg, tokenizer)[2]
         res = evaluate(teacher, tokenizer, test, e.max_new_tokens, cfg.data.max_length, e.batch_size,
@@ -83,12 +129,14 @@ def main() -> None:
     p.add_argument("--seeds", default="0-4", help="training seeds: 0-4 or 0,1,2 (default 0-4)")
     a = p.parse_args()
     tune_teacher()
+    start = warm_start()
+    common = [*COMMON, *warm_start_overrides(start["steps"])]
     for stage in range(1, a.stage + 1):  # each stage adds its arms; the finished runs are kept
         methods = [m for arms in STAGES[:stage] for m in arms]
         report = {"metric": "best_rougeL", "reference": {m: r for m, r in REFERENCE.items() if m in methods}}
-        info = {"teacher": teacher_summary(), "report": report}
+        info = {"teacher": teacher_summary(), "report": report, "warm_start": start}
         result = llm_study(
-            "llm/base", method_arms(methods), parse_seeds(a.seeds), OUT, COMMON, reuse=True,
+            "llm/base", method_arms(methods), parse_seeds(a.seeds), OUT, common, reuse=True,
             results=ROOT / "results" / "llm_study.json", info=info, teacher_cache=True,
         )  # fmt: skip
     print(table(result))

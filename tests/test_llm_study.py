@@ -176,3 +176,21 @@ def test_the_demo_on_a_tiny_teacher_saves_its_before_after_table(tiny, capsys):
     assert f"| kd, after 2 steps | {kd['val_kl']:.2f} | {kd['val_top1']:.3f} |" in text
     assert f"| student before distillation (2 teacher layers) | {kd['val_kl_start']:.2f} |" in text
     assert "What one seed cannot show" in text and "ea-kd - kd" in text
+
+
+def test_the_instruction_study_lengthens_its_warm_start_until_the_kl_at_start_is_within_2_nats(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_study.py"
+    spec = importlib.util.spec_from_file_location("llm_study_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    kl = {180: 2.6, 360: 1.9, 540: 1.5, 720: 1.2}
+    measured = []
+    chosen = bench.warm_start(lambda steps: measured.append(steps) or kl[steps])
+    assert chosen == {"steps": 360, "kl": 1.9, "tried": {180: 2.6, 360: 1.9}} and measured == [180, 360]
+    assert "warm start of 180 steps: validation KL at start 2.60 nats" in capsys.readouterr().out
+    assert bench.warm_start(lambda steps: 2.0)["steps"] == 180  # at most 2 nats passes
+    with pytest.raises(SystemExit, match="no warm start of up to 720 steps"):
+        bench.warm_start(lambda steps: 3.0)
+    assert bench.warm_start_overrides(540)[1] == "model.warm_start_steps=540"
