@@ -223,6 +223,29 @@ def test_det_demo_runs_through_config_study(tmp_path: Path, monkeypatch, capsys)
     again = capsys.readouterr().out
     assert "reusing the teacher" in again and "0 runs to do, 6 kept from earlier" in again
     assert json.loads((tmp_path / "det.json").read_text())["runs"] == result["runs"]
+    # one arm extended by a seed (a study amended for more seeds): only that run is added
+    assert (
+        det_demo.demo([*argv, "--arm-seeds", "ea-kd=0-2", "--results", str(tmp_path / "det.json"), "--reuse"])
+        == 0
+    )
+    assert "1 runs to do, 6 kept from earlier" in capsys.readouterr().out
+    extended = json.loads((tmp_path / "det.json").read_text())
+    assert extended["arm_seeds"] == {"student": [0, 1], "kd": [0, 1], "ea-kd": [0, 1, 2]}
+    assert {a: sorted(r) for a, r in extended["runs"].items()} == {
+        **{a: ["0", "1"] for a in ap},
+        "ea-kd": ["0", "1", "2"],
+    }
+    assert all(extended["runs"][a][s] == result["runs"][a][s] for a in ap for s in "01")
+
+
+def test_arm_seeds_replace_one_arms_seeds_and_refuse_an_unknown_arm() -> None:
+    from eakd.detection.demo import arm_seeds
+
+    assert arm_seeds([0, 1], [], ["kd", "feat"]) == [0, 1]
+    assert arm_seeds([0, 1], ["feat=0-3"], ["kd", "feat"]) == {"kd": [0, 1], "feat": [0, 1, 2, 3]}
+    for bad in ("ea-feat=0-3", "feat"):
+        with pytest.raises(ValueError, match="give ARM=SEEDS with ARM one of kd, feat"):
+            arm_seeds([0], [bad], ["kd", "feat"])
 
 
 @pytest.mark.parametrize("name", [*list_configs("det/"), *list_configs("coco/")])

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from eakd.args import ArgumentParser
-from eakd.config_study import config_study
+from eakd.config_study import config_study, parse_seeds
 from eakd.engine.catalog import config_root
 from eakd.engine.config import load_config
 from eakd.engine.loop import evaluate_run, train
@@ -146,7 +146,7 @@ def student_overrides(data: DemoData, common: list[str]) -> list[str]:
 def demo_study(
     data: str,
     out: Path,
-    seeds: list[int],
+    seeds: list[int] | dict[str, list[int]],
     settings: list[str],
     teacher_epochs: int | None = None,
     student_epochs: int | None = None,
@@ -184,7 +184,8 @@ def demo_study(
             earlier = json.loads(path.read_text())
             if earlier.get("protocol") == protocol:
                 check_teacher(teacher, earlier)
-    print(f"{len(settings) * len(seeds)} student runs planned; logs in {out / 'logs'}", flush=True)
+    planned = sum(len(seeds[s]) for s in settings) if isinstance(seeds, dict) else len(settings) * len(seeds)
+    print(f"{planned} student runs planned; logs in {out / 'logs'}", flush=True)
     students = [*common, *epochs, *evaluation, f"model.teacher_checkpoint={out / 'teacher' / 'best.pt'}"]
     report = {"metric": "AP", "reference": {a: r for a, r in REFERENCE.items() if a in settings}}
     return config_study(
@@ -245,14 +246,33 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "", study_table(result, metrics, REFERENCE, compare=compare)])
 
 
+def arm_seeds(seeds: list[int], items: list[str], settings: list[str]) -> list[int] | dict[str, list[int]]:
+    """``seeds`` for every arm, or with ``items`` (``ARM=SEEDS``, SEEDS as ``parse_seeds`` reads them) arm ->
+    its seeds; ValueError naming an arm that is not among ``settings`` or an item without "="."""
+    chosen: dict[str, list[int]] = {}
+    for item in items:
+        arm, eq, spec = item.partition("=")
+        if not eq or arm not in settings:
+            raise ValueError(f"--arm-seeds {item!r}: give ARM=SEEDS with ARM one of {', '.join(settings)}")
+        chosen[arm] = parse_seeds(spec)
+    return {s: chosen.get(s, seeds) for s in settings} if chosen else seeds
+
+
 def demo(argv: list[str]) -> int:
-    """``eakd det demo [--data trees|scenes] [--seeds 0 1 2] [--out DIR] [--results FILE] [--reuse]
-    [--threads N] [key=value ...]``."""
+    """``eakd det demo [--data trees|scenes] [--seeds 0 1 2] [--arm-seeds ARM=SEEDS] [--out DIR]
+    [--results FILE] [--reuse] [--threads N] [key=value ...]``."""
     parser = ArgumentParser(prog="eakd det demo", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data", choices=["trees", "scenes"], default="trees", help="demo data (default trees)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default: 0)")
+    parser.add_argument(
+        "--arm-seeds",
+        action="append",
+        default=[],
+        metavar="ARM=SEEDS",
+        help="one arm's seeds instead of --seeds, e.g. feat=0-15 (repeatable)",
+    )
     parser.add_argument(
         "--settings", nargs="+", choices=list(SETTINGS), help="arms (default: trees 3, scenes all)"
     )
@@ -277,14 +297,16 @@ def demo(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    settings = args.settings or DEFAULT_SETTINGS[args.data]
+    seeds = arm_seeds(args.seeds, args.arm_seeds, settings)
     out = args.out if args.out is not None else demo_data(args.data).out
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = demo_study(
         args.data,
         out,
-        args.seeds,
-        args.settings or DEFAULT_SETTINGS[args.data],
+        seeds,
+        settings,
         args.teacher_epochs,
         args.student_epochs,
         args.overrides,
