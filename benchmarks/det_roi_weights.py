@@ -72,9 +72,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{m['spearman_confidence']:+.2f} | {' | '.join(cells)} | "
                 f"{m['top_ambiguous']:.0%} / {m['all_ambiguous']:.0%} |"
             )
-    shares = "; ".join(
-        f"IoU {b} {first['iou'][b]['share']:.0%}" for b in iou_bands
-    )  # the share of RoIs per band (first arm, all steps)
+    shares = "; ".join(f"IoU {b} {first['iou'][b]['share']:.0%}" for b in iou_bands)  # first arm, all steps
     per_seed = "; ".join(
         f"{arm}: " + ", ".join(f"{v['spearman_iou']:+.2f}" for v in s["per_seed"].values())
         for arm, s in arms.items()

@@ -107,6 +107,11 @@ def changed_arms(before: dict[str, Any], definitions: dict[str, Any]) -> list[st
     return [a for a in definitions if before.get("runs", {}).get(a) and recorded.get(a) != definitions[a]]
 
 
+def seed_plan(arms: list[str], seeds: list[int] | dict[str, list[int]]) -> dict[str, list[int]]:
+    """Arm -> its seeds: ``seeds`` for every arm, or each arm's own from an arm -> seeds mapping."""
+    return {arm: list(seeds[arm] if isinstance(seeds, dict) else seeds) for arm in arms}
+
+
 def run_study(
     train_one: TrainOne,
     arms: list[str],
@@ -135,7 +140,7 @@ def run_study(
     result whose runs it kept), **info}.
     """
     out.mkdir(parents=True, exist_ok=True)
-    plan = {arm: list(seeds[arm] if isinstance(seeds, dict) else seeds) for arm in arms}
+    plan = seed_plan(arms, seeds)
     defs = {arm: (definitions or {}).get(arm) for arm in arms}
     runs: dict[str, dict[str, dict[str, float]]] = {arm: {} for arm in arms}
     earlier = 0.0  # wall time of the runs kept (of the result they come from)

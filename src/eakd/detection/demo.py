@@ -30,7 +30,7 @@ from eakd.engine.catalog import config_root
 from eakd.engine.config import load_config
 from eakd.engine.loop import evaluate_run, train
 from eakd.paths import cache_dir
-from eakd.study import study_table
+from eakd.study import seed_plan, study_table
 from eakd.study_report import write_study_report
 
 FEATURE_WEIGHT = 4.0  # the FPN feature term's weight (docs/studies.md: chosen by pilots on the val split)
@@ -184,7 +184,7 @@ def demo_study(
             earlier = json.loads(path.read_text())
             if earlier.get("protocol") == protocol:
                 check_teacher(teacher, earlier)
-    planned = sum(len(seeds[s]) for s in settings) if isinstance(seeds, dict) else len(settings) * len(seeds)
+    planned = sum(map(len, seed_plan(settings, seeds).values()))
     print(f"{planned} student runs planned; logs in {out / 'logs'}", flush=True)
     students = [*common, *epochs, *evaluation, f"model.teacher_checkpoint={out / 'teacher' / 'best.pt'}"]
     report = {"metric": "AP", "reference": {a: r for a, r in REFERENCE.items() if a in settings}}

@@ -33,7 +33,7 @@ from eakd.engine.loop import train
 from eakd.engine.task import Task, build_task
 from eakd.paths import cache_dir
 from eakd.report import report_command
-from eakd.study import study_table
+from eakd.study import seed_plan, study_table
 from eakd.study_report import write_study_report
 from eakd.vision.arms import REFERENCE, SETTINGS
 from eakd.vision.datasets import build_dataset
@@ -170,9 +170,9 @@ def demo_study(
             earlier = json.loads(path.read_text())
             if earlier.get("protocol") == protocol:
                 check_teacher(teacher, earlier)
-    plan = seeds if isinstance(seeds, dict) else {s: seeds for s in settings}
+    plan = seed_plan(settings, seeds)
     print(
-        f"{sum(len(plan[s]) for s in settings)} student runs planned in {jobs} process(es); "
+        f"{sum(map(len, plan.values()))} student runs planned in {jobs} process(es); "
         f"logs in {out / 'logs'}",
         flush=True,
     )
